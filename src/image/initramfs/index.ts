@@ -1,0 +1,183 @@
+/**
+ * Builds ferry's initramfs: a static busybox, the kernel modules stage 1 needs (with their
+ * dependencies, uncompressed), the /init script, and the few directories and device nodes the
+ * kernel and the script expect. Written as gzip'd cpio newc, atomically.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { createWriteStream } from 'node:fs';
+import { rename, rm, stat } from 'node:fs/promises';
+import { dirname, basename, join } from 'node:path';
+import { Readable, Transform } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import { createGzip, constants as zlibConstants } from 'node:zlib';
+import { FerryError } from '../../errors.js';
+import { cpioArchive, type CpioEntry } from './cpio.js';
+import { selectModules, type ModuleSelection } from './modules.js';
+
+export { cpioArchive, type CpioEntry } from './cpio.js';
+export { selectModules, canonicalModuleName, type ModuleSelection, type SelectedModule } from './modules.js';
+
+/** The file /init iterates to load modules: one absolute path per line, dependencies first. */
+export const MODULE_LOAD_ORDER_PATH = 'lib/modules/load-order';
+
+/** Applets linked in /bin so /init can run before (or without) `busybox --install`. */
+export const DEFAULT_APPLETS = [
+  'sh', 'mount', 'umount', 'insmod', 'mkdir', 'mknod', 'cat', 'echo', 'ls', 'sleep', 'sync',
+  'poweroff', 'reboot', 'switch_root', 'ln', 'rm', 'cp', 'mv', 'chmod', 'test', '[', 'grep',
+  'sed', 'date', 'dmesg', 'modprobe', 'ip', 'hostname', 'uname', 'true', 'false',
+];
+
+export interface BuildInitramfsOptions {
+  /** A statically linked busybox for the guest's architecture. */
+  busybox: string;
+  /** The kernel's /lib/modules/VERSION directory. Required when `modules` is not empty. */
+  modulesDir?: string;
+  /** Modules to include (with their dependencies), e.g. virtio_blk, virtio_net, overlay. */
+  modules?: readonly string[];
+  /** The text of /init, the first process. */
+  init: string;
+  /** Busybox applets to link in /bin; DEFAULT_APPLETS if not given. */
+  applets?: readonly string[];
+  /** More entries, written after everything else (so they can add to ferry's directories). */
+  extraFiles?: readonly CpioEntry[];
+  outputPath: string;
+  /** Modification time of every entry, seconds since the epoch (same inputs, same bytes). */
+  mtime: number;
+  /** gzip level, 1 (fast) to 9 (small); 6 if not given. */
+  compressionLevel?: number;
+}
+
+export interface InitramfsResult {
+  sizeBytes: number;
+  sha256: string;
+  /** The kernel release the modules came from, if any modules were included. */
+  kernelVersion?: string;
+  /** Module names in the order /init loads them. */
+  modules: string[];
+}
+
+export async function buildInitramfs(options: BuildInitramfsOptions): Promise<InitramfsResult> {
+  const requested = options.modules ?? [];
+  let selection: ModuleSelection | undefined;
+  if (requested.length > 0) {
+    if (!options.modulesDir) {
+      throw new FerryError(`initramfs ${options.outputPath}: modules ${requested.join(', ')} were requested but no modules directory was given`);
+    }
+    selection = await selectModules(options.modulesDir, requested);
+  }
+  await checkBusybox(options.busybox);
+
+  const entries = initramfsEntries(options, selection);
+  const level = options.compressionLevel ?? 6;
+  if (!Number.isInteger(level) || level < 1 || level > 9) {
+    throw new FerryError(`initramfs compression level must be an integer from 1 to 9, got ${level}`);
+  }
+
+  const tempPath = join(dirname(options.outputPath), `.${basename(options.outputPath)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const hash = createHash('sha256');
+  let sizeBytes = 0;
+  try {
+    await pipeline(
+      Readable.from(cpioArchive(entries, { mtime: options.mtime })),
+      createGzip({ level, strategy: zlibConstants.Z_DEFAULT_STRATEGY }),
+      normaliseGzipHeader(),
+      new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          hash.update(chunk);
+          sizeBytes += chunk.length;
+          callback(null, chunk);
+        },
+      }),
+      createWriteStream(tempPath, { flags: 'wx', mode: 0o644 }),
+    );
+    await rename(tempPath, options.outputPath);
+  } catch (error) {
+    await rm(tempPath, { force: true });
+    if (error instanceof FerryError) throw error;
+    throw new FerryError(`cannot write initramfs ${options.outputPath}: ${(error as Error).message}`, { cause: error });
+  }
+  return {
+    sizeBytes,
+    sha256: hash.digest('hex'),
+    kernelVersion: selection?.version,
+    modules: selection?.loadOrder.map((m) => m.name) ?? [],
+  };
+}
+
+/** Everything in the archive, parents before children (the kernel creates entries in order). */
+function initramfsEntries(options: BuildInitramfsOptions, selection: ModuleSelection | undefined): CpioEntry[] {
+  const entries: CpioEntry[] = [];
+  const dirs = new Set<string>();
+  const addDir = (path: string, mode = 0o755) => {
+    const parts = path.split('/');
+    for (let i = 1; i <= parts.length; i++) {
+      const prefix = parts.slice(0, i).join('/');
+      if (dirs.has(prefix)) continue;
+      dirs.add(prefix);
+      entries.push({ kind: 'dir', path: prefix, mode: i === parts.length ? mode : 0o755 });
+    }
+  };
+
+  for (const dir of ['bin', 'sbin', 'dev', 'proc', 'sys', 'mnt', 'run', 'etc', 'lib/modules']) addDir(dir);
+  addDir('tmp', 0o1777);
+  // Without /dev/console the kernel starts /init with no stdin/stdout, and its output is lost.
+  entries.push({ kind: 'chardev', path: 'dev/console', major: 5, minor: 1, mode: 0o600 });
+  entries.push({ kind: 'chardev', path: 'dev/null', major: 1, minor: 3, mode: 0o666 });
+
+  entries.push({ kind: 'hostFile', path: 'bin/busybox', hostPath: options.busybox, mode: 0o755 });
+  for (const applet of options.applets ?? DEFAULT_APPLETS) {
+    if (applet === 'busybox' || applet.includes('/')) throw new FerryError(`initramfs applet name ${JSON.stringify(applet)} is not valid`);
+    entries.push({ kind: 'symlink', path: `bin/${applet}`, target: 'busybox' });
+  }
+
+  if (selection) {
+    const base = `lib/modules/${selection.version}`;
+    const loadOrder: string[] = [];
+    for (const module of selection.loadOrder) {
+      const path = `${base}/${module.installPath}`;
+      addDir(path.split('/').slice(0, -1).join('/'));
+      entries.push({ kind: 'file', path, data: module.data, mode: 0o644 });
+      loadOrder.push(`/${path}`);
+    }
+    entries.push({ kind: 'file', path: MODULE_LOAD_ORDER_PATH, data: Buffer.from(loadOrder.map((p) => `${p}\n`).join('')) });
+  }
+
+  entries.push({ kind: 'file', path: 'init', data: Buffer.from(options.init), mode: 0o755 });
+
+  for (const extra of options.extraFiles ?? []) {
+    const parent = extra.path.split('/').filter(Boolean).slice(0, -1).join('/');
+    if (parent) addDir(parent);
+    entries.push(extra);
+  }
+  return entries;
+}
+
+async function checkBusybox(path: string): Promise<void> {
+  try {
+    const info = await stat(path);
+    if (!info.isFile()) throw new Error('not a regular file');
+  } catch (error) {
+    throw new FerryError(`busybox for the initramfs: ${path}: ${(error as Error).message}`, {
+      hint: 'give the path of a statically linked busybox binary (Debian: busybox-static, /bin/busybox)',
+    });
+  }
+}
+
+/**
+ * zlib writes the host's OS code into the gzip header (3 on Linux, 19 on macOS); pin it to 3 so
+ * the same inputs give the same bytes on every host.
+ */
+function normaliseGzipHeader(): Transform {
+  let seen = 0;
+  return new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      const osByte = 9 - seen;
+      if (osByte >= 0 && osByte < chunk.length) {
+        chunk = Buffer.from(chunk);
+        chunk[osByte] = 3;
+      }
+      seen += chunk.length;
+      callback(null, chunk);
+    },
+  });
+}
