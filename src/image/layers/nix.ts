@@ -1,0 +1,283 @@
+/**
+ * The `nix` layer: store paths from the host's Nix store, with their whole closure, plus the
+ * registration the guest loads into its own Nix database.
+ *
+ * Only the stable `nix-store` commands are used (Nix 2.3 … 2.x all have them, and they need no
+ * experimental features):
+ *   - closure:       `nix-store --query --requisites PATH…`
+ *   - registration:  `nix-store --dump-db PATH…` — the text `nix-store --load-db` reads.
+ *
+ * `nix-store` talks to whatever store the environment selects: the nix-daemon on a multi-user
+ * install (macOS), or the local store directly when run as root on a single-user install (Debian's
+ * nix-bin as root). The layer leaves NIX_REMOTE alone so the host's own choice applies.
+ *
+ * Store contents are walked with lstat (symlinks are never followed) and added under
+ * /nix/store/<name>, owned by 0:0 with the store's canonical modes and mtime 1. File bytes stay in
+ * the host store until the image is written.
+ */
+import { createHash } from 'node:crypto';
+import { lstat, readdir, readlink } from 'node:fs/promises';
+import type { Stats } from 'node:fs';
+import { execa } from 'execa';
+import type { Tree } from '../tree.js';
+import { LayerError, type Layer } from './layer.js';
+
+/**
+ * Where the layer puts the registration in the image. It lives outside /nix on purpose: stage 1
+ * mounts the state disk over /nix (only the image's /nix/store is kept, as an overlay lower
+ * layer), so anything else under /nix in the image would be hidden by the time stage 2 runs.
+ *
+ * Stage 2 loads it with `nix-store --load-db < NIX_REGISTRATION_PATH` when the hash in
+ * NIX_REGISTRATION_HASH_PATH differs from the one recorded in NIX_REGISTRATION_STAMP_PATH, then
+ * writes that hash to the stamp — so each new image is loaded once, and a reboot of the same
+ * image costs nothing.
+ */
+export const NIX_REGISTRATION_PATH = '/usr/share/ferry/nix-registration';
+/** The sha256 (lowercase hex, then a newline) of the registration file, beside it in the image. */
+export const NIX_REGISTRATION_HASH_PATH = `${NIX_REGISTRATION_PATH}.sha256`;
+/** On the state disk (persistent /nix): the hash of the last registration the guest loaded. */
+export const NIX_REGISTRATION_STAMP_PATH = '/nix/var/ferry/loaded-registration.sha256';
+
+/** The store directory. Store paths are only meaningful at this exact prefix (they embed it). */
+export const NIX_STORE_DIR = '/nix/store';
+
+/** Where Nix is commonly installed, for hosts whose PATH lacks it (launchd agents, for one). */
+const WELL_KNOWN_NIX_STORE_BINS = [
+  '/nix/var/nix/profiles/default/bin/nix-store',
+  '/run/current-system/sw/bin/nix-store',
+];
+
+/**
+ * Runs a command (argv array, never a shell). Resolves with the exit code and output for any
+ * command that ran; rejects with an error whose `code` is `ENOENT` when the program is missing.
+ */
+export type CommandRunner = (
+  file: string,
+  args: readonly string[],
+) => Promise<{ exitCode: number; stdout: string; stderr: string }>;
+
+export const execaRunner: CommandRunner = async (file, args) => {
+  const result = await execa(file, [...args], { reject: false, stripFinalNewline: false, maxBuffer: 1 << 30 });
+  if (result.exitCode === undefined) {
+    // The program did not run at all (missing, not executable): surface the spawn error.
+    const error = new Error(result.message) as NodeJS.ErrnoException;
+    error.code = (result as { code?: string }).code;
+    throw error;
+  }
+  return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr) };
+};
+
+export interface NixLayerOptions {
+  /** Store paths (or paths inside the store, or symlinks to them such as `./result`). */
+  paths: string[];
+  /** The `nix-store` program; default: `nix-store` on PATH, then the usual install locations. */
+  nixStoreBin?: string;
+  runner?: CommandRunner;
+}
+
+/** What `registration()` returns: the text for `nix-store --load-db` and its sha256 (hex). */
+export interface NixRegistration {
+  text: string;
+  sha256: string;
+}
+
+/**
+ * Store paths can hold many names per argv; batches keep each command line far below the
+ * smallest ARG_MAX in use (256 KiB on older macOS) even for closures of thousands of paths.
+ */
+const ARGS_PER_BATCH = 500;
+
+export class NixLayer implements Layer {
+  readonly description: string;
+  private readonly paths: string[];
+  private readonly explicitBin?: string;
+  private readonly runner: CommandRunner;
+  private closurePromise?: Promise<string[]>;
+  private registrationPromise?: Promise<NixRegistration>;
+  private resolvedBin?: string;
+
+  constructor(options: NixLayerOptions) {
+    this.paths = [...options.paths];
+    this.explicitBin = options.nixStoreBin;
+    this.runner = options.runner ?? execaRunner;
+    this.description = `nix ${this.paths.join(' ')}`;
+    if (this.paths.length === 0) {
+      throw new LayerError(this.description, 'no store paths given (expected at least one path in the Nix store)');
+    }
+  }
+
+  /**
+   * A store path's name starts with a hash of everything it was made from (or of its contents),
+   * and on one host a valid path always has the same contents, so the sorted closure names what
+   * the layer puts in the image. The version tag changes when the layer's output format does.
+   */
+  async fingerprint(): Promise<string> {
+    const closure = await this.closure();
+    return createHash('sha256').update(`ferry-nix-layer-v1\n${closure.join('\n')}\n`).digest('hex');
+  }
+
+  /** The closure of the requested paths: every store path they need, sorted. */
+  closure(): Promise<string[]> {
+    this.closurePromise ??= this.queryClosure();
+    return this.closurePromise;
+  }
+
+  /** The closure's registration, as `nix-store --dump-db` prints it. */
+  registration(): Promise<NixRegistration> {
+    this.registrationPromise ??= this.dumpRegistration();
+    return this.registrationPromise;
+  }
+
+  async apply(tree: Tree): Promise<void> {
+    const closure = await this.closure();
+    const registration = await this.registration();
+
+    const store = { uid: 0, gid: 0, mtime: 1 };
+    tree.add('/nix', { kind: 'dir', perm: 0o755, ...store });
+    // 1775 + root, as Nix creates its store directory: the sticky bit stops users deleting paths.
+    tree.add(NIX_STORE_DIR, { kind: 'dir', perm: 0o1775, ...store });
+
+    const hardLinks = new Map<string, string>();
+    for (const storePath of closure) await this.addStorePath(tree, storePath, hardLinks);
+
+    const meta = { uid: 0, gid: 0, mtime: 1 };
+    const text = Buffer.from(registration.text);
+    tree.add(NIX_REGISTRATION_PATH, { kind: 'file', perm: 0o444, ...meta, size: text.length, content: { kind: 'bytes', data: text } }, meta);
+    const hash = Buffer.from(`${registration.sha256}\n`);
+    tree.add(NIX_REGISTRATION_HASH_PATH, { kind: 'file', perm: 0o444, ...meta, size: hash.length, content: { kind: 'bytes', data: hash } }, meta);
+  }
+
+  private async queryClosure(): Promise<string[]> {
+    const out = await this.nixStore(['--query', '--requisites', ...this.paths], 'query the closure of');
+    const closure = [...new Set(out.split('\n').filter((line) => line !== ''))].sort();
+    for (const path of closure) {
+      if (!isStorePath(path)) {
+        throw new LayerError(
+          this.description,
+          `nix-store printed ${JSON.stringify(path)}, which is not a path in ${NIX_STORE_DIR}; ` +
+            'ferry only supports stores at /nix/store',
+        );
+      }
+    }
+    return closure;
+  }
+
+  private async dumpRegistration(): Promise<NixRegistration> {
+    const closure = await this.closure();
+    // --dump-db prints one self-contained record per path, so batches simply concatenate.
+    let text = '';
+    for (let i = 0; i < closure.length; i += ARGS_PER_BATCH) {
+      text += await this.nixStore(['--dump-db', ...closure.slice(i, i + ARGS_PER_BATCH)], 'dump the registration of');
+    }
+    return { text, sha256: createHash('sha256').update(text).digest('hex') };
+  }
+
+  /** Runs nix-store; a failure becomes a LayerError that quotes the command's stderr. */
+  private async nixStore(args: string[], what: string): Promise<string> {
+    const result = await this.run(args);
+    if (result.exitCode !== 0) {
+      const stderr = result.stderr.trim() || '(no output on stderr)';
+      throw new LayerError(
+        this.description,
+        `nix-store could not ${what} ${this.paths.map((p) => JSON.stringify(p)).join(', ')} ` +
+          `(exit code ${result.exitCode}): ${stderr}\n` +
+          'Each path must be a valid path in the host\'s Nix store (build or fetch it first, e.g. `nix build`, `nix-store --realise`).',
+      );
+    }
+    return result.stdout;
+  }
+
+  private async run(args: string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
+    if (this.resolvedBin) return this.runner(this.resolvedBin, args);
+    const candidates = this.explicitBin ? [this.explicitBin] : ['nix-store', ...WELL_KNOWN_NIX_STORE_BINS];
+    for (const bin of candidates) {
+      try {
+        const result = await this.runner(bin, args);
+        this.resolvedBin = bin;
+        return result;
+      } catch (error) {
+        const code = (error as NodeJS.ErrnoException).code;
+        if (code !== 'ENOENT' && code !== 'EACCES') throw error;
+      }
+    }
+    throw new LayerError(
+      this.description,
+      `cannot run nix-store (tried ${candidates.map((c) => JSON.stringify(c)).join(', ')}): not found.\n` +
+        'Hint: install Nix (https://nixos.org/download), or set the layer\'s nix-store program to its full path, ' +
+        'e.g. /nix/var/nix/profiles/default/bin/nix-store.',
+    );
+  }
+
+  /**
+   * Adds one store path and everything under it. Entries are added in byte order of their names
+   * so the same store gives the same tree (and image) whatever order the host's readdir uses.
+   * Files that share an inode on the host (an optimised store) share one in the image too.
+   */
+  private async addStorePath(tree: Tree, storePath: string, hardLinks: Map<string, string>): Promise<void> {
+    const stats = await this.lstatOrFail(storePath);
+    await this.addEntry(tree, storePath, stats, hardLinks);
+  }
+
+  private async addEntry(tree: Tree, hostPath: string, stats: Stats, hardLinks: Map<string, string>): Promise<void> {
+    // The image path is the host path: store paths embed /nix/store, so they cannot move.
+    const path = hostPath;
+    const owner = { uid: 0, gid: 0, mtime: 1 };
+    if (stats.isDirectory()) {
+      tree.add(path, { kind: 'dir', perm: 0o555, ...owner });
+      const names = (await this.readdirOrFail(hostPath)).sort(compareBytes);
+      const childStats = await Promise.all(names.map((name) => this.lstatOrFail(`${hostPath}/${name}`)));
+      for (const [i, name] of names.entries()) {
+        await this.addEntry(tree, `${hostPath}/${name}`, childStats[i], hardLinks);
+      }
+    } else if (stats.isSymbolicLink()) {
+      tree.add(path, { kind: 'symlink', perm: 0o777, ...owner, target: await readlink(hostPath) });
+    } else if (stats.isFile()) {
+      const key = `${stats.dev}:${stats.ino}`;
+      const first = stats.nlink > 1 ? hardLinks.get(key) : undefined;
+      if (first !== undefined) {
+        tree.link(path, first);
+        return;
+      }
+      // A NAR records only "executable or not", so those are the only two modes a store file has.
+      const perm = stats.mode & 0o100 ? 0o555 : 0o444;
+      tree.add(path, {
+        kind: 'file',
+        perm,
+        ...owner,
+        size: stats.size,
+        content: stats.size === 0 ? { kind: 'empty' } : { kind: 'file', path: hostPath, offset: 0, length: stats.size },
+      });
+      if (stats.nlink > 1) hardLinks.set(key, path);
+    } else {
+      throw new LayerError(
+        this.description,
+        `${hostPath} is neither a file, a directory nor a symlink; a Nix store holds only those`,
+      );
+    }
+  }
+
+  private async lstatOrFail(path: string): Promise<Stats> {
+    try {
+      return await lstat(path);
+    } catch (error) {
+      throw new LayerError(this.description, `cannot read ${path} from the host's Nix store: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  private async readdirOrFail(path: string): Promise<string[]> {
+    try {
+      return await readdir(path);
+    } catch (error) {
+      throw new LayerError(this.description, `cannot list ${path} in the host's Nix store: ${(error as Error).message}`, { cause: error });
+    }
+  }
+}
+
+/** `/nix/store/<name>` with nothing below it. */
+function isStorePath(path: string): boolean {
+  return path.startsWith(`${NIX_STORE_DIR}/`) && !path.slice(NIX_STORE_DIR.length + 1).includes('/') && path.length > NIX_STORE_DIR.length + 1;
+}
+
+function compareBytes(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b));
+}
