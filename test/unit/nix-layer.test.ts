@@ -5,7 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { chmod, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,7 +15,11 @@ import { LayerError } from '../../src/image/layers/layer.js';
 import {
   NIX_REGISTRATION_HASH_PATH,
   NIX_REGISTRATION_PATH,
+  NIX_REGISTRATION_STAMP_PATH,
   NixLayer,
+  nixRegistrationLoadScript,
+  execaRunner,
+  type CommandRunner,
 } from '../../src/image/layers/nix.js';
 import { Tree, type Inode } from '../../src/image/tree.js';
 import {
@@ -135,18 +139,36 @@ describe('NixLayer', () => {
     expect(tree.lookup(NIX_REGISTRATION_PATH)).toMatchObject({ perm: 0o444, uid: 0, gid: 0 });
   });
 
-  it('yields a store that Nix itself accepts: --load-db, then --verify-path for every path', async () => {
+  it('splits --dump-db over several command lines for big closures, with the same text', async () => {
+    const calls: string[][] = [];
+    const runner: CommandRunner = (file, args) => {
+      calls.push([...args]);
+      return execaRunner(file, args);
+    };
+    const whole = await new NixLayer({ paths: [closure.top, text] }).registration();
+    const batched = await new NixLayer({ paths: [closure.top, text], runner, maxPathsPerCommand: 3 }).registration();
+    expect(batched.text).toBe(whole.text);
+    expect(calls.filter((args) => args[0] === '--dump-db').map((args) => args.length - 1)).toEqual([3, 1]);
+  });
+
+  it('yields a store that Nix itself accepts: the stage-2 load script once, then --verify-path for every path', async () => {
     const layer = new NixLayer({ paths: [closure.top, text] });
     const tree = new Tree();
     await layer.apply(tree);
     const root = await scratchDir();
-    const registrationFile = join(root, 'registration');
     const storeRoot = join(root, 'store-root');
-    await extract(tree, storeRoot, registrationFile);
+    await extract(tree, storeRoot);
 
     const store = `local?root=${storeRoot}`;
-    const registration = await readFile(registrationFile, 'utf8');
-    await nixStore(['--store', store, '--load-db'], registration);
+    // Load it the way stage 2 does, through a nix-store wrapper that counts the loads.
+    const log = join(root, 'loads');
+    const wrapper = join(root, 'nix-store-wrapper');
+    await writeFile(wrapper, `#!/bin/sh\necho "$*" >> '${log}'\nexec nix-store --store '${store}' "$@"\n`, { mode: 0o755 });
+    const script = nixRegistrationLoadScript({ nixStore: wrapper, root: storeRoot });
+    await execa('sh', ['-ec', script]);
+    await execa('sh', ['-ec', script]); // the same image again: nothing to load
+    expect(await readFile(log, 'utf8')).toBe('--load-db\n');
+    expect(await readFile(join(storeRoot, NIX_REGISTRATION_STAMP_PATH), 'utf8')).toBe(`${(await layer.registration()).sha256}\n`);
     const paths = await layer.closure();
     for (const path of paths) {
       await nixStore(['--store', store, '--verify-path', path]);
@@ -204,23 +226,32 @@ describe('NixLayer', () => {
 });
 
 /**
- * Gets the layer's files onto the host: through a real ext4 image (writeExt4, then debugfs
- * rdump) once the ext4 writer exists, else by writing the tree straight to a directory.
+ * Gets the layer's files back onto the host through a real ext4 image: written by writeExt4 once
+ * the ext4 writer exists (until then by `mke2fs -d` from the tree written to a directory), then
+ * read back with `debugfs rdump`, so the check covers what the guest will actually see.
  */
-async function extract(tree: Tree, storeRoot: string, registrationFile: string): Promise<void> {
+async function extract(tree: Tree, storeRoot: string): Promise<void> {
+  const work = dirname(storeRoot);
+  const image = join(work, 'image.ext4');
   if (existsSync(ext4WriterPath)) {
     const { writeExt4 } = (await import(ext4WriterPath)) as {
       writeExt4: (tree: Tree, output: string) => Promise<unknown>;
     };
-    const image = join(dirname(storeRoot), 'image.ext4');
     await writeExt4(tree, image);
-    await execa('mkdir', ['-p', storeRoot]);
-    await execa('debugfs', ['-R', `rdump /nix ${storeRoot}`, image]);
-    await execa('debugfs', ['-R', `dump ${NIX_REGISTRATION_PATH} ${registrationFile}`, image]);
-    if (!existsSync(join(storeRoot, 'nix/store'))) throw new Error('debugfs rdump produced no /nix/store');
-    return;
+  } else {
+    const staged = join(work, 'staged');
+    await mkdir(staged);
+    await materializeTree(tree, staged);
+    await execa('mke2fs', ['-q', '-F', '-t', 'ext4', '-d', staged, image, '64M']);
   }
-  await execa('mkdir', ['-p', storeRoot]);
-  await materializeTree(tree, storeRoot);
-  await execa('cp', [join(storeRoot, NIX_REGISTRATION_PATH), registrationFile]);
+  await execa('e2fsck', ['-fn', image]);
+  await mkdir(storeRoot);
+  await execa('debugfs', ['-R', `rdump /nix ${storeRoot}`, image]);
+  // The registration and its hash go where the guest sees them, below the same root.
+  await mkdir(join(storeRoot, dirname(NIX_REGISTRATION_PATH)), { recursive: true });
+  for (const file of [NIX_REGISTRATION_PATH, NIX_REGISTRATION_HASH_PATH]) {
+    await execa('debugfs', ['-R', `dump ${file} ${join(storeRoot, file)}`, image]);
+    if (!existsSync(join(storeRoot, file))) throw new Error(`debugfs dump left no ${file}`);
+  }
+  if (!existsSync(join(storeRoot, 'nix/store'))) throw new Error(`debugfs rdump left no nix/store in ${storeRoot}`);
 }

@@ -38,6 +38,42 @@ export const NIX_REGISTRATION_HASH_PATH = `${NIX_REGISTRATION_PATH}.sha256`;
 /** On the state disk (persistent /nix): the hash of the last registration the guest loaded. */
 export const NIX_REGISTRATION_STAMP_PATH = '/nix/var/ferry/loaded-registration.sha256';
 
+/**
+ * The stage-2 shell snippet (POSIX sh, busybox-friendly) that loads the image's registration once:
+ * only when its hash differs from the stamp on the state disk, and the stamp is written only after
+ * `--load-db` succeeded, so a failed load is retried at the next boot. Loading paths that are
+ * already valid is harmless (Nix updates their records), so an overlapping new image is fine.
+ *
+ * `nixStore` is the command to run (tests point it at a chroot store); `root` prefixes the
+ * image-side and state-side files (empty in the guest).
+ */
+export function nixRegistrationLoadScript(options: { nixStore?: string; root?: string } = {}): string {
+  const nixStore = options.nixStore ?? 'nix-store';
+  const root = options.root ?? '';
+  const registration = shellQuote(`${root}${NIX_REGISTRATION_PATH}`);
+  const hash = shellQuote(`${root}${NIX_REGISTRATION_HASH_PATH}`);
+  const stamp = shellQuote(`${root}${NIX_REGISTRATION_STAMP_PATH}`);
+  return [
+    `if [ -f ${registration} ]; then`,
+    `  want=$(cat ${hash})`,
+    `  have=$(cat ${stamp} 2>/dev/null || true)`,
+    `  if [ "$want" != "$have" ]; then`,
+    `    if ${nixStore} --load-db < ${registration}; then`,
+    `      mkdir -p "$(dirname ${stamp})"`,
+    `      echo "$want" > ${stamp}.tmp && mv ${stamp}.tmp ${stamp}`,
+    `    else`,
+    `      echo "ferry: loading the Nix registration ${NIX_REGISTRATION_PATH} failed" >&2`,
+    `    fi`,
+    `  fi`,
+    `fi`,
+    '',
+  ].join('\n');
+}
+
+function shellQuote(value: string): string {
+  return `'${value.replace(/'/g, `'\\''`)}'`;
+}
+
 /** The store directory. Store paths are only meaningful at this exact prefix (they embed it). */
 export const NIX_STORE_DIR = '/nix/store';
 
@@ -73,6 +109,8 @@ export interface NixLayerOptions {
   /** The `nix-store` program; default: `nix-store` on PATH, then the usual install locations. */
   nixStoreBin?: string;
   runner?: CommandRunner;
+  /** Store paths per `nix-store --dump-db` command line (default 500; smaller only in tests). */
+  maxPathsPerCommand?: number;
 }
 
 /** What `registration()` returns: the text for `nix-store --load-db` and its sha256 (hex). */
@@ -85,13 +123,14 @@ export interface NixRegistration {
  * Store paths can hold many names per argv; batches keep each command line far below the
  * smallest ARG_MAX in use (256 KiB on older macOS) even for closures of thousands of paths.
  */
-const ARGS_PER_BATCH = 500;
+const DEFAULT_PATHS_PER_COMMAND = 500;
 
 export class NixLayer implements Layer {
   readonly description: string;
   private readonly paths: string[];
   private readonly explicitBin?: string;
   private readonly runner: CommandRunner;
+  private readonly pathsPerCommand: number;
   private closurePromise?: Promise<string[]>;
   private registrationPromise?: Promise<NixRegistration>;
   private resolvedBin?: string;
@@ -100,6 +139,7 @@ export class NixLayer implements Layer {
     this.paths = [...options.paths];
     this.explicitBin = options.nixStoreBin;
     this.runner = options.runner ?? execaRunner;
+    this.pathsPerCommand = Math.max(1, options.maxPathsPerCommand ?? DEFAULT_PATHS_PER_COMMAND);
     this.description = `nix ${this.paths.join(' ')}`;
     if (this.paths.length === 0) {
       throw new LayerError(this.description, 'no store paths given (expected at least one path in the Nix store)');
@@ -166,8 +206,8 @@ export class NixLayer implements Layer {
     const closure = await this.closure();
     // --dump-db prints one self-contained record per path, so batches simply concatenate.
     let text = '';
-    for (let i = 0; i < closure.length; i += ARGS_PER_BATCH) {
-      text += await this.nixStore(['--dump-db', ...closure.slice(i, i + ARGS_PER_BATCH)], 'dump the registration of');
+    for (let i = 0; i < closure.length; i += this.pathsPerCommand) {
+      text += await this.nixStore(['--dump-db', ...closure.slice(i, i + this.pathsPerCommand)], 'dump the registration of');
     }
     return { text, sha256: createHash('sha256').update(text).digest('hex') };
   }
