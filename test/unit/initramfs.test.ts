@@ -178,6 +178,19 @@ describe('kernel module selection (Debian cloud kernel)', () => {
     expect(selection.loadOrder.map((m) => m.name)).not.toContain('ext4');
   });
 
+  it('decompresses xz under plain Node too (not only through vitest interop)', async () => {
+    // xz-decompress is CommonJS; a named ESM import of it works in vitest but fails in Node.
+    const module = (await selectModules(kernel.modulesDir, ['virtio_blk'])).loadOrder.at(-1)!;
+    const compressed = join(work, 'plain-node.ko.xz');
+    await writeFile(compressed, (await execa('xz', ['--check=crc32', '-c', module.sourcePath], { encoding: 'buffer' })).stdout);
+    const modulesTs = new URL('../../src/image/initramfs/modules.ts', import.meta.url).href;
+    const script = `const { readModule } = await import(${JSON.stringify(modulesTs)});
+      const data = await readModule(${JSON.stringify(compressed)}, 'xz');
+      process.stdout.write(String(data.length));`;
+    const { stdout } = await execa('node', ['--import', 'tsx', '--input-type=module', '-e', script]);
+    expect(Number(stdout)).toBe((await stat(module.sourcePath)).size);
+  });
+
   it('names the module and the directory when a module does not exist', async () => {
     const attempt = selectModules(kernel.modulesDir, ['virtio_blk', 'no_such_module']);
     await expect(attempt).rejects.toBeInstanceOf(FerryError);

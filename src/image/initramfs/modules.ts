@@ -8,7 +8,8 @@ import { readdir, readFile } from 'node:fs/promises';
 import { basename, join, relative } from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { decompress as zstdDecompress } from 'fzstd';
-import { XzReadableStream } from 'xz-decompress';
+// xz-decompress is CommonJS whose exports Node's ESM loader cannot name statically.
+import xzDecompress from 'xz-decompress';
 import { FerryError } from '../../errors.js';
 
 export type ModuleCompression = 'none' | 'xz' | 'zst' | 'gz';
@@ -167,7 +168,7 @@ export async function readModule(path: string, compression: ModuleCompression): 
       case 'zst':
         return Buffer.from(zstdDecompress(raw));
       case 'xz': {
-        const stream = new XzReadableStream(new Blob([raw]).stream());
+        const stream = new xzDecompress.XzReadableStream(new Blob([raw]).stream());
         return Buffer.from(await new Response(stream).arrayBuffer());
       }
     }
