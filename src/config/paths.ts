@@ -1,0 +1,237 @@
+/**
+ * Where ferry keeps things on disk, and what every file is called — the one place to look.
+ *
+ * Per-user install (default):
+ *                 macOS                              Linux
+ *   config file   ~/.config/ferry/ferry.toml         ~/.config/ferry/ferry.toml      ($XDG_CONFIG_HOME)
+ *   state dir     ~/.local/state/ferry               ~/.local/state/ferry            ($XDG_STATE_HOME)
+ *   cache dir     ~/Library/Caches/ferry             ~/.cache/ferry                  ($XDG_CACHE_HOME)
+ *   log dir       ~/Library/Logs/ferry               ~/.local/state/ferry/logs
+ * System install (`--system`):
+ *   config file   /etc/ferry/ferry.toml              /etc/ferry/ferry.toml
+ *   state dir     /var/lib/ferry                     /var/lib/ferry
+ *   cache dir     /Library/Caches/ferry              /var/cache/ferry
+ *   log dir       /Library/Logs/ferry                /var/log/ferry
+ *
+ * Why not ~/Library/Application Support on macOS: paths under the state dir end up in files whose
+ * fields are separated by spaces — the SSH key in /etc/nix/machines cannot contain a space at all,
+ * and ssh_config needs quoting — so the state dir must not contain "Application Support". And
+ * ferry.toml is a hand-edited text file, like ~/.config/nix/nix.conf, ~/.config/git and
+ * ~/.config/gh on a Mac: people (and home-manager's xdg.configFile) look for it in ~/.config.
+ * The cache (images, downloads) and the logs do follow Apple's layout: ~/Library/Caches is what
+ * Time Machine skips and "clean up" tools clear — right for rebuildable images — and
+ * ~/Library/Logs is where Console.app looks. Neither path has a space.
+ *
+ * Overrides, strongest first: function arguments; FERRY_CONFIG (the file), FERRY_STATE_DIR,
+ * FERRY_CACHE_DIR, FERRY_LOG_DIR; the XDG variables (absolute values only, as the XDG spec says).
+ * When the state dir is overridden and the log dir is not, logs go to `<state>/logs`, so that a
+ * test that sets FERRY_STATE_DIR writes nothing outside its own directories.
+ */
+import os from 'node:os';
+import path from 'node:path';
+import { ExitCode, FerryError } from '../errors.js';
+
+/** File names ferry uses, relative to the directory named in the comment. */
+export const FILE_NAMES = {
+  /** config dir: the configuration. */
+  config: 'ferry.toml',
+  /** state dir: the daemon's control socket (HTTP over a unix socket, mode 600). */
+  controlSocket: 'ferry.sock',
+  /** state dir: pid of the running daemon. */
+  daemonPid: 'daemon.pid',
+  /** state dir: every file `ferry install` wrote, so `ferry uninstall` removes exactly those. */
+  installRecord: 'install.json',
+  /** state dir: which image the guest runs and which it ran before (for rollback). */
+  currentImage: 'current-image.json',
+  /** state dir: OpenSSH client config for `ferry ssh`. */
+  sshConfig: 'ssh_config',
+  /** state dir: the daemon's and the guest's host keys, for the OpenSSH client and Nix. */
+  knownHosts: 'known_hosts',
+  /** keys dir: host key of the daemon's SSH front (persistent, so Nix's pinned key stays valid). */
+  daemonHostKey: 'ssh_host_ed25519_key',
+  /** keys dir: the key the host's nix-daemon (and `ferry ssh`) log in to the daemon with; `.pub` beside it. */
+  clientKey: 'client_ed25519',
+  /** keys dir: the key the daemon logs in to the guest's sshd with; `.pub` beside it. */
+  guestClientKey: 'guest_client_ed25519',
+  /** keys dir: the guest sshd's host key, generated per install (never shared between installs). */
+  guestHostKey: 'guest_ssh_host_ed25519_key',
+  /** vm dir: the state disk (vdb): /nix and everything that survives image rebuilds. Sparse. */
+  stateDisk: 'state.img',
+  /** vm dir: qemu's QMP socket (powerdown, quit). */
+  qmpSocket: 'qmp.sock',
+  /** vm dir: pid of the VM process (hyperkit -F, qemu -pidfile). */
+  vmPid: 'vm.pid',
+  /** log dir: the daemon's log (pino, JSON lines). */
+  daemonLog: 'daemon.log',
+  /** log dir: what launchd/systemd captured from the daemon's stdout and stderr (crashes before logging starts). */
+  daemonOutput: 'daemon.out.log',
+  /** log dir: the guest's serial console, where FERRY-READY appears. */
+  consoleLog: 'console.log',
+} as const;
+
+/** Subdirectories, relative to the directory named in the comment. */
+export const DIR_NAMES = {
+  /** state dir: SSH keys (mode 700). */
+  keys: 'keys',
+  /** state dir: the running VM's disk, sockets and pid. */
+  vm: 'vm',
+  /** cache dir: built images, content-addressed by the hash of their inputs. */
+  images: 'images',
+  /** cache dir: fetched inputs of the base presets (Debian packages, rootfs tarballs). */
+  downloads: 'downloads',
+  /** cache dir: work in progress, renamed into images/ or downloads/ when complete (same filesystem). */
+  tmp: 'tmp',
+} as const;
+
+export interface FerryPaths {
+  /** True for a system-wide install (`--system`). */
+  readonly system: boolean;
+  readonly configFile: string;
+  readonly stateDir: string;
+  readonly cacheDir: string;
+  readonly logDir: string;
+
+  readonly keysDir: string;
+  readonly vmDir: string;
+  readonly imagesDir: string;
+  readonly downloadsDir: string;
+  readonly tmpDir: string;
+
+  readonly controlSocket: string;
+  readonly daemonPid: string;
+  readonly installRecord: string;
+  readonly currentImage: string;
+  readonly sshConfig: string;
+  readonly knownHosts: string;
+  readonly daemonHostKey: string;
+  readonly clientKey: string;
+  readonly guestClientKey: string;
+  readonly guestHostKey: string;
+  readonly stateDisk: string;
+  readonly qmpSocket: string;
+  readonly vmPid: string;
+  readonly daemonLog: string;
+  readonly daemonOutput: string;
+  readonly consoleLog: string;
+}
+
+export interface PathOptions {
+  /** System-wide install (`--system`) instead of per-user. */
+  readonly system?: boolean;
+  readonly configFile?: string;
+  readonly stateDir?: string;
+  readonly cacheDir?: string;
+  readonly logDir?: string;
+  /** Defaults to process.env. */
+  readonly env?: Readonly<Record<string, string | undefined>>;
+  /** Defaults to process.platform. */
+  readonly platform?: NodeJS.Platform;
+  /** Defaults to os.homedir(). */
+  readonly homeDir?: string;
+}
+
+/** Every path ferry uses, for this platform and install kind, with overrides applied. */
+export function resolvePaths(options: PathOptions = {}): FerryPaths {
+  const env = options.env ?? process.env;
+  const platform = options.platform ?? process.platform;
+  const home = options.homeDir ?? os.homedir();
+  const system = options.system ?? false;
+  const base = system ? systemDefaults(platform) : userDefaults(platform, home, env);
+
+  const fromEnv = (name: string) => {
+    const value = env[name];
+    return value === undefined || value === '' ? undefined : path.resolve(value);
+  };
+  const configFile = options.configFile ?? fromEnv('FERRY_CONFIG') ?? base.configFile;
+  const explicitStateDir = options.stateDir ?? fromEnv('FERRY_STATE_DIR');
+  const stateDir = path.resolve(explicitStateDir ?? base.stateDir);
+  const cacheDir = path.resolve(options.cacheDir ?? fromEnv('FERRY_CACHE_DIR') ?? base.cacheDir);
+  const logDir = path.resolve(
+    options.logDir ?? fromEnv('FERRY_LOG_DIR') ?? (explicitStateDir === undefined ? base.logDir : path.join(stateDir, 'logs')),
+  );
+
+  const keysDir = path.join(stateDir, DIR_NAMES.keys);
+  const vmDir = path.join(stateDir, DIR_NAMES.vm);
+  return {
+    system,
+    configFile: path.resolve(configFile),
+    stateDir,
+    cacheDir,
+    logDir,
+    keysDir,
+    vmDir,
+    imagesDir: path.join(cacheDir, DIR_NAMES.images),
+    downloadsDir: path.join(cacheDir, DIR_NAMES.downloads),
+    tmpDir: path.join(cacheDir, DIR_NAMES.tmp),
+    controlSocket: path.join(stateDir, FILE_NAMES.controlSocket),
+    daemonPid: path.join(stateDir, FILE_NAMES.daemonPid),
+    installRecord: path.join(stateDir, FILE_NAMES.installRecord),
+    currentImage: path.join(stateDir, FILE_NAMES.currentImage),
+    sshConfig: path.join(stateDir, FILE_NAMES.sshConfig),
+    knownHosts: path.join(stateDir, FILE_NAMES.knownHosts),
+    daemonHostKey: path.join(keysDir, FILE_NAMES.daemonHostKey),
+    clientKey: path.join(keysDir, FILE_NAMES.clientKey),
+    guestClientKey: path.join(keysDir, FILE_NAMES.guestClientKey),
+    guestHostKey: path.join(keysDir, FILE_NAMES.guestHostKey),
+    stateDisk: path.join(vmDir, FILE_NAMES.stateDisk),
+    qmpSocket: path.join(vmDir, FILE_NAMES.qmpSocket),
+    vmPid: path.join(vmDir, FILE_NAMES.vmPid),
+    daemonLog: path.join(logDir, FILE_NAMES.daemonLog),
+    daemonOutput: path.join(logDir, FILE_NAMES.daemonOutput),
+    consoleLog: path.join(logDir, FILE_NAMES.consoleLog),
+  };
+}
+
+interface BaseDirs {
+  configFile: string;
+  stateDir: string;
+  cacheDir: string;
+  logDir: string;
+}
+
+function userDefaults(platform: NodeJS.Platform, home: string, env: Readonly<Record<string, string | undefined>>): BaseDirs {
+  // The XDG spec: a relative or empty value is invalid and must be ignored.
+  const xdg = (name: string, fallback: string) => {
+    const value = env[name];
+    return value !== undefined && path.isAbsolute(value) ? value : fallback;
+  };
+  const configHome = xdg('XDG_CONFIG_HOME', path.join(home, '.config'));
+  const stateHome = xdg('XDG_STATE_HOME', path.join(home, '.local', 'state'));
+  const stateDir = path.join(stateHome, 'ferry');
+  if (platform === 'darwin') {
+    return {
+      configFile: path.join(configHome, 'ferry', FILE_NAMES.config),
+      stateDir,
+      cacheDir: env.XDG_CACHE_HOME && path.isAbsolute(env.XDG_CACHE_HOME) ? path.join(env.XDG_CACHE_HOME, 'ferry') : path.join(home, 'Library', 'Caches', 'ferry'),
+      logDir: path.join(home, 'Library', 'Logs', 'ferry'),
+    };
+  }
+  return {
+    configFile: path.join(configHome, 'ferry', FILE_NAMES.config),
+    stateDir,
+    cacheDir: path.join(xdg('XDG_CACHE_HOME', path.join(home, '.cache')), 'ferry'),
+    // XDG has no log directory; its spec names logs as an example of state.
+    logDir: path.join(stateDir, 'logs'),
+  };
+}
+
+function systemDefaults(platform: NodeJS.Platform): BaseDirs {
+  const common = { configFile: path.join('/etc/ferry', FILE_NAMES.config), stateDir: '/var/lib/ferry' };
+  if (platform === 'darwin') return { ...common, cacheDir: '/Library/Caches/ferry', logDir: '/Library/Logs/ferry' };
+  return { ...common, cacheDir: '/var/cache/ferry', logDir: '/var/log/ferry' };
+}
+
+/**
+ * Unix socket paths are limited (sun_path: 104 bytes on macOS, 108 on Linux, counting the final
+ * NUL); a longer one fails at listen() with an unhelpful EINVAL. Call before creating a socket.
+ */
+export function assertSocketPathFits(socketPath: string, platform: NodeJS.Platform = process.platform): void {
+  const limit = (platform === 'darwin' ? 104 : 108) - 1;
+  const length = Buffer.byteLength(socketPath);
+  if (length > limit) {
+    throw new FerryError(`socket path ${socketPath} is ${length} bytes long; unix sockets allow at most ${limit} here`, {
+      exitCode: ExitCode.Config,
+      hint: 'set FERRY_STATE_DIR to a shorter directory',
+    });
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * The commented ferry.toml that `ferry install` writes. Every setting is shown commented out with
+ * its default for this host, so the file documents itself and a later ferry's better defaults still
+ * apply to keys the user never touched. Uncommenting any `# key = value` line as it stands gives
+ * the same configuration (the unit tests check this).
+ */
+import { defaultConfig } from './load.js';
+import type { HostInfo } from './host.js';
+import { formatDuration, formatSize } from './units.js';
+
+export function renderDefaultConfig(host?: HostInfo): string {
+  const config = defaultConfig(host === undefined ? {} : { host });
+  const { guest, image, vm, daemon } = config;
+  const toml = (value: string | number | readonly string[]): string =>
+    typeof value === 'number' ? String(value) : typeof value === 'string' ? JSON.stringify(value) : `[${value.map((v) => JSON.stringify(v)).join(', ')}]`;
+  const setting = (key: string, value: string | number | readonly string[]) => `# ${key} = ${toml(value)}`;
+
+  return `# ferry.toml — the Linux guest that builds for this machine's Nix, and the daemon serving it.
+#
+# Every setting is optional. The commented lines show the defaults (those that depend on the
+# host are shown for this one); uncomment a line and edit it to change a setting. The daemon
+# notices changes to this file, rebuilds the guest image if needed and swaps the guest once
+# no build is running.
+#
+# Sizes: "512MiB", "4GiB", "4G" (binary units) or a number of bytes.
+# Durations: "90s", "30m", "1h30m"; "0" where it means "never".
+
+[guest]
+# The guest's Nix system. Default: the host's architecture (no emulation).
+${setting('system', guest.system)}
+# Base of the guest image: "nixpkgs" (kernel, busybox, openssh, nix from the binary cache; the
+# default on macOS) or "debian" (mmdebstrap and Debian's kernel; the default on Linux).
+${setting('preset', guest.preset)}
+# Virtual CPUs. Default: the host's, at most 4.
+${setting('cpus', guest.cpus)}
+${setting('memory', formatSize(guest.memoryBytes))}
+${setting('hostname', guest.hostname)}
+# The state disk holds /nix and survives image rebuilds. It is created once, sparse; a larger
+# size here grows it, a smaller one is refused.
+${setting('state-disk-size', formatSize(guest.stateDiskSizeBytes))}
+# Other systems to build in the same guest, e.g. ["x86_64-linux"] on an aarch64-linux guest.
+${setting('extra-systems', guest.extraSystems)}
+# How the guest runs binaries of a foreign extra system: "rosetta" (Apple silicon, vfkit
+# backend), "qemu-user" (anywhere), or "none". Default: rosetta where available, else qemu-user,
+# and none when no extra system needs one.
+${setting('interpreter', guest.interpreter)}
+
+[guest.nix]
+# The guest's nix.conf, and what the host's Nix is told about this builder.
+# Parallel builds: a whole number, or "auto" for the guest's cpus.
+${setting('max-jobs', 'auto')}
+# Cores per build (0 = all of the guest's).
+${setting('cores', guest.nix.cores)}
+# Supported features (nix.conf system-features, and the /etc/nix/machines line).
+${setting('features', guest.nix.features)}
+${setting('trusted-users', guest.nix.trustedUsers)}
+# Lines appended to the guest's nix.conf, e.g. "substituters = https://cache.nixos.org".
+${setting('extra-config', guest.nix.extraConfig)}
+
+[image]
+# System disk size: "auto" (from the content, with headroom) or a size.
+${setting('size', image.sizeBytes === 'auto' ? 'auto' : formatSize(image.sizeBytes))}
+# Extra layers on top of the preset, later ones overriding earlier ones. Relative paths are
+# relative to this file. For example:
+#   [[image.layers]]
+#   type = "tar"          # a root filesystem tarball: plain, gzip, xz or zstd
+#   path = "extra.tar.zst"
+#   [[image.layers]]
+#   type = "dir"          # a directory tree, owned by root in the image
+#   path = "overlay/"
+#   [[image.layers]]
+#   type = "nix"          # store paths with their closure, registered in the guest's Nix database
+#   paths = ["/nix/store/…-hello-2.12"]
+
+[vm]
+# "auto" picks vfkit on Apple silicon, hyperkit on Intel Macs and qemu elsewhere.
+${setting('backend', vm.backend)}
+# qemu's accelerator: "auto" picks hvf on macOS, kvm where /dev/kvm works, else tcg.
+${setting('accel', vm.accel)}
+# Appended to the guest kernel's command line.
+${setting('kernel-cmdline-extra', vm.kernelCmdlineExtra)}
+
+[daemon]
+# The SSH endpoint the host's nix-daemon uses. Only "127.0.0.1" or "::1": the daemon never
+# listens beyond this machine.
+${setting('port', daemon.port)}
+${setting('listen', daemon.listen)}
+# Stop the guest after this long without a session ("0" = never); the next build boots it again.
+${setting('idle-timeout', formatDuration(daemon.idleTimeoutMs))}
+# How long a starting guest may take to report ready before ferry gives up (or rolls back).
+${setting('ready-timeout', formatDuration(daemon.readyTimeoutMs))}
+# Public keys accepted besides the one \`ferry install\` generated (paths to .pub files).
+${setting('authorized-keys', daemon.authorizedKeys)}
+# "trace", "debug", "info", "warn" or "error".
+${setting('log-level', daemon.logLevel)}
+`;
+}

@@ -1,0 +1,91 @@
+/**
+ * The configuration as the rest of ferry sees it: complete (every default filled in), checked,
+ * in camelCase, with sizes in bytes, durations in milliseconds and paths absolute. Frozen.
+ */
+import type {
+  ACCELERATORS,
+  BACKENDS,
+  EXTRA_SYSTEMS,
+  GUEST_SYSTEMS,
+  INTERPRETERS,
+  LOG_LEVELS,
+  LOOPBACK_ADDRESSES,
+  PRESETS,
+} from './schema.js';
+
+export type GuestSystem = (typeof GUEST_SYSTEMS)[number];
+export type ExtraSystem = (typeof EXTRA_SYSTEMS)[number];
+export type Preset = (typeof PRESETS)[number];
+export type Interpreter = (typeof INTERPRETERS)[number];
+export type Backend = (typeof BACKENDS)[number];
+export type Accelerator = (typeof ACCELERATORS)[number];
+export type LoopbackAddress = (typeof LOOPBACK_ADDRESSES)[number];
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** An extra image layer from `[[image.layers]]`, applied after the preset's base layers. */
+export type ExtraLayerConfig =
+  | { readonly type: 'tar'; readonly path: string }
+  | { readonly type: 'dir'; readonly path: string }
+  | { readonly type: 'nix'; readonly paths: readonly string[] };
+
+export interface GuestNixConfig {
+  /** nix.conf `max-jobs` in the guest, and the machines line's max jobs ("auto" = guest cpus). */
+  readonly maxJobs: number;
+  /** nix.conf `cores` (0 = all of the guest's). */
+  readonly cores: number;
+  /** Supported features, for nix.conf `system-features` and the machines line. */
+  readonly features: readonly string[];
+  /** Appended verbatim to the guest's nix.conf. */
+  readonly extraConfig: string;
+  readonly trustedUsers: readonly string[];
+}
+
+export interface GuestConfig {
+  readonly system: GuestSystem;
+  readonly preset: Preset;
+  readonly cpus: number;
+  readonly memoryBytes: number;
+  readonly hostname: string;
+  readonly stateDiskSizeBytes: number;
+  /** Systems built in the same guest besides `system` (nix.conf `extra-platforms`). */
+  readonly extraSystems: readonly ExtraSystem[];
+  /** How foreign binaries run in the guest; 'none' when no extra system needs one. */
+  readonly interpreter: Interpreter;
+  readonly nix: GuestNixConfig;
+}
+
+export interface ImageConfig {
+  /** System disk size in bytes, or 'auto' (from the content, with headroom). */
+  readonly sizeBytes: number | 'auto';
+  readonly layers: readonly ExtraLayerConfig[];
+}
+
+export interface VmConfig {
+  /** 'auto' is resolved by src/vm (it needs probes): vfkit on Apple silicon, hyperkit on Intel Macs, qemu elsewhere. */
+  readonly backend: Backend;
+  /** qemu only; 'auto' = hvf on macOS, kvm where /dev/kvm works, else tcg. */
+  readonly accel: Accelerator;
+  /** Appended to the guest kernel's command line. */
+  readonly kernelCmdlineExtra: string;
+}
+
+export interface DaemonConfig {
+  readonly port: number;
+  readonly listen: LoopbackAddress;
+  /** Stop the guest after this long without sessions; 0 = never. */
+  readonly idleTimeoutMs: number;
+  /** How long to wait for FERRY-READY after starting a guest before giving up (or rolling back). */
+  readonly readyTimeoutMs: number;
+  /** Public-key files accepted by the SSH front, besides the key `ferry install` generated. */
+  readonly authorizedKeys: readonly string[];
+  readonly logLevel: LogLevel;
+}
+
+export interface FerryConfig {
+  /** The file this came from (absolute), or null when there was no file and only defaults apply. */
+  readonly source: string | null;
+  readonly guest: GuestConfig;
+  readonly image: ImageConfig;
+  readonly vm: VmConfig;
+  readonly daemon: DaemonConfig;
+}
