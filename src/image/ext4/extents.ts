@@ -1,0 +1,93 @@
+/**
+ * Extent trees: the map from a file's logical blocks to disk blocks. Up to four extents live in
+ * the inode itself; more need index and leaf blocks, as many levels deep as the count requires.
+ */
+import { EXTENT_MAGIC, EXTENTS_IN_INODE, EXTENTS_PER_BLOCK, BLOCK_SIZE, MAX_EXTENT_LEN } from './constants.js';
+
+export interface Extent {
+  logical: number;
+  physical: number;
+  length: number;
+}
+
+/** Appends block `physical` at logical block `logical`, growing the last extent when contiguous. */
+export function appendBlock(extents: Extent[], logical: number, physical: number): void {
+  const last = extents[extents.length - 1];
+  if (last && last.logical + last.length === logical && last.physical + last.length === physical && last.length < MAX_EXTENT_LEN) {
+    last.length += 1;
+  } else {
+    extents.push({ logical, physical, length: 1 });
+  }
+}
+
+/** How many tree blocks (beyond the inode) `count` extents need. */
+export function treeBlocksFor(count: number): number {
+  let blocks = 0;
+  let entries = count;
+  while (entries > EXTENTS_IN_INODE) {
+    const nodes = Math.ceil(entries / EXTENTS_PER_BLOCK);
+    blocks += nodes;
+    entries = nodes;
+  }
+  return blocks;
+}
+
+export interface EncodedTree {
+  /** The 60 bytes of i_block. */
+  root: Buffer;
+  /** Tree blocks to write, with their block numbers. */
+  blocks: Array<{ block: number; data: Buffer }>;
+}
+
+/**
+ * Encodes an extent tree. `allocBlock` gives a disk block for each tree node; the tree is built
+ * bottom-up, leaves first.
+ */
+export function encodeExtentTree(extents: Extent[], allocBlock: () => number): EncodedTree {
+  const blocks: Array<{ block: number; data: Buffer }> = [];
+  // Each level is a list of entries, each entry either an extent (leaf level) or an index.
+  type Entry = { firstLogical: number; write: (buf: Buffer, offset: number) => void };
+  let entries: Entry[] = extents.map((e) => ({
+    firstLogical: e.logical,
+    write: (buf, off) => {
+      buf.writeUInt32LE(e.logical, off);
+      buf.writeUInt16LE(e.length, off + 4);
+      buf.writeUInt16LE(Math.floor(e.physical / 2 ** 32), off + 6);
+      buf.writeUInt32LE(e.physical % 2 ** 32, off + 8);
+    },
+  }));
+  let depth = 0;
+  while (entries.length > EXTENTS_IN_INODE) {
+    const next: Entry[] = [];
+    for (let i = 0; i < entries.length; i += EXTENTS_PER_BLOCK) {
+      const chunk = entries.slice(i, i + EXTENTS_PER_BLOCK);
+      const data = Buffer.alloc(BLOCK_SIZE);
+      writeNode(data, chunk, EXTENTS_PER_BLOCK, depth);
+      const block = allocBlock();
+      blocks.push({ block, data });
+      next.push({
+        firstLogical: chunk[0].firstLogical,
+        write: (buf, off) => {
+          buf.writeUInt32LE(chunk[0].firstLogical, off);
+          buf.writeUInt32LE(block % 2 ** 32, off + 4);
+          buf.writeUInt16LE(Math.floor(block / 2 ** 32), off + 8);
+          buf.writeUInt16LE(0, off + 10);
+        },
+      });
+    }
+    entries = next;
+    depth += 1;
+  }
+  const root = Buffer.alloc(60);
+  writeNode(root, entries, EXTENTS_IN_INODE, depth);
+  return { root, blocks };
+
+  function writeNode(buf: Buffer, chunk: Entry[], max: number, nodeDepth: number): void {
+    buf.writeUInt16LE(EXTENT_MAGIC, 0);
+    buf.writeUInt16LE(chunk.length, 2);
+    buf.writeUInt16LE(max, 4);
+    buf.writeUInt16LE(nodeDepth, 6);
+    buf.writeUInt32LE(0, 8);
+    chunk.forEach((entry, i) => entry.write(buf, 12 + i * 12));
+  }
+}

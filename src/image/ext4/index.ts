@@ -1,0 +1,526 @@
+/**
+ * ferry's ext4 writer: turns a Tree into an ext4 image in one pass over the contents, with no
+ * staging copy, no root and no external tool.
+ *
+ * Steps: plan (number inodes, estimate blocks) → fix the geometry → place bitmaps, inode tables
+ * and the journal → stream file contents, then directories and long symlinks, through the data
+ * sink → extent tree blocks → inode tables, bitmaps, group descriptors, superblocks.
+ *
+ * The image is written to a temporary file beside the output and renamed into place only when
+ * complete, so a failure never leaves a half-written image where an image is expected.
+ */
+import { createHash } from 'node:crypto';
+import { closeSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import type { Inode, StreamSource, Tree } from '../tree.js';
+import { BlockAllocator, OutOfSpaceError } from './allocator.js';
+import * as c from './constants.js';
+import { DataSink } from './data-sink.js';
+import { encodeDirectory } from './directory.js';
+import { encodeExtentTree, treeBlocksFor, type Extent } from './extents.js';
+import { ImageFile } from './image-file.js';
+import { deviceBlock, encodeInode } from './inode.js';
+import { computeGeometry, metadataBlocks, type Geometry } from './layout.js';
+import { planTree, type Plan, type PlannedNode } from './plan.js';
+import { encodeGroupDescriptors, encodeJournalSuperblock, encodeSuperblock, type GroupDescriptor } from './superblock.js';
+
+export interface Ext4Progress {
+  phase: 'plan' | 'data' | 'metadata' | 'done';
+  done: number;
+  total: number;
+}
+
+export interface Ext4Options {
+  /** Image size in bytes; automatic (content plus headroom) when omitted. */
+  sizeBytes?: number;
+  /** Volume label, at most 16 bytes. */
+  label?: string;
+  /** 16 bytes or 32 hex digits; derived from the tree's metadata when omitted. */
+  uuid?: Buffer | string;
+  /** Superblock timestamps; the newest mtime in the tree when omitted. */
+  timestamp?: number;
+  /** Inode count; automatic when omitted. */
+  inodes?: number;
+  /** Free space to add when sizing automatically, as a fraction of the content (default 0.2). */
+  headroom?: number;
+  journal?: boolean;
+  onProgress?: (progress: Ext4Progress) => void;
+}
+
+export interface Ext4Result {
+  path: string;
+  sizeBytes: number;
+  blocks: number;
+  usedBlocks: number;
+  inodes: number;
+  usedInodes: number;
+  uuid: string;
+  fileBytes: number;
+}
+
+export class Ext4Error extends Error {}
+
+export async function writeExt4(tree: Tree, outputPath: string, options: Ext4Options = {}): Promise<Ext4Result> {
+  const label = options.label ?? '';
+  if (Buffer.byteLength(label) > 16) throw new Ext4Error(`label ${JSON.stringify(label)} is longer than 16 bytes`);
+  options.onProgress?.({ phase: 'plan', done: 0, total: 1 });
+  const plan = planTree(tree);
+  const geometry = chooseGeometry(plan, options);
+  const uuid = chooseUuid(plan, options.uuid);
+  const time = options.timestamp ?? plan.maxMtime;
+
+  const tempPath = join(dirname(outputPath), `.${basename(outputPath)}.tmp-${process.pid}`);
+  rmSync(tempPath, { force: true });
+  const image = new ImageFile(tempPath, geometry.totalBlocks * c.BLOCK_SIZE);
+  try {
+    const result = await writeImage(image, tree, plan, geometry, uuid, label, time, options);
+    image.close();
+    renameSync(tempPath, outputPath);
+    options.onProgress?.({ phase: 'done', done: 1, total: 1 });
+    return { ...result, path: outputPath };
+  } catch (error) {
+    image.close();
+    rmSync(tempPath, { force: true });
+    if (error instanceof OutOfSpaceError) {
+      throw new Ext4Error(
+        `the content does not fit in ${formatBytes(geometry.totalBlocks * c.BLOCK_SIZE)} (${error.message}); give a larger size or leave it automatic`,
+      );
+    }
+    throw error;
+  }
+}
+
+function chooseGeometry(plan: Plan, options: Ext4Options): Geometry {
+  const usedInodes = plan.nodes.length + c.FIRST_INO - 2;
+  const withJournal = options.journal ?? true;
+  const inodesFor = (blocks: number) =>
+    options.inodes ?? Math.max(Math.ceil(usedInodes * 1.1) + 64, Math.floor((blocks * c.BLOCK_SIZE) / 16384));
+  if (options.sizeBytes !== undefined) {
+    const blocks = Math.floor(options.sizeBytes / c.BLOCK_SIZE);
+    const geometry = computeGeometry(blocks, inodesFor(blocks), withJournal);
+    if (geometry.inodesPerGroup * geometry.groupCount < usedInodes) {
+      throw new Ext4Error(`${usedInodes} inodes needed but the image has room for ${geometry.inodesPerGroup * geometry.groupCount}`);
+    }
+    return geometry;
+  }
+  const headroom = options.headroom ?? 0.2;
+  const content = plan.estimatedBlocks;
+  let blocks = Math.ceil(content * (1 + headroom)) + 1024;
+  // Metadata and journal depend on the size; two rounds settle it.
+  for (let round = 0; round < 3; round++) {
+    const g = computeGeometry(Math.max(blocks, 4096), inodesFor(blocks), withJournal);
+    blocks = Math.ceil(content * (1 + headroom)) + 1024 + metadataBlocks(g) + g.journalBlocks;
+  }
+  // Round up to 16 MiB, and keep a last group long enough to keep.
+  blocks = Math.ceil(blocks / 4096) * 4096;
+  if (blocks % c.BLOCKS_PER_GROUP !== 0 && blocks % c.BLOCKS_PER_GROUP < 512) blocks += 512;
+  return computeGeometry(blocks, inodesFor(blocks), withJournal);
+}
+
+function chooseUuid(plan: Plan, given: Buffer | string | undefined): Buffer {
+  if (Buffer.isBuffer(given)) return given;
+  if (typeof given === 'string') {
+    const hex = given.replace(/-/g, '');
+    if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new Ext4Error(`UUID ${JSON.stringify(given)} is not 32 hex digits`);
+    return Buffer.from(hex, 'hex');
+  }
+  const uuid = Buffer.from(plan.metadataHash.subarray(0, 16));
+  uuid[6] = (uuid[6] & 0x0f) | 0x50; // name-based (version 5 style), so it is a well-formed UUID
+  uuid[8] = (uuid[8] & 0x3f) | 0x80;
+  return uuid;
+}
+
+interface GroupLocations {
+  blockBitmaps: number[];
+  inodeBitmaps: number[];
+  inodeTables: number[];
+}
+
+async function writeImage(
+  image: ImageFile,
+  tree: Tree,
+  plan: Plan,
+  geometry: Geometry,
+  uuid: Buffer,
+  label: string,
+  time: number,
+  options: Ext4Options,
+): Promise<Omit<Ext4Result, 'path'>> {
+  const allocator = new BlockAllocator(geometry);
+  const locations = placeGroupMetadata(allocator, geometry);
+  const journal = placeJournal(allocator, geometry);
+
+  const sink = new DataSink(image, allocator);
+  const progress = throttle(options.onProgress, plan.totalFileBytes);
+  await writeFileContents(plan, sink, progress);
+  writeSymlinkBlocks(plan, sink);
+  writeDirectories(plan, sink);
+  sink.flush();
+
+  const inodeBlocks = writeExtentTrees(plan, allocator, image);
+  options.onProgress?.({ phase: 'metadata', done: 0, total: 1 });
+
+  if (journal) image.writeAt(encodeJournalSuperblock(geometry.journalBlocks, uuid), journal.extents[0].physical * c.BLOCK_SIZE);
+  const usedInodes = plan.nodes[plan.nodes.length - 1].ino;
+  const descriptors = writeInodeTables(plan, geometry, locations, inodeBlocks, journal, time, image);
+  writeBitmapsAndCounts(allocator, geometry, locations, descriptors, usedInodes, image);
+
+  const freeBlocks = descriptors.reduce((sum, d) => sum + d.freeBlocks, 0);
+  const freeInodes = descriptors.reduce((sum, d) => sum + d.freeInodes, 0);
+  const hashSeed = createHash('sha256').update(uuid).update('dir-hash-seed').digest().subarray(0, 16);
+  const gdt = encodeGroupDescriptors(descriptors, geometry.gdtBlocks);
+  for (const group of geometry.superblockGroups) {
+    const sb = encodeSuperblock(
+      { geometry, freeBlocks, freeInodes, uuid, hashSeed, label, time, journalBlock: journal?.root, journalSize: geometry.journalBlocks * c.BLOCK_SIZE },
+      group,
+    );
+    const groupStart = group * c.BLOCKS_PER_GROUP * c.BLOCK_SIZE;
+    image.writeAt(sb, group === 0 ? c.SUPERBLOCK_OFFSET : groupStart);
+    image.writeAt(gdt, groupStart + c.BLOCK_SIZE);
+  }
+  return {
+    sizeBytes: geometry.totalBlocks * c.BLOCK_SIZE,
+    blocks: geometry.totalBlocks,
+    usedBlocks: geometry.totalBlocks - freeBlocks,
+    inodes: geometry.inodesPerGroup * geometry.groupCount,
+    usedInodes: plan.nodes.length + c.FIRST_INO - 2,
+    uuid: formatUuid(uuid),
+    fileBytes: plan.totalFileBytes,
+  };
+}
+
+/** All groups' bitmaps and inode tables, packed together after group 0's GDT (flex_bg). */
+function placeGroupMetadata(allocator: BlockAllocator, g: Geometry): GroupLocations {
+  const blockBitmaps: number[] = [];
+  const inodeBitmaps: number[] = [];
+  const inodeTables: number[] = [];
+  for (let i = 0; i < g.groupCount; i++) blockBitmaps.push(allocator.allocBlock());
+  for (let i = 0; i < g.groupCount; i++) inodeBitmaps.push(allocator.allocBlock());
+  for (let i = 0; i < g.groupCount; i++) inodeTables.push(allocator.allocContiguous(g.inodeTableBlocks));
+  return { blockBitmaps, inodeBitmaps, inodeTables };
+}
+
+interface Journal {
+  extents: Extent[];
+  root: Buffer;
+  treeBlocks: Array<{ block: number; data: Buffer }>;
+}
+
+function placeJournal(allocator: BlockAllocator, g: Geometry): Journal | undefined {
+  if (g.journalBlocks === 0) return undefined;
+  const extents: Extent[] = [];
+  let logical = 0;
+  while (logical < g.journalBlocks) {
+    const run = allocator.allocRun(Math.min(g.journalBlocks - logical, c.MAX_EXTENT_LEN));
+    extents.push({ logical, physical: run.start, length: run.length });
+    logical += run.length;
+  }
+  const tree = encodeExtentTree(extents, () => allocator.allocBlock());
+  return { extents, root: tree.root, treeBlocks: tree.blocks };
+}
+
+async function writeFileContents(
+  plan: Plan,
+  sink: DataSink,
+  progress: (bytes: number) => void,
+): Promise<void> {
+  const streamed = new Map<StreamSource, Map<number, PlannedNode>>();
+  for (const node of plan.nodes) {
+    const source = node.source;
+    if (!source || node.kind !== 'file' || source.size === 0) continue;
+    const content = source.content;
+    switch (content.kind) {
+      case 'empty':
+        throw new Ext4Error(`internal: a non-empty file has no content (inode ${node.ino})`);
+      case 'bytes':
+        sink.begin(node.extents);
+        sink.write(content.data.subarray(0, source.size));
+        if (content.data.length < source.size) sink.write(Buffer.alloc(source.size - content.data.length));
+        node.dataBlocks = sink.end();
+        break;
+      case 'file':
+        sink.begin(node.extents);
+        copyHostFile(content.path, content.offset, source.size, sink);
+        node.dataBlocks = sink.end();
+        break;
+      case 'stream': {
+        let members = streamed.get(content.source);
+        if (!members) streamed.set(content.source, (members = new Map()));
+        members.set(content.index, node);
+        break;
+      }
+    }
+    progress(sink.bytesWritten);
+  }
+  for (const [source, members] of streamed) {
+    const wanted = new Set(members.keys());
+    const seen = new Set<number>();
+    await source.replay(wanted, async (index, chunks) => {
+      const node = members.get(index);
+      if (!node) {
+        for await (const _ of chunks); // not wanted: drain
+        return;
+      }
+      seen.add(index);
+      sink.begin(node.extents);
+      let bytes = 0;
+      for await (const chunk of chunks) {
+        const take = Math.min(chunk.length, node.size - bytes);
+        if (take > 0) sink.write(chunk.subarray(0, take));
+        bytes += chunk.length;
+      }
+      if (bytes !== node.size) {
+        throw new Ext4Error(`${source.description}: member ${index} has ${bytes} bytes, expected ${node.size}`);
+      }
+      node.dataBlocks = sink.end();
+      progress(sink.bytesWritten);
+    });
+    for (const index of wanted) {
+      if (!seen.has(index)) throw new Ext4Error(`${source.description}: member ${index} was not found when reading it again`);
+    }
+  }
+}
+
+function copyHostFile(path: string, offset: number, size: number, sink: DataSink): void {
+  const fd = openSync(path, 'r');
+  try {
+    let done = 0;
+    while (done < size) {
+      const window = sink.window();
+      const want = Math.min(window.length, size - done);
+      const n = readSync(fd, window, 0, want, offset + done);
+      if (n === 0) throw new Ext4Error(`${path}: file shrank while it was being read (expected ${size} bytes, got ${done})`);
+      sink.commit(n);
+      done += n;
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function writeSymlinkBlocks(plan: Plan, sink: DataSink): void {
+  for (const node of plan.nodes) {
+    if (node.kind !== 'symlink') continue;
+    const target = Buffer.from(node.source!.target ?? '');
+    node.size = target.length;
+    if (target.length <= c.FAST_SYMLINK_MAX) continue;
+    if (target.length >= c.BLOCK_SIZE) throw new Ext4Error(`symlink target longer than ${c.BLOCK_SIZE - 1} bytes (inode ${node.ino})`);
+    sink.begin(node.extents, false);
+    sink.write(target);
+    node.dataBlocks = sink.end();
+  }
+}
+
+function writeDirectories(plan: Plan, sink: DataSink): void {
+  for (const node of plan.nodes) {
+    if (node.kind !== 'dir') continue;
+    const entries = [
+      { name: DOT, inode: node.ino, fileType: c.FT_DIR },
+      { name: DOTDOT, inode: node.parentIno, fileType: c.FT_DIR },
+      ...node.entries!.map((e) => ({ name: e.name, inode: e.node.ino, fileType: fileType(e.node.kind) })),
+    ];
+    const blocks = encodeDirectory(entries, node.minDirBlocks);
+    sink.begin(node.extents, false);
+    for (const block of blocks) sink.write(block);
+    node.dataBlocks = sink.end();
+    node.size = blocks.length * c.BLOCK_SIZE;
+  }
+}
+
+const DOT = Buffer.from('.');
+const DOTDOT = Buffer.from('..');
+
+/** Writes extent tree blocks for nodes with more than four extents; returns each inode's i_block. */
+function writeExtentTrees(plan: Plan, allocator: BlockAllocator, image: ImageFile): Map<number, { root: Buffer; treeBlocks: number }> {
+  const roots = new Map<number, { root: Buffer; treeBlocks: number }>();
+  for (const node of plan.nodes) {
+    if (node.kind !== 'file' && node.kind !== 'dir' && !(node.kind === 'symlink' && node.dataBlocks > 0)) continue;
+    const encoded = encodeExtentTree(node.extents, () => allocator.allocBlock());
+    for (const { block, data } of encoded.blocks) image.writeAt(data, block * c.BLOCK_SIZE);
+    if (encoded.blocks.length !== treeBlocksFor(node.extents.length)) throw new Error('internal: extent tree size mismatch');
+    roots.set(node.ino, { root: encoded.root, treeBlocks: encoded.blocks.length });
+  }
+  return roots;
+}
+
+function writeInodeTables(
+  plan: Plan,
+  g: Geometry,
+  locations: GroupLocations,
+  extentRoots: Map<number, { root: Buffer; treeBlocks: number }>,
+  journal: Journal | undefined,
+  time: number,
+  image: ImageFile,
+): GroupDescriptor[] {
+  const descriptors: GroupDescriptor[] = [];
+  for (let i = 0; i < g.groupCount; i++) {
+    descriptors.push({ blockBitmap: locations.blockBitmaps[i], inodeBitmap: locations.inodeBitmaps[i], inodeTable: locations.inodeTables[i], freeBlocks: 0, freeInodes: 0, usedDirs: 0 });
+  }
+  const tableBytes = g.inodesPerGroup * c.INODE_SIZE;
+  let table = Buffer.alloc(tableBytes);
+  let tableGroup = 0;
+  let dirty = false;
+  const flush = () => {
+    if (dirty) image.writeAt(table, locations.inodeTables[tableGroup] * c.BLOCK_SIZE);
+    table = Buffer.alloc(tableBytes);
+    dirty = false;
+  };
+  const put = (ino: number, write: (buf: Buffer, offset: number) => void) => {
+    const group = Math.floor((ino - 1) / g.inodesPerGroup);
+    if (group !== tableGroup) {
+      flush();
+      tableGroup = group;
+    }
+    write(table, ((ino - 1) % g.inodesPerGroup) * c.INODE_SIZE);
+    dirty = true;
+  };
+
+  if (journal) {
+    for (const { block, data } of journal.treeBlocks) image.writeAt(data, block * c.BLOCK_SIZE);
+    put(c.JOURNAL_INO, (buf, off) =>
+      encodeInode(
+        { mode: c.S_IFREG | 0o600, uid: 0, gid: 0, size: g.journalBlocks * c.BLOCK_SIZE, time, links: 1, blocks: g.journalBlocks + journal.treeBlocks.length, flags: c.INODE_FLAG_EXTENTS, block: journal.root },
+        buf,
+        off,
+      ),
+    );
+  }
+  for (const node of plan.nodes) {
+    const group = Math.floor((node.ino - 1) / g.inodesPerGroup);
+    if (node.kind === 'dir') descriptors[group].usedDirs += 1;
+    put(node.ino, (buf, off) => encodeInode(inodeFields(node, extentRoots.get(node.ino)), buf, off));
+  }
+  flush();
+  return descriptors;
+}
+
+function inodeFields(node: PlannedNode, extent: { root: Buffer; treeBlocks: number } | undefined) {
+  const base = {
+    uid: node.uid,
+    gid: node.gid,
+    time: node.mtime,
+    links: node.links,
+    size: 0,
+    blocks: 0,
+    flags: 0,
+    block: Buffer.alloc(60),
+  };
+  const withExtents = () => ({
+    flags: c.INODE_FLAG_EXTENTS,
+    block: extent!.root,
+    blocks: node.dataBlocks + extent!.treeBlocks,
+  });
+  switch (node.kind) {
+    case 'dir': {
+      const links = node.subdirs + 2 > c.MAX_LINK_COUNT ? 1 : node.subdirs + 2;
+      return { ...base, ...withExtents(), mode: c.S_IFDIR | node.perm, links, size: node.size };
+    }
+    case 'file':
+      return { ...base, ...withExtents(), mode: c.S_IFREG | node.perm, size: node.size };
+    case 'symlink': {
+      const target = Buffer.from(node.source!.target ?? '');
+      if (target.length <= c.FAST_SYMLINK_MAX) {
+        const block = Buffer.alloc(60);
+        target.copy(block);
+        return { ...base, mode: c.S_IFLNK | node.perm, size: target.length, block };
+      }
+      return { ...base, ...withExtents(), mode: c.S_IFLNK | node.perm, size: target.length };
+    }
+    case 'chardev':
+    case 'blockdev':
+      return {
+        ...base,
+        mode: (node.kind === 'chardev' ? c.S_IFCHR : c.S_IFBLK) | node.perm,
+        block: deviceBlock(node.source!.rdevMajor ?? 0, node.source!.rdevMinor ?? 0),
+      };
+    case 'fifo':
+      return { ...base, mode: c.S_IFIFO | node.perm };
+    case 'socket':
+      return { ...base, mode: c.S_IFSOCK | node.perm };
+  }
+}
+
+function fileType(kind: Inode['kind']): number {
+  switch (kind) {
+    case 'file':
+      return c.FT_REG;
+    case 'dir':
+      return c.FT_DIR;
+    case 'symlink':
+      return c.FT_SYMLINK;
+    case 'chardev':
+      return c.FT_CHRDEV;
+    case 'blockdev':
+      return c.FT_BLKDEV;
+    case 'fifo':
+      return c.FT_FIFO;
+    case 'socket':
+      return c.FT_SOCK;
+  }
+}
+
+function writeBitmapsAndCounts(
+  allocator: BlockAllocator,
+  g: Geometry,
+  locations: GroupLocations,
+  descriptors: GroupDescriptor[],
+  lastUsedInode: number,
+  image: ImageFile,
+): void {
+  const blockBitmap = Buffer.alloc(c.BLOCK_SIZE);
+  const inodeBitmap = Buffer.alloc(c.BLOCK_SIZE);
+  for (let group = 0; group < g.groupCount; group++) {
+    const first = group * c.BLOCKS_PER_GROUP;
+    const count = Math.min(c.BLOCKS_PER_GROUP, g.totalBlocks - first);
+    blockBitmap.fill(0);
+    let used = 0;
+    for (let i = 0; i < c.BLOCKS_PER_GROUP; i++) {
+      // Bits past the end of the disk are set, as the kernel expects.
+      if (i >= count || allocator.isUsed(first + i)) {
+        blockBitmap[i >> 3] |= 1 << (i & 7);
+        if (i < count) used += 1;
+      }
+    }
+    descriptors[group].freeBlocks = count - used;
+    image.writeAt(blockBitmap, locations.blockBitmaps[group] * c.BLOCK_SIZE);
+
+    inodeBitmap.fill(0);
+    const firstIno = group * g.inodesPerGroup + 1;
+    let usedInodes = 0;
+    for (let i = 0; i < c.BLOCK_SIZE * 8; i++) {
+      if (i >= g.inodesPerGroup || firstIno + i <= lastUsedInode) {
+        inodeBitmap[i >> 3] |= 1 << (i & 7);
+        if (i < g.inodesPerGroup) usedInodes += 1;
+      }
+    }
+    descriptors[group].freeInodes = g.inodesPerGroup - usedInodes;
+    image.writeAt(inodeBitmap, locations.inodeBitmaps[group] * c.BLOCK_SIZE);
+  }
+}
+
+function throttle(onProgress: Ext4Options['onProgress'], total: number): (bytes: number) => void {
+  if (!onProgress) return () => {};
+  let last = 0;
+  return (bytes) => {
+    const now = Date.now();
+    if (now - last < 100) return;
+    last = now;
+    onProgress({ phase: 'data', done: bytes, total });
+  };
+}
+
+export function formatUuid(uuid: Buffer): string {
+  const h = uuid.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+function formatBytes(bytes: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let value = bytes;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
+}
