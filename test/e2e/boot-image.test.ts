@@ -1,8 +1,9 @@
 /**
  * End to end: Debian's cloud kernel boots under qemu (TCG, no KVM needed) from a ferry-built
  * initramfs, loads the virtio modules ferry selected, mounts an ext4 system disk built from a
- * Tree, reads a known file, writes a new one, and powers off. The host then checks the console,
- * that the disk is still clean (e2fsck -fn), and that the guest's write landed (debugfs).
+ * Tree, reads a known file through an overlay (as stage 1 will), writes a new file to the disk,
+ * and powers off. The host then checks the console, that the disk is still clean (e2fsck -fn),
+ * and that the guest's write landed (debugfs) while the overlay's did not.
  */
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -35,8 +36,17 @@ while [ ! -b /dev/vda ]; do
   sleep 0.1
 done
 echo "FERRY-TEST-NET: $(ls /sys/class/net | tr '\\n' ' ')"
-mount -t ext4 /dev/vda /mnt || fail "mount /dev/vda"
-echo "FERRY-TEST-CONTENT: $(cat /mnt/hello.txt)"
+# Stage 1's shape: the system disk read-only under an overlay with a tmpfs upper layer.
+mount -t ext4 -o ro /dev/vda /mnt || fail "mount /dev/vda read-only"
+mkdir -p /run/overlay /newroot
+mount -t tmpfs tmpfs /run/overlay && mkdir /run/overlay/upper /run/overlay/work
+mount -t overlay overlay -o lowerdir=/mnt,upperdir=/run/overlay/upper,workdir=/run/overlay/work /newroot \\
+  || fail "mount overlay"
+echo "FERRY-TEST-CONTENT: $(cat /newroot/hello.txt)"
+echo "only in the overlay" > /newroot/overlay-only || fail "write to the overlay"
+umount /newroot || fail "umount overlay"
+# Then a write that must reach the disk.
+mount -o remount,rw /mnt || fail "remount /dev/vda read-write"
 echo "${GUEST_WRITES}" > /mnt/newfile || fail "write /mnt/newfile"
 sync
 umount /mnt || fail "umount /mnt"
@@ -122,8 +132,10 @@ describe('a ferry-built initramfs boots the Debian cloud kernel', () => {
           '-nographic',
           '-no-reboot',
           '-drive', `file=${disk},format=raw,if=virtio`,
-          // A NIC, so virtio_net has a device to bind; restrict=on keeps the guest off the host.
-          '-nic', 'user,model=virtio-net-pci,restrict=on',
+          // A NIC, so virtio_net has a device to bind; restrict=on keeps the guest off the host,
+          // and no option ROM spares the iPXE probe.
+          '-netdev', 'user,id=net0,restrict=on',
+          '-device', 'virtio-net-pci,netdev=net0,romfile=',
         ],
         { stdin: 'ignore', reject: false, timeout: BOOT_TIMEOUT_MS, forceKillAfterDelay: 2_000 },
       );
@@ -138,6 +150,7 @@ describe('a ferry-built initramfs boots the Debian cloud kernel', () => {
 
       expect(result.timedOut, `qemu still running after ${BOOT_TIMEOUT_MS} ms; ${report}`).toBe(false);
       expect(result.exitCode, report).toBe(0);
+      expect(console_, report).not.toContain('Initramfs unpacking failed');
       expect(console_, report).not.toContain('FERRY-TEST-FAIL');
       expect(console_, report).toContain(`FERRY-TEST-CONTENT: ${KNOWN_CONTENT}`);
       expect(console_, report).toMatch(/FERRY-TEST-NET: .*\beth0\b/);
@@ -151,6 +164,9 @@ describe('a ferry-built initramfs boots the Debian cloud kernel', () => {
       expect(fsck.exitCode, `${fsck.stdout}\n${fsck.stderr}`).toBe(0);
       const cat = await execa('debugfs', ['-R', 'cat /newfile', disk]);
       expect(cat.stdout).toBe(GUEST_WRITES);
+      // The overlay's write stayed in guest memory.
+      const overlayOnly = await execa('debugfs', ['-R', 'stat /overlay-only', disk], { reject: false });
+      expect(`${overlayOnly.stdout}${overlayOnly.stderr}`).toMatch(/File not found/);
     },
     BOOT_TIMEOUT_MS + 30_000,
   );

@@ -24,7 +24,9 @@ export const MODULE_LOAD_ORDER_PATH = 'lib/modules/load-order';
 export const DEFAULT_APPLETS = [
   'sh', 'mount', 'umount', 'insmod', 'mkdir', 'mknod', 'cat', 'echo', 'ls', 'sleep', 'sync',
   'poweroff', 'reboot', 'switch_root', 'ln', 'rm', 'cp', 'mv', 'chmod', 'test', '[', 'grep',
-  'sed', 'date', 'dmesg', 'modprobe', 'ip', 'hostname', 'uname', 'true', 'false',
+  'sed', 'date', 'dmesg', 'modprobe', 'ip', 'hostname', 'uname', 'true', 'false', 'tr', 'head',
+  'tail', 'cut', 'wc', 'printf', 'env', 'chroot', 'kill', 'ps', 'mountpoint', 'readlink',
+  'basename', 'dirname',
 ];
 
 export interface BuildInitramfsOptions {
