@@ -36,6 +36,7 @@ while [ ! -b /dev/vda ]; do
   sleep 0.1
 done
 echo "FERRY-TEST-NET: $(ls /sys/class/net | tr '\\n' ' ')"
+echo "FERRY-TEST-RNG: $(cat /sys/class/misc/hw_random/rng_current)"
 # Stage 1's shape: the system disk read-only under an overlay with a tmpfs upper layer.
 mount -t ext4 -o ro /dev/vda /mnt || fail "mount /dev/vda read-only"
 mkdir -p /run/overlay /newroot
@@ -136,6 +137,8 @@ describe('a ferry-built initramfs boots the Debian cloud kernel', () => {
           // and no option ROM spares the iPXE probe.
           '-netdev', 'user,id=net0,restrict=on',
           '-device', 'virtio-net-pci,netdev=net0,romfile=',
+          // Entropy for the guest (sshd host keys at boot under TCG would otherwise wait).
+          '-device', 'virtio-rng-pci',
         ],
         { stdin: 'ignore', reject: false, timeout: BOOT_TIMEOUT_MS, forceKillAfterDelay: 2_000 },
       );
@@ -154,6 +157,7 @@ describe('a ferry-built initramfs boots the Debian cloud kernel', () => {
       expect(console_, report).not.toContain('FERRY-TEST-FAIL');
       expect(console_, report).toContain(`FERRY-TEST-CONTENT: ${KNOWN_CONTENT}`);
       expect(console_, report).toMatch(/FERRY-TEST-NET: .*\beth0\b/);
+      expect(console_, report).toMatch(/FERRY-TEST-RNG: virtio_rng/);
       expect(console_, report).toContain('FERRY-TEST-DONE');
       console.log(
         `qemu start -> file read: ${((contentSeenAt! - started) / 1000).toFixed(1)} s; ` +
