@@ -11,7 +11,8 @@ import path from 'node:path';
 import { parse as parseToml, TomlError } from 'smol-toml';
 import { applyDefaults } from './defaults.js';
 import { currentHost, type HostInfo } from './host.js';
-import { ConfigError, problemsFromIssues } from './problems.js';
+import { locateKey } from './locate.js';
+import { ConfigError, problemsFromIssues, type ConfigProblem } from './problems.js';
 import { configFileSchema, type ConfigFile } from './schema.js';
 import type { FerryConfig } from './types.js';
 import { validateConfig } from './validate.js';
@@ -55,7 +56,7 @@ export function parseConfigText(text: string, fileName: string, options: ParseOp
   const source = path.resolve(fileName);
   const config = applyDefaults(file, { host, baseDir: options.baseDir ?? path.dirname(source), source });
   const problems = validateConfig(config, host, fileName);
-  if (problems.length > 0) throw new ConfigError(problems);
+  if (problems.length > 0) throw new ConfigError(withLines(problems, text));
   return deepFreeze(config);
 }
 
@@ -73,8 +74,17 @@ export function parseConfigFile(text: string, fileName: string): ConfigFile {
     throw error;
   }
   const result = configFileSchema.safeParse(raw);
-  if (!result.success) throw new ConfigError(problemsFromIssues(result.error.issues, raw, fileName, configFileSchema));
+  if (!result.success) throw new ConfigError(withLines(problemsFromIssues(result.error.issues, raw, fileName, configFileSchema), text));
   return result.data;
+}
+
+/** Adds the line of each problem's key, where it can be found in the text. */
+function withLines(problems: ConfigProblem[], text: string): ConfigProblem[] {
+  return problems.map((problem) => {
+    if (problem.key === undefined || problem.line !== undefined) return problem;
+    const line = locateKey(text, problem.key);
+    return line === undefined ? problem : { ...problem, line };
+  });
 }
 
 function deepFreeze<T>(value: T): T {

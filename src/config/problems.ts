@@ -12,16 +12,18 @@ export interface ConfigProblem {
   readonly file: string;
   /** Dotted key as written in the file, e.g. `guest.memory` or `image.layers[0].path`; absent for syntax errors. */
   readonly key?: string;
-  /** 1-based position, when known (TOML syntax errors). */
+  /** 1-based position, when known: the line of the key (or of its table), the column for syntax errors. */
   readonly line?: number;
   readonly column?: number;
   /** What is wrong: `expected …, got …`. */
   readonly message: string;
 }
 
-/** `FILE: key \`guest.memory\`: expected …, got …` (or `FILE:LINE:COLUMN: …` without a key). */
+/** `FILE:LINE: key \`guest.memory\`: expected …, got …` (`FILE:LINE:COLUMN: …` for syntax errors). */
 export function formatProblem(problem: ConfigProblem): string {
-  const where = problem.line === undefined ? problem.file : `${problem.file}:${problem.line}:${problem.column ?? 1}`;
+  let where = problem.file;
+  if (problem.line !== undefined) where += `:${problem.line}`;
+  if (problem.line !== undefined && problem.column !== undefined) where += `:${problem.column}`;
   return problem.key === undefined ? `${where}: ${problem.message}` : `${where}: key \`${problem.key}\`: ${problem.message}`;
 }
 

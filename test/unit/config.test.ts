@@ -216,7 +216,7 @@ describe('defaults per platform', () => {
 describe('each kind of error names the file and the key', () => {
   it('wrong type', () => {
     const error = problemsOf('[guest]\ncpus = "2"\n');
-    expect(error.message).toBe('ferry.toml: key `guest.cpus`: expected a whole number, got "2" (string)');
+    expect(error.message).toBe('ferry.toml:2: key `guest.cpus`: expected a whole number, got "2" (string)');
     expect(error.exitCode).toBe(ExitCode.Config);
     expect(error.exitCode).toBe(78);
     expect(error).toBeInstanceOf(FerryError);
@@ -229,7 +229,7 @@ describe('each kind of error names the file and the key', () => {
   });
 
   it('unknown key, with the close match suggested', () => {
-    expect(problemsOf('[guest]\nmemroy = "4GiB"\n').message).toBe('ferry.toml: key `guest.memroy`: unknown key (did you mean `guest.memory`?)');
+    expect(problemsOf('[guest]\nmemroy = "4GiB"\n').message).toBe('ferry.toml:2: key `guest.memroy`: unknown key (did you mean `guest.memory`?)');
   });
 
   it('unknown key in snake_case or camelCase: suggests the kebab-case key', () => {
@@ -254,7 +254,7 @@ describe('each kind of error names the file and the key', () => {
 
   it('bad size', () => {
     expect(problemsOf('[guest]\nmemory = 12.5\n').message).toBe(
-      'ferry.toml: key `guest.memory`: expected a size like "4GiB", "512MiB" or a number of bytes, got 12.5 (number)',
+      'ferry.toml:2: key `guest.memory`: expected a size like "4GiB", "512MiB" or a number of bytes, got 12.5 (number)',
     );
     expect(messageFor(problemsOf('[guest]\nmemory = "64MiB"\n'), 'guest.memory')).toBe('expected at least 256MiB, got "64MiB" (string)');
     expect(messageFor(problemsOf('[guest]\nmemory = "1.5M"\n'), 'guest.memory')).toBe('expected at least 256MiB, got "1.5M" (string)');
@@ -297,6 +297,26 @@ path = "d"
     expect(messageFor(error, 'image.layers[1].paths')).toBe('required: expected a list');
     expect(messageFor(error, 'image.layers[1].path')).toBe('unknown key (did you mean `image.layers[1].paths`?)');
     expect(messageFor(error, 'image.layers[2].type')).toBe('required: expected one of "tar", "dir", "nix"');
+  });
+
+  it('lines of keys in arrays of tables, dotted keys, and missing keys (their table\'s line)', () => {
+    const error = problemsOf(`
+[[image.layers]]
+type = "tar"
+path = "a.tar"
+
+[[image.layers]]
+type = "nix"
+path = "/nix/store/x"
+
+[guest]
+nix.cores = -1
+`);
+    expect(error.problems.map((p) => [p.key, p.line])).toEqual([
+      ['guest.nix.cores', 11],
+      ['image.layers[1].paths', 6],
+      ['image.layers[1].path', 8],
+    ]);
   });
 
   it('TOML syntax error: file, line and column', () => {
@@ -368,7 +388,16 @@ backend = "virtualbox"
     const lines = error.message.split('\n');
     expect(lines[0]).toBe('6 problems in the configuration:');
     expect(lines.slice(1)).toHaveLength(6);
-    for (const line of lines.slice(1)) expect(line).toMatch(/^ {2}ferry\.toml: key `[a-z.-]+`: /);
+    for (const line of lines.slice(1)) expect(line).toMatch(/^ {2}ferry\.toml:\d+: key `[a-z.-]+`: /);
+    // Each problem points at the line of its key.
+    expect(Object.fromEntries(error.problems.map((p) => [p.key, p.line]))).toEqual({
+      'guest.memroy': 3,
+      'guest.cpus': 4,
+      'guest.memory': 5,
+      'daemon.listen': 7,
+      'daemon.idle-timeout': 8,
+      'vm.backend': 10,
+    });
   });
 
   it('cross-key problems are reported together too', () => {
@@ -402,7 +431,7 @@ describe('loadConfig', () => {
     expect(config.image.layers).toEqual([{ type: 'dir', path: path.join(dir, 'overlay') }]);
 
     await writeFile(file, '[guest]\ncpus = true\n');
-    await expect(loadConfig(file, { host: linuxX64 })).rejects.toThrow(`${file}: key \`guest.cpus\`: expected a whole number, got true (boolean)`);
+    await expect(loadConfig(file, { host: linuxX64 })).rejects.toThrow(`${file}:2: key \`guest.cpus\`: expected a whole number, got true (boolean)`);
   });
 
   it('a directory is not a config file', async () => {
