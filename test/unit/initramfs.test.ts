@@ -287,6 +287,29 @@ describe('buildInitramfs', () => {
     expect(stdout).toBe('ok');
   });
 
+  it('refuses a busybox that could not run as /init', async () => {
+    const attempt = (path: string) =>
+      buildInitramfs({
+        busybox: path,
+        modulesDir: kernel.modulesDir,
+        modules: ['virtio_blk'],
+        init,
+        outputPath: join(work, 'never.gz'),
+        mtime: MTIME,
+      });
+    const dynamic = (await execa('sh', ['-c', 'command -v ls'])).stdout.trim();
+    await expect(attempt(dynamic)).rejects.toThrow(`busybox for the initramfs: ${dynamic}: it is dynamically linked`);
+    const text = join(work, 'not-elf');
+    await writeFile(text, '#!/bin/sh\n');
+    await expect(attempt(text)).rejects.toThrow(/: not an ELF executable \(no ELF magic\)/);
+    // The same busybox relabelled as aarch64 (e_machine is at offset 0x12).
+    const foreign = join(work, 'busybox-aarch64');
+    const bytes = await readFile(busybox);
+    bytes.writeUInt16LE(0xb7, 0x12);
+    await writeFile(foreign, bytes);
+    await expect(attempt(foreign)).rejects.toThrow(/it is built for aarch64, but the kernel modules \(.*\) are for x86_64/);
+  });
+
   it('leaves no output and no temp file behind when it fails', async () => {
     const dir = join(work, 'failing');
     await mkdir(dir);

@@ -5,13 +5,14 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { rename, rm, stat } from 'node:fs/promises';
+import { open, rename, rm } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip, constants as zlibConstants } from 'node:zlib';
 import { FerryError } from '../../errors.js';
 import { cpioArchive, type CpioEntry } from './cpio.js';
+import { Elf, ElfError } from './elf.js';
 import { selectModules, type ModuleSelection } from './modules.js';
 
 export { cpioArchive, type CpioEntry } from './cpio.js';
@@ -67,7 +68,7 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
     }
     selection = await selectModules(options.modulesDir, requested);
   }
-  await checkBusybox(options.busybox);
+  await checkBusybox(options.busybox, selection);
 
   const entries = initramfsEntries(options, selection);
   const level = options.compressionLevel ?? 6;
@@ -75,13 +76,31 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
     throw new FerryError(`initramfs compression level must be an integer from 1 to 9, got ${level}`);
   }
 
-  const tempPath = join(dirname(options.outputPath), `.${basename(options.outputPath)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const { sizeBytes, sha256 } = await writeGzippedCpio(entries, options.outputPath, { mtime: options.mtime, level });
+  return {
+    sizeBytes,
+    sha256,
+    kernelVersion: selection?.version,
+    modules: selection?.loadOrder.map((m) => m.name) ?? [],
+  };
+}
+
+/**
+ * Writes entries as a gzip'd cpio newc archive, atomically (temp file + rename), and returns its
+ * size and sha256. Used for the initramfs and for the small config archive appended to it.
+ */
+export async function writeGzippedCpio(
+  entries: Iterable<CpioEntry>,
+  outputPath: string,
+  options: { mtime: number; level?: number },
+): Promise<{ sizeBytes: number; sha256: string }> {
+  const tempPath = join(dirname(outputPath), `.${basename(outputPath)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   const hash = createHash('sha256');
   let sizeBytes = 0;
   try {
     await pipeline(
       Readable.from(cpioArchive(entries, { mtime: options.mtime })),
-      createGzip({ level, strategy: zlibConstants.Z_DEFAULT_STRATEGY }),
+      createGzip({ level: options.level ?? 6, strategy: zlibConstants.Z_DEFAULT_STRATEGY }),
       normaliseGzipHeader(),
       new Transform({
         transform(chunk: Buffer, _encoding, callback) {
@@ -92,18 +111,13 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
       }),
       createWriteStream(tempPath, { flags: 'wx', mode: 0o644 }),
     );
-    await rename(tempPath, options.outputPath);
+    await rename(tempPath, outputPath);
   } catch (error) {
     await rm(tempPath, { force: true });
     if (error instanceof FerryError) throw error;
-    throw new FerryError(`cannot write initramfs ${options.outputPath}: ${(error as Error).message}`, { cause: error });
+    throw new FerryError(`cannot write ${outputPath}: ${(error as Error).message}`, { cause: error });
   }
-  return {
-    sizeBytes,
-    sha256: hash.digest('hex'),
-    kernelVersion: selection?.version,
-    modules: selection?.loadOrder.map((m) => m.name) ?? [],
-  };
+  return { sizeBytes, sha256: hash.digest('hex') };
 }
 
 /** Everything in the archive, parents before children (the kernel creates entries in order). */
@@ -154,14 +168,40 @@ function initramfsEntries(options: BuildInitramfsOptions, selection: ModuleSelec
   return entries;
 }
 
-async function checkBusybox(path: string): Promise<void> {
-  try {
-    const info = await stat(path);
-    if (!info.isFile()) throw new Error('not a regular file');
-  } catch (error) {
-    throw new FerryError(`busybox for the initramfs: ${path}: ${(error as Error).message}`, {
-      hint: 'give the path of a statically linked busybox binary (Debian: busybox-static, /bin/busybox)',
+/**
+ * A dynamically linked busybox, or one for another architecture than the kernel's modules, only
+ * fails at boot ("No working init found"); say what is wrong now instead.
+ */
+async function checkBusybox(path: string, selection: ModuleSelection | undefined): Promise<void> {
+  const problem = (why: string) =>
+    new FerryError(`busybox for the initramfs: ${path}: ${why}`, {
+      hint: 'give the path of a statically linked busybox for the guest architecture (Debian: busybox-static)',
     });
+  let head: Buffer;
+  try {
+    const handle = await open(path, 'r');
+    try {
+      if (!(await handle.stat()).isFile()) throw new Error('not a regular file');
+      const buffer = Buffer.alloc(64 * 1024);
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, 0);
+      head = buffer.subarray(0, bytesRead);
+    } finally {
+      await handle.close();
+    }
+  } catch (error) {
+    throw problem((error as Error).message);
+  }
+  let elf: Elf;
+  try {
+    elf = new Elf(head);
+    if (elf.hasInterpreter()) throw problem('it is dynamically linked, but nothing in the initramfs can load it');
+  } catch (error) {
+    if (error instanceof ElfError) throw problem(`not an ELF executable (${error.message})`);
+    throw error;
+  }
+  const module = selection?.loadOrder[0];
+  if (module && module.machine !== elf.machine) {
+    throw problem(`it is built for ${elf.machineName}, but the kernel modules (${module.sourcePath}) are for ${new Elf(module.data).machineName}`);
   }
 }
 

@@ -11,6 +11,7 @@ import { decompress as zstdDecompress } from 'fzstd';
 // xz-decompress is CommonJS whose exports Node's ESM loader cannot name statically.
 import xzDecompress from 'xz-decompress';
 import { FerryError } from '../../errors.js';
+import { Elf, ElfError } from './elf.js';
 
 export type ModuleCompression = 'none' | 'xz' | 'zst' | 'gz';
 
@@ -26,6 +27,8 @@ export interface SelectedModule {
   depends: string[];
   /** The uncompressed module, ready for busybox insmod. */
   data: Buffer;
+  /** ELF e_machine, to check that busybox is built for the same architecture. */
+  machine: number;
 }
 
 export interface ModuleSelection {
@@ -86,6 +89,7 @@ export async function selectModules(modulesDir: string, names: readonly string[]
     inProgress.push(name);
     const data = await readModule(file.path, file.compression);
     const info = parseModinfo(data, file.path);
+    const machine = new Elf(data).machine;
     checkVermagic(info, version, file.path);
     const dependsRaw = (info.get('depends')?.[0] ?? '').split(',').filter((d) => d !== '');
     for (const dep of dependsRaw) await visit(dep, name);
@@ -98,6 +102,7 @@ export async function selectModules(modulesDir: string, names: readonly string[]
       compression: file.compression,
       depends,
       data,
+      machine,
     };
     done.set(name, selected);
     loadOrder.push(selected);
@@ -185,7 +190,13 @@ export async function readModule(path: string, compression: ModuleCompression): 
  * so each maps to every value in order.
  */
 export function parseModinfo(elf: Buffer, pathForErrors: string): Map<string, string[]> {
-  const section = findSection(elf, '.modinfo', pathForErrors);
+  let section: Buffer | undefined;
+  try {
+    section = new Elf(elf).section('.modinfo');
+  } catch (error) {
+    if (!(error instanceof ElfError)) throw error;
+    throw new FerryError(`kernel module ${pathForErrors} is not a valid ELF object: ${error.message}`);
+  }
   const info = new Map<string, string[]>();
   if (!section) return info;
   for (const item of section.toString('utf8').split('\0')) {
@@ -197,41 +208,6 @@ export function parseModinfo(elf: Buffer, pathForErrors: string): Map<string, st
     info.set(key, values);
   }
   return info;
-}
-
-/** Reads the section table of a 32- or 64-bit ELF file of either byte order. */
-function findSection(elf: Buffer, wanted: string, pathForErrors: string): Buffer | undefined {
-  const bad = (why: string) => new FerryError(`kernel module ${pathForErrors} is not a valid ELF object: ${why}`);
-  if (elf.length < 52 || elf.readUInt32BE(0) !== 0x7f454c46) throw bad('no ELF magic');
-  const is64 = elf[4] === 2;
-  const little = elf[5] === 1;
-  if (elf[4] !== 1 && elf[4] !== 2) throw bad(`unknown ELF class ${elf[4]}`);
-  const u16 = (off: number) => (little ? elf.readUInt16LE(off) : elf.readUInt16BE(off));
-  const u32 = (off: number) => (little ? elf.readUInt32LE(off) : elf.readUInt32BE(off));
-  const word = (off: number) =>
-    is64 ? Number(little ? elf.readBigUInt64LE(off) : elf.readBigUInt64BE(off)) : u32(off);
-
-  const shoff = word(is64 ? 0x28 : 0x20);
-  const shentsize = u16(is64 ? 0x3a : 0x2e);
-  const shnum = u16(is64 ? 0x3c : 0x30);
-  const shstrndx = u16(is64 ? 0x3e : 0x32);
-  if (shoff + shnum * shentsize > elf.length || shstrndx >= shnum) throw bad('section table out of bounds');
-
-  const sectionAt = (index: number) => {
-    const base = shoff + index * shentsize;
-    const nameOffset = u32(base);
-    const offset = word(base + (is64 ? 0x18 : 0x10));
-    const size = word(base + (is64 ? 0x20 : 0x14));
-    if (offset + size > elf.length) throw bad(`section ${index} out of bounds`);
-    return { nameOffset, data: elf.subarray(offset, offset + size) };
-  };
-  const names = sectionAt(shstrndx).data;
-  for (let i = 0; i < shnum; i++) {
-    const section = sectionAt(i);
-    const end = names.indexOf(0, section.nameOffset);
-    if (names.toString('latin1', section.nameOffset, end < 0 ? undefined : end) === wanted) return section.data;
-  }
-  return undefined;
 }
 
 /** A module built for another kernel fails at boot with an obscure insmod error; say so now instead. */
