@@ -73,12 +73,24 @@ export interface StopResult {
   status: ExitStatus;
 }
 
+export interface GuestEndpoint {
+  host: string;
+  port: number;
+  /** The whole FERRY-READY line, for the boot time and anything else the guest reports. */
+  readyLine: string;
+}
+
 export interface RunningVm {
   readonly backend: string;
   readonly spec: VmSpec;
   readonly pid: number;
   /** Console lines as the guest writes them, from the start of this boot. */
   readonly console: ConsoleStream;
+  /**
+   * Waits for the guest's `FERRY-READY` console line and returns where its sshd is: the forwarded
+   * port on 127.0.0.1 (qemu user networking) or the `ip=` the guest announced (NAT backends).
+   */
+  ready(timeoutMs: number): Promise<GuestEndpoint>;
   /** Resolves with the first console line matching `pattern`; rejects on timeout or VM exit. */
   waitForLine(pattern: RegExp, timeoutMs: number): Promise<RegExpMatchArray>;
   /** Ask, wait, then kill. Resolves once the process is gone and its run files are removed. */

@@ -6,7 +6,7 @@
 import { mkdir, unlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ExitCode, FerryError } from '../errors.js';
-import type { ExitStatus, RunningVm, SpecProblem, StopOptions, StopResult, VmBackend, VmSpec } from './backend.js';
+import type { ExitStatus, GuestEndpoint, RunningVm, SpecProblem, StopOptions, StopResult, VmBackend, VmSpec } from './backend.js';
 import { FileTail, LineConsole } from './console.js';
 import { acquireDiskLocks, runFiles } from './run-files.js';
 import type { ChildHandle, Runner } from './runner.js';
@@ -32,6 +32,8 @@ export interface LaunchPlan {
   askPowerOff: (child: ChildHandle) => Promise<void>;
   /** Ends the hypervisor without the guest's help but gracefully for the host (QMP quit). */
   quit?: (child: ChildHandle) => Promise<void>;
+  /** How the host reaches the guest's sshd: a forwarded port, or the address the guest announces. */
+  endpoint: 'forwarded-port' | 'announced-ip';
   /** Extra run files (sockets) removed after exit. */
   runFilesToRemove: string[];
 }
@@ -128,6 +130,10 @@ export async function launch(plan: LaunchPlan): Promise<RunningVm> {
     pid,
     console,
     waitForLine: (pattern, timeoutMs) => console.waitForLine(pattern, timeoutMs),
+    ready: async (timeoutMs) => {
+      const [line] = await console.waitForLine(READY_LINE, timeoutMs);
+      return endpointFrom(plan.endpoint, spec, line);
+    },
     stop,
     exited,
   };
@@ -145,6 +151,21 @@ export async function launch(plan: LaunchPlan): Promise<RunningVm> {
     }
   }
   return vm;
+}
+
+/** The guest contract's readiness line, e.g. `FERRY-READY ip=192.168.64.5 boot_ms=1234`. */
+export const READY_LINE = /\bFERRY-READY\b.*$/;
+
+export function endpointFrom(kind: LaunchPlan['endpoint'], spec: VmSpec, readyLine: string): GuestEndpoint {
+  if (kind === 'forwarded-port') {
+    if (spec.sshPortOnHost === undefined) throw new FerryError(`guest '${spec.name}': no sshPortOnHost was given, so its sshd is unreachable`);
+    return { host: '127.0.0.1', port: spec.sshPortOnHost, readyLine };
+  }
+  const ip = /\bip=([0-9a-fA-F.:]+)/.exec(readyLine)?.[1];
+  if (!ip) {
+    throw new FerryError(`guest '${spec.name}' announced readiness without its address: expected 'ip=…' in ${JSON.stringify(readyLine)}`);
+  }
+  return { host: ip, port: 22, readyLine };
 }
 
 function followFile(file: string, console: LineConsole): ConsoleFeed {

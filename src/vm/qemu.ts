@@ -180,6 +180,7 @@ export function createQemuBackend(options: QemuBackendOptions = {}): QemuBackend
       binary,
       args,
       writePidfile: false,
+      endpoint: 'forwarded-port',
       afterSpawn: async (child) => {
         qmp = await connectQmpWhenReady(qmpSocket, { timeoutMs: 15_000, gaveUp: child.exited });
       },

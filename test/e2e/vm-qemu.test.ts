@@ -6,7 +6,8 @@
  * so, ignores it — to prove stop() falls back to quit and kill.
  */
 import { execa } from 'execa';
-import { copyFile, mkdir, mkdtemp, readdir, rm, stat, writeFile, chmod } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -22,8 +23,12 @@ const INIT = `#!/bin/busybox sh
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-insmod /lib/evdev.ko
-insmod /lib/button.ko
+for m in $(cat /lib/modules.order); do insmod /lib/$m.ko; done
+ip link set lo up
+ip link set eth0 up
+ip addr add 10.0.2.15/24 dev eth0
+# Stands in for sshd: whoever connects to port 22 (through qemu's hostfwd) gets one line.
+( while :; do echo "FERRY-TEST-PORT-22 from guest" | nc -l -p 22; done ) &
 if ! grep -q ferry.test.ignore_powerdown /proc/cmdline; then
   for e in /sys/class/input/event*; do
     if grep -q "Power Button" "$e/device/name"; then
@@ -33,6 +38,7 @@ if ! grep -q ferry.test.ignore_powerdown /proc/cmdline; then
 fi
 sleep 0.3
 echo "FERRY-TEST-READY pid=$$ name=$(sed -n 's/.*ferry.test.name=\\([^ ]*\\).*/\\1/p' /proc/cmdline)"
+echo "FERRY-READY ip=10.0.2.15 boot_ms=0"
 while :; do sleep 1; done
 `;
 
@@ -49,8 +55,17 @@ async function buildInitramfs(dir: string): Promise<string> {
   for (const sub of ['bin', 'lib', 'proc', 'sys', 'dev']) await mkdir(path.join(root, sub), { recursive: true });
   await copyFile(await busyboxStatic(), path.join(root, 'bin', 'busybox'));
   await chmod(path.join(root, 'bin', 'busybox'), 0o755);
-  await copyFile(path.join(modulesDir, 'kernel/drivers/input/evdev.ko'), path.join(root, 'lib', 'evdev.ko'));
-  await copyFile(path.join(modulesDir, 'kernel/drivers/acpi/button.ko'), path.join(root, 'lib', 'button.ko'));
+  // In dependency order (from `modinfo -F depends`); ferry's own initramfs writer resolves this
+  // itself — this fixture stays independent of it.
+  const modules = [
+    'drivers/virtio/virtio_ring', 'drivers/virtio/virtio', 'drivers/virtio/virtio_pci_modern_dev',
+    'drivers/virtio/virtio_pci_legacy_dev', 'drivers/virtio/virtio_pci', 'net/core/failover',
+    'drivers/net/net_failover', 'drivers/net/virtio_net', 'drivers/input/evdev', 'drivers/acpi/button',
+  ];
+  for (const module of modules) {
+    await copyFile(path.join(modulesDir, 'kernel', `${module}.ko`), path.join(root, 'lib', `${path.basename(module)}.ko`));
+  }
+  await writeFile(path.join(root, 'lib', 'modules.order'), modules.map((m) => path.basename(m)).join('\n') + '\n');
   await writeFile(path.join(root, 'init'), INIT, { mode: 0o755 });
   const output = path.join(dir, 'initrd.cpio');
   const files = (await execa('find', ['.'], { cwd: root })).stdout;
@@ -80,6 +95,24 @@ async function newDisk(name: string): Promise<string> {
   await writeFile(file, '');
   await execa('truncate', ['-s', '64M', file]);
   return file;
+}
+
+/** Connects (retrying while the guest's listener comes up) and returns the first line sent. */
+async function readLineFrom(host: string, port: number): Promise<string> {
+  const deadline = Date.now() + 20_000;
+  while (Date.now() < deadline) {
+    const line = await new Promise<string>((resolve) => {
+      let data = '';
+      const socket = net.connect({ host, port });
+      socket.setTimeout(3000, () => socket.destroy());
+      socket.on('data', (chunk) => (data += chunk.toString()));
+      socket.on('error', () => {});
+      socket.on('close', () => resolve(data.split('\n')[0]));
+    });
+    if (line) return line;
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`nothing answered on ${host}:${port}`);
 }
 
 async function exists(file: string): Promise<boolean> {
@@ -137,8 +170,14 @@ describe('qemu backend on the real qemu-system-x86_64', () => {
     expect(match[2]).toBe('first'); // and it got our kernel command line
     expect(vm.console.history()).toContain(match[0]);
 
-    // The pidfile qemu wrote names this process; the disk lock beside the disk names it too.
-    expect(Number((await import('node:fs/promises').then((fs) => fs.readFile(runFiles.pidfile(spec), 'utf8'))).trim())).toBe(vm.pid);
+    // The endpoint for qemu is the forwarded port, and it really reaches the guest's port 22.
+    const endpoint = await vm.ready(10_000);
+    expect(endpoint).toEqual({ host: '127.0.0.1', port: spec.sshPortOnHost, readyLine: 'FERRY-READY ip=10.0.2.15 boot_ms=0' });
+    expect(await readLineFrom(endpoint.host, endpoint.port)).toBe('FERRY-TEST-PORT-22 from guest');
+
+    // The pidfile qemu wrote names this process; the lock beside the disk names it too.
+    expect(Number((await readFile(runFiles.pidfile(spec), 'utf8')).trim())).toBe(vm.pid);
+    expect(JSON.parse(await readFile(runFiles.diskLock({ path: disk, readOnly: false }), 'utf8'))).toMatchObject({ pid: vm.pid, guest: 'first' });
 
     // A second guest (other name, other runDir) on the same disk: refused, nothing started.
     const second = await specFor('second', disk);

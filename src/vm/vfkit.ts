@@ -1,0 +1,136 @@
+/**
+ * The vfkit backend (Virtualization.framework on Apple silicon). Syntax from crc-org/vfkit
+ * doc/usage.md (options, devices, the RESTful API) and pkg/config/bootloader.go (the cmdline
+ * value has its surrounding quotes trimmed). Not run on real hardware here: the argv is checked
+ * flag by flag in test/unit/vm-argv.test.ts.
+ */
+import { createHash } from 'node:crypto';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import type { RunningVm, SpecProblem, VmBackend, VmSpec } from './backend.js';
+import { ensureUncompressedKernel } from './kernel-image.js';
+import { launch, problemsError } from './process-vm.js';
+import { socketPathProblems } from './qemu.js';
+import { runFiles } from './run-files.js';
+import { createExecaRunner, type Runner } from './runner.js';
+import { validateCommon, validateNoCommas } from './validate.js';
+
+export interface VfkitArgvOptions {
+  restSocket: string;
+  /** The uncompressed Image to boot (see kernel-image.ts); defaults to spec.kernel. */
+  kernel?: string;
+}
+
+/** A stable, locally administered unicast MAC per guest, so its DHCP lease survives reboots. */
+export function vfkitMac(name: string): string {
+  const bytes = createHash('sha256').update(`ferry:${name}`).digest().subarray(0, 6);
+  bytes[0] = (bytes[0] & 0xfc) | 0x02;
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+export function buildVfkitArgv(spec: VmSpec, options: VfkitArgvOptions): string[] {
+  const argv = [
+    '--cpus', String(spec.cpus),
+    '--memory', String(spec.memoryBytes / 2 ** 20), // MiB
+    // One argv element, no shell: the quotes are vfkit's own, trimmed from the cmdline value.
+    '--bootloader', `linux,kernel=${options.kernel ?? spec.kernel},initrd=${spec.initrd},cmdline="${spec.cmdline}"`,
+  ];
+  for (const disk of spec.disks) argv.push('--device', `virtio-blk,path=${disk.path}`);
+  argv.push('--device', `virtio-net,nat,mac=${vfkitMac(spec.name)}`);
+  argv.push('--device', `virtio-serial,logFilePath=${spec.consoleLog}`);
+  argv.push('--device', 'virtio-rng');
+  if (spec.rosetta) argv.push('--device', 'rosetta,mountTag=rosetta');
+  argv.push('--restful-uri', `unix://${options.restSocket}`);
+  return argv;
+}
+
+/** POST /vm/state {"state": …} over vfkit's unix socket (doc/usage.md, "RESTful API"). */
+export function requestVfkitState(socketPath: string, state: 'Stop' | 'HardStop', timeoutMs = 5000): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const body = JSON.stringify({ state });
+    const request = http.request(
+      { socketPath, path: '/vm/state', method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }, timeout: timeoutMs },
+      (response) => {
+        response.resume();
+        if (response.statusCode === 200) resolve();
+        else reject(new Error(`vfkit answered ${response.statusCode} to state ${state}`));
+      },
+    );
+    request.on('timeout', () => request.destroy(new Error(`vfkit did not answer within ${timeoutMs} ms`)));
+    request.on('error', reject);
+    request.end(body);
+  });
+}
+
+export interface VfkitBackendOptions {
+  runner?: Runner;
+  /** Where decompressed kernels are cached. */
+  kernelCacheDir?: string;
+  platform?: NodeJS.Platform;
+  arch?: string;
+}
+
+export function createVfkitBackend(options: VfkitBackendOptions = {}): VmBackend {
+  const runner = options.runner ?? createExecaRunner();
+  const kernelCacheDir = options.kernelCacheDir ?? path.join(os.homedir(), 'Library', 'Caches', 'ferry', 'kernels');
+  const appleSilicon = (options.platform ?? process.platform) === 'darwin' && (options.arch ?? os.arch()) === 'arm64';
+
+  async function validate(spec: VmSpec): Promise<SpecProblem[]> {
+    const problems = await validateCommon(spec);
+    problems.push(...validateNoCommas(spec, 'vfkit'));
+    if (spec.system !== 'aarch64-linux') {
+      problems.push({
+        field: 'system',
+        message: `vfkit runs aarch64-linux guests only, got ${spec.system}`,
+        hint: 'x86_64-linux builds run inside the aarch64 guest through Rosetta (rosetta = true)',
+      });
+    }
+    if (spec.cmdline.includes('"')) {
+      problems.push({ field: 'cmdline', message: 'vfkit cannot pass a kernel command line containing \'"\'' });
+    }
+    if (spec.rosetta && !appleSilicon) {
+      problems.push({ field: 'rosetta', message: 'Rosetta for Linux needs an Apple silicon Mac' });
+    }
+    if (!(await runner.which('vfkit'))) {
+      problems.push({ field: 'backend', message: 'vfkit not found on PATH', hint: 'install it with `brew install vfkit`' });
+    }
+    problems.push(...socketPathProblems(runFiles.vfkitRestSocket(spec)));
+    return problems;
+  }
+
+  async function start(spec: VmSpec): Promise<RunningVm> {
+    const problems = await validate(spec);
+    if (problems.length) throw problemsError('vfkit', spec, problems);
+    const kernel = await ensureUncompressedKernel(spec.kernel, kernelCacheDir);
+    const restSocket = runFiles.vfkitRestSocket(spec);
+    return launch({
+      backend: 'vfkit',
+      spec,
+      runner,
+      binary: (await runner.which('vfkit'))!,
+      args: buildVfkitArgv(spec, { restSocket, kernel }),
+      writePidfile: true,
+      endpoint: 'announced-ip',
+      askPowerOff: () => requestVfkitState(restSocket, 'Stop'),
+      quit: () => requestVfkitState(restSocket, 'HardStop'),
+      runFilesToRemove: [restSocket],
+    });
+  }
+
+  return {
+    name: 'vfkit',
+    capabilities: {
+      userNetworkingPortForward: false,
+      natNetworking: true,
+      rosetta: appleSilicon,
+      // doc/usage.md lists only path= and deviceId= for virtio-blk: read-only rests on the guest's mount.
+      readOnlyDisks: false,
+      systems: ['aarch64-linux'],
+      accelerators: ['virtualization.framework'],
+    },
+    consoleDevice: () => 'hvc0',
+    validate,
+    start,
+  };
+}
