@@ -10,7 +10,7 @@ import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { PassThrough, Readable, Transform, type TransformCallback } from 'node:stream';
 import type { ReadableStream as WebReadableStream } from 'node:stream/web';
-import { createGunzip } from 'node:zlib';
+import * as zlib from 'node:zlib';
 import { Decompress as ZstdDecompress } from 'fzstd';
 // A CommonJS (webpack) bundle: Node cannot see its named exports from ESM, so take the default.
 import xzDecompress from 'xz-decompress';
@@ -76,13 +76,13 @@ export function decompressStream(input: Readable, compression: Compression, name
       decoder = input;
       break;
     case 'gzip': {
-      const gunzip = createGunzip();
+      const gunzip = zlib.createGunzip();
       input.pipe(gunzip);
       decoder = gunzip;
       break;
     }
     case 'zstd': {
-      const zstd = new ZstdTransform();
+      const zstd = nativeZstd() ?? new ZstdTransform();
       input.pipe(zstd);
       decoder = zstd;
       break;
@@ -118,7 +118,16 @@ export function decompressStream(input: Readable, compression: Compression, name
   return out;
 }
 
-/** A Node Transform around fzstd's streaming decoder. */
+/**
+ * Node's own zstd decoder (Node >= 22.15), about eight times faster than fzstd. Node 20, which
+ * ferry still supports, lacks it; its typings do too, hence the lookup by name.
+ */
+function nativeZstd(): Transform | undefined {
+  const create = (zlib as unknown as { createZstdDecompress?: () => Transform }).createZstdDecompress;
+  return typeof create === 'function' ? create() : undefined;
+}
+
+/** A Node Transform around fzstd's streaming decoder (pure JavaScript, for Node 20). */
 class ZstdTransform extends Transform {
   private readonly decoder: ZstdDecompress;
   private sawInput = false;
