@@ -22,12 +22,14 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { writeExt4 } from '../../src/image/ext4/index.js';
 import { openDecompressed } from '../../src/image/layers/decompress.js';
 import { DirLayer } from '../../src/image/layers/dir.js';
 import { layerFromPath } from '../../src/image/layers/index.js';
 import { LayerError } from '../../src/image/layers/layer.js';
 import { TarLayer } from '../../src/image/layers/tar.js';
 import { Tree, type Inode } from '../../src/image/tree.js';
+import { compareManifests, e2fsck, manifestFromDir, manifestFromTar, readImage } from '../support/ext4-readback.js';
 
 const isRoot = process.getuid?.() === 0;
 const MTIME = 1_600_000_000;
@@ -506,5 +508,29 @@ describe('layerFromPath', () => {
     expect(await layerFromPath(join(work, 'rootfs.tar.gz'))).toBeInstanceOf(TarLayer);
     const missing = join(work, 'nowhere');
     await expect(layerFromPath(missing)).rejects.toThrow(new RegExp(`${missing}.*expected a directory or a tarball`));
+  });
+});
+
+describe('layers through the ext4 writer', () => {
+  // e2fsprogs reads the images back: what the layers put in the tree is what a kernel would see.
+  for (const file of ['pax.tar', 'rootfs.tar.gz']) {
+    it(`${file}: e2fsck is clean and the image matches the tarball`, async () => {
+      const tarball = join(work, file);
+      const tree = await applied(new TarLayer(tarball));
+      const image = join(work, `${file}.ext4`);
+      await writeExt4(tree, image);
+      const fsck = await e2fsck(image);
+      expect(fsck.exitCode, fsck.output).toBe(0);
+      expect(compareManifests(await manifestFromTar(tarball), await readImage(image))).toEqual([]);
+    });
+  }
+
+  it('dir layer: e2fsck is clean and the image matches the directory', async () => {
+    const tree = await applied(new DirLayer(src));
+    const image = join(work, 'dir.ext4');
+    await writeExt4(tree, image);
+    const fsck = await e2fsck(image);
+    expect(fsck.exitCode, fsck.output).toBe(0);
+    expect(compareManifests(await manifestFromDir(src), await readImage(image))).toEqual([]);
   });
 });
