@@ -3,6 +3,9 @@ import type { Command } from 'commander';
 import { parseSize } from '../config/units.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { mkfs } from '../image/mkfs.js';
+import { buildImage } from '../image/build.js';
+import { loadConfig } from '../config/load.js';
+import { resolvePaths } from '../config/paths.js';
 import { createProgress, formatDurationMs, humanBytes } from '../ui/progress.js';
 
 export function registerImageCommands(program: Command): void {
@@ -43,5 +46,45 @@ export function registerImageCommands(program: Command): void {
             `(read ${formatDurationMs(result.timings.layersMs)}, wrote ${formatDurationMs(result.timings.writeMs)})\n`,
         );
       }
+    });
+
+  image
+    .command('build')
+    .description('build the guest image (system disk, initramfs, generated config) into the content-addressed cache')
+    .option('-c, --config <file>', 'the config file (default: $FERRY_CONFIG or the platform default)')
+    .option('--json', 'print the manifest (paths, hashes, sizes, timings) as JSON on stdout')
+    .option('--refresh', 'look for newer base packages (kernel, busybox) instead of reusing the ones fetched before')
+    .addHelpText(
+      'after',
+      '\nUnchanged inputs are a cache hit. A change of generated files only (keys, nix.conf, users)\n' +
+        'rebuilds only the small config archive; the system disk is not read or rewritten.\n' +
+        'Exit codes: 0 ok, 65 bad layer, 66 missing input, 69 a tool or package is unavailable, 78 bad config.',
+    )
+    .action(async (opts: { config?: string; json?: boolean; refresh?: boolean }) => {
+      const paths = resolvePaths({ configFile: opts.config });
+      const config = await loadConfig(paths.configFile, { mustExist: opts.config !== undefined });
+      const progress = createProgress({ quiet: opts.json });
+      const manifest = await buildImage({
+        config,
+        paths,
+        refresh: opts.refresh,
+        onStep: (label) => progress.step(label),
+        onProgress: (p) => p.phase === 'data' && progress.update(p.done, p.total, 'bytes'),
+      });
+      progress.done();
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(manifest, null, 2)}\n`);
+        return;
+      }
+      const part = (name: string, p: { path: string; sizeBytes: number; cacheHit: boolean }) =>
+        `  ${name.padEnd(12)} ${p.cacheHit ? 'cached ' : 'built  '} ${humanBytes(p.sizeBytes).padStart(10)}  ${p.path}\n`;
+      process.stdout.write(
+        `image ${manifest.id} (${manifest.preset}, ${manifest.system}, kernel ${manifest.kernel.version})\n` +
+          part('system disk', manifest.systemDisk) +
+          part('initramfs', manifest.initramfs) +
+          part('config', manifest.config) +
+          part('initrd', manifest.initrd) +
+          `  manifest     ${manifest.manifestPath}\n`,
+      );
     });
 }

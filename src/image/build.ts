@@ -1,0 +1,241 @@
+/**
+ * `ferry image build`: everything the guest boots from, in a content-addressed cache.
+ *
+ * The build is split so that a change of generated files (keys, nix.conf, users, scripts) never
+ * re-reads or rewrites the base:
+ *   system-<key>.img      ext4 from the base layers (preset rootfs + [[image.layers]]); its key
+ *                         hashes the layers' fingerprints (cheap: stat of a tarball, a walk of a
+ *                         directory's metadata, a store closure's path names), never contents.
+ *   initramfs-<key>.cpio.gz   busybox, modules and stage 1; keyed by kernel, busybox and script.
+ *   config-<key>.cpio.gz  the generated files, appended to the initramfs (the kernel unpacks
+ *                         concatenated archives in order); stage 1 copies them into the root.
+ *   initrd-<key>.img      initramfs + config, the file handed to the VM.
+ *   build-<id>.json       the manifest: which of the above make one bootable guest.
+ */
+import { createHash } from 'node:crypto';
+import { copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import type { FerryConfig } from '../config/types.js';
+import type { FerryPaths } from '../config/paths.js';
+import { ExitCode, FerryError } from '../errors.js';
+import { ensureKeyPair } from '../keys/ssh-keys.js';
+import { writeExt4, type Ext4Progress } from './ext4/index.js';
+import { guestFiles } from './guest/files.js';
+import { OVERLAY_DIR, STAGE1_MODULES, stage1Init } from './guest/stage1.js';
+import { buildInitramfs, writeGzippedCpio, type CpioEntry } from './initramfs/index.js';
+import { DirLayer } from './layers/dir.js';
+import type { Layer } from './layers/layer.js';
+import { NixLayer } from './layers/nix.js';
+import { TarLayer } from './layers/tar.js';
+import { guard } from './mkfs.js';
+import { debianPreset } from './presets/debian.js';
+import type { PresetInputs } from './presets/preset.js';
+import { Tree } from './tree.js';
+
+/** Bump when the image layout or the writer changes in a way that must invalidate caches. */
+const FORMAT_VERSION = 'ferry-image-1';
+
+export interface BuiltPart {
+  path: string;
+  key: string;
+  sizeBytes: number;
+  cacheHit: boolean;
+}
+
+export interface ImageManifest {
+  id: string;
+  system: string;
+  preset: string;
+  systemDisk: BuiltPart;
+  initramfs: BuiltPart;
+  config: BuiltPart;
+  initrd: BuiltPart;
+  kernel: { path: string; version: string };
+  /** The kernel command line, without the per-boot parts (clock, network mode). */
+  cmdline: string;
+  manifestPath: string;
+  timings: Record<string, number>;
+}
+
+export interface BuildImageOptions {
+  config: FerryConfig;
+  paths: FerryPaths;
+  onStep?: (label: string) => void;
+  onProgress?: (progress: Ext4Progress) => void;
+  /** Look for newer preset inputs (packages) instead of reusing the ones resolved before. */
+  refresh?: boolean;
+}
+
+export async function buildImage(options: BuildImageOptions): Promise<ImageManifest> {
+  const { config, paths } = options;
+  const timings: Record<string, number> = {};
+  const timed = async <T>(name: string, work: () => Promise<T>): Promise<T> => {
+    const start = performance.now();
+    try {
+      return await work();
+    } finally {
+      timings[name] = Math.round(performance.now() - start);
+    }
+  };
+  await mkdir(paths.imagesDir, { recursive: true });
+  await mkdir(paths.downloadsDir, { recursive: true });
+
+  const preset = await timed('preset', () => resolvePreset(config, paths, options.onStep, options.refresh));
+  const layers = baseLayers(config, preset);
+  const systemDisk = await timed('systemDisk', () => buildSystemDisk(layers, config, paths, options));
+  const initramfs = await timed('initramfs', () => buildBaseInitramfs(preset, paths, options.onStep));
+  const configArchive = await timed('config', () => buildConfigArchive(config, paths));
+  const initrd = await timed('initrd', () => concatenate(initramfs, configArchive, paths));
+
+  const cmdline = `console=${consoleDevice(config)} panic=-1 loglevel=4 ferry.system=${systemDisk.key.slice(0, 16)}`;
+  const id = sha256([FORMAT_VERSION, systemDisk.key, initrd.key, preset.kernel, cmdline].join('\n')).slice(0, 16);
+  const manifestPath = join(paths.imagesDir, `build-${id}.json`);
+  const manifest: ImageManifest = {
+    id,
+    system: config.guest.system,
+    preset: preset.name,
+    systemDisk,
+    initramfs,
+    config: configArchive,
+    initrd,
+    kernel: { path: preset.kernel, version: preset.kernelVersion },
+    cmdline,
+    manifestPath,
+    timings,
+  };
+  await writeAtomically(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
+  await writeAtomically(join(paths.imagesDir, 'latest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+  return manifest;
+}
+
+/** Reads the manifest of the latest `ferry image build`, if any. */
+export async function latestManifest(paths: FerryPaths): Promise<ImageManifest | undefined> {
+  const file = join(paths.imagesDir, 'latest.json');
+  if (!existsSync(file)) return undefined;
+  return JSON.parse(await readFile(file, 'utf8')) as ImageManifest;
+}
+
+function consoleDevice(config: FerryConfig): string {
+  if (config.guest.system === 'aarch64-linux') return config.vm.backend === 'vfkit' ? 'hvc0' : 'ttyAMA0';
+  return 'ttyS0';
+}
+
+async function resolvePreset(config: FerryConfig, paths: FerryPaths, onStep?: (label: string) => void, refresh = false): Promise<PresetInputs> {
+  if (config.guest.preset === 'debian') return debianPreset(paths.downloadsDir, config.guest.system, onStep, refresh);
+  throw new FerryError('the nixpkgs preset is not available in this version of ferry', {
+    exitCode: ExitCode.Unavailable,
+    hint: `set preset = "debian" under [guest] in ${config.source ?? 'ferry.toml'}`,
+  });
+}
+
+function baseLayers(config: FerryConfig, preset: PresetInputs): Layer[] {
+  const layers: Layer[] = [];
+  if (preset.rootfsTar) layers.push(new TarLayer(preset.rootfsTar, { keepOwners: true }));
+  if (preset.storePaths?.length) layers.push(new NixLayer({ paths: preset.storePaths }));
+  for (const layer of config.image.layers) {
+    if (layer.type === 'tar') layers.push(new TarLayer(layer.path, { keepOwners: true }));
+    else if (layer.type === 'dir') layers.push(new DirLayer(layer.path));
+    else layers.push(new NixLayer({ paths: [...layer.paths] }));
+  }
+  return layers;
+}
+
+async function buildSystemDisk(layers: Layer[], config: FerryConfig, paths: FerryPaths, options: BuildImageOptions): Promise<BuiltPart> {
+  const fingerprints = await guard(() => Promise.all(layers.map((layer) => layer.fingerprint())));
+  const key = sha256(JSON.stringify([FORMAT_VERSION, fingerprints, config.image.sizeBytes]));
+  const path = join(paths.imagesDir, `system-${key.slice(0, 32)}.img`);
+  if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
+  const tree = new Tree();
+  await guard(async () => {
+    for (const layer of layers) {
+      options.onStep?.(`reading ${layer.description}`);
+      await layer.apply(tree);
+    }
+  });
+  options.onStep?.('writing the system disk');
+  const result = await guard(() =>
+    writeExt4(tree, path, {
+      sizeBytes: config.image.sizeBytes === 'auto' ? undefined : config.image.sizeBytes,
+      label: 'ferry-system',
+      uuid: Buffer.from(key.slice(0, 32), 'hex'),
+      onProgress: options.onProgress,
+    }),
+  );
+  return { path, key, sizeBytes: result.sizeBytes, cacheHit: false };
+}
+
+async function buildBaseInitramfs(preset: PresetInputs, paths: FerryPaths, onStep?: (label: string) => void): Promise<BuiltPart> {
+  const busybox = await stat(preset.busybox);
+  const init = stage1Init();
+  const key = sha256(JSON.stringify([FORMAT_VERSION, preset.identity, preset.kernelVersion, busybox.size, STAGE1_MODULES, init]));
+  const path = join(paths.imagesDir, `initramfs-${key.slice(0, 32)}.cpio.gz`);
+  if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
+  onStep?.('writing the initramfs');
+  const result = await buildInitramfs({
+    busybox: preset.busybox,
+    modulesDir: preset.modulesDir,
+    modules: STAGE1_MODULES,
+    init,
+    outputPath: path,
+    mtime: 0,
+    compressionLevel: 6,
+  });
+  return { path, key, sizeBytes: result.sizeBytes, cacheHit: false };
+}
+
+async function buildConfigArchive(config: FerryConfig, paths: FerryPaths): Promise<BuiltPart> {
+  const hostKey = ensureKeyPair(paths.guestHostKey, 'ferry-guest-host-key');
+  const clientKey = ensureKeyPair(paths.guestClientKey, 'ferry-daemon-to-guest');
+  const files = guestFiles(config, {
+    hostPrivateKey: hostKey.privateKey,
+    hostPublicKey: hostKey.publicKey,
+    builderKeys: [clientKey.publicKey],
+    controlKey: clientKey.publicKey,
+  });
+  const entries: CpioEntry[] = [];
+  const dirs = new Set<string>();
+  for (const file of files) {
+    const path = `${OVERLAY_DIR}${file.path}`;
+    const parts = path.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const dir = parts.slice(0, i).join('/');
+      if (!dirs.has(dir)) {
+        dirs.add(dir);
+        entries.push({ kind: 'dir', path: dir, mode: 0o755 });
+      }
+    }
+    entries.push({ kind: 'file', path, data: Buffer.from(file.content), mode: file.mode });
+  }
+  const key = sha256(JSON.stringify([FORMAT_VERSION, files]));
+  const path = join(paths.imagesDir, `config-${key.slice(0, 32)}.cpio.gz`);
+  if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
+  const result = await writeGzippedCpio(entries, path, { mtime: 0 });
+  return { path, key, sizeBytes: result.sizeBytes, cacheHit: false };
+}
+
+async function concatenate(initramfs: BuiltPart, configArchive: BuiltPart, paths: FerryPaths): Promise<BuiltPart> {
+  const key = sha256(`${initramfs.key}\n${configArchive.key}`);
+  const path = join(paths.imagesDir, `initrd-${key.slice(0, 32)}.img`);
+  if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
+  const temp = `${path}.tmp-${process.pid}`;
+  try {
+    await copyFile(initramfs.path, temp);
+    await writeFile(temp, await readFile(configArchive.path), { flag: 'a' });
+    await rename(temp, path);
+  } catch (error) {
+    await rm(temp, { force: true });
+    throw error;
+  }
+  return { path, key, sizeBytes: (await stat(path)).size, cacheHit: false };
+}
+
+async function writeAtomically(path: string, text: string): Promise<void> {
+  const temp = `${path}.tmp-${process.pid}`;
+  await writeFile(temp, text);
+  await rename(temp, path);
+}
+
+function sha256(text: string): string {
+  return createHash('sha256').update(text).digest('hex');
+}

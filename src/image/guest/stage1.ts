@@ -1,0 +1,61 @@
+/**
+ * Stage 1: the /init of ferry's initramfs (busybox sh). It loads the virtio modules, mounts the
+ * system disk read-only under a tmpfs-backed overlay root, mounts the state disk and /nix from
+ * it (with the image's own /nix as the lower layer), copies in the generated config files that
+ * the config archive appended to the initramfs, and hands over to busybox init in the new root.
+ *
+ * Anything that goes wrong prints `FERRY-FAILED: reason` on the console (the daemon reports it)
+ * and powers the guest off instead of leaving it hung.
+ */
+
+/** Kernel modules stage 1 loads (their dependencies are added when the initramfs is built). */
+export const STAGE1_MODULES = [
+  'virtio_pci',
+  'virtio_mmio',
+  'virtio_blk',
+  'virtio_net',
+  'virtio_console',
+  'virtio_rng',
+  'overlay',
+] as const;
+
+/** Where stage 1 leaves the state disk mounted in the new root. */
+export const STATE_MOUNT = '/var/lib/ferry/state';
+/** Where the config archive puts the generated files, relative to the initramfs root. */
+export const OVERLAY_DIR = 'ferry/overlay';
+
+export function stage1Init(): string {
+  return `#!/bin/sh
+# ferry stage 1 (generated)
+export PATH=/bin
+fail() { echo "FERRY-FAILED: $*" > /dev/console; sleep 1; poweroff -f; }
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+while read -r module; do insmod "$module" 2>/dev/null; done < /lib/modules/load-order
+i=0
+while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; do
+  i=$((i + 1)); [ $i -gt 200 ] && fail "no /dev/vda and /dev/vdb after 10 s"
+  sleep 0.05
+done
+mkdir -p /lower /state /rw /newroot
+mount -t ext4 -o ro /dev/vda /lower || fail "cannot mount the system disk /dev/vda"
+mount -t ext4 /dev/vdb /state || fail "cannot mount the state disk /dev/vdb"
+mount -t tmpfs -o mode=755 rw /rw || fail "cannot mount the tmpfs for the root overlay"
+mkdir -p /rw/upper /rw/work
+mount -t overlay root -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot || fail "cannot mount the root overlay"
+mkdir -p /state/nix/upper /state/nix/work /newroot/nix
+if [ -d /lower/nix ]; then
+  mount -t overlay nix -o lowerdir=/lower/nix,upperdir=/state/nix/upper,workdir=/state/nix/work /newroot/nix || fail "cannot mount /nix"
+else
+  mount --bind /state/nix/upper /newroot/nix || fail "cannot mount /nix"
+fi
+cp -a /${OVERLAY_DIR}/. /newroot/ || fail "cannot install the generated files"
+mkdir -p /newroot${STATE_MOUNT}
+mount --move /state /newroot${STATE_MOUNT}
+mount --move /dev /newroot/dev
+umount /proc /sys
+exec switch_root /newroot /bin/busybox init
+fail "switch_root failed"
+`;
+}

@@ -1,0 +1,117 @@
+/**
+ * The `debian` base preset (Linux hosts, and the test suite): the root filesystem from
+ * mmdebstrap with openssh-server and nix-bin, the kernel from linux-image-cloud-<arch>, busybox
+ * from busybox-static. Everything is fetched once into the download cache.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { FerryError, ExitCode } from '../../errors.js';
+import { packageInfo, unpackedPackage, type DebianArch } from './apt.js';
+import type { PresetInputs } from './preset.js';
+
+/** What the guest needs to be a Nix builder, on top of `--variant=essential`. */
+export const DEBIAN_PACKAGES = ['openssh-server', 'nix-bin', 'busybox', 'iproute2', 'ca-certificates'] as const;
+export const DEBIAN_SUITE = 'bookworm';
+
+export function debianArch(system: string): DebianArch {
+  return system.startsWith('aarch64') ? 'arm64' : 'amd64';
+}
+
+export function mmdebstrapArgv(arch: DebianArch): string[] {
+  return ['--variant=essential', `--include=${DEBIAN_PACKAGES.join(',')}`, `--architectures=${arch}`, DEBIAN_SUITE];
+}
+
+export async function debianRootfsTar(downloadsDir: string, arch: DebianArch): Promise<string> {
+  const argv = mmdebstrapArgv(arch);
+  const key = createHash('sha256').update(JSON.stringify(['mmdebstrap', ...argv])).digest('hex').slice(0, 16);
+  const dir = join(downloadsDir, 'rootfs', key);
+  const tar = join(dir, 'rootfs.tar');
+  if (existsSync(tar)) return tar;
+  await mkdir(join(downloadsDir, 'rootfs'), { recursive: true });
+  const staging = join(downloadsDir, 'rootfs', `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await mkdir(staging);
+  try {
+    const result = await execa('mmdebstrap', ['--quiet', ...argv, join(staging, 'rootfs.tar')], { reject: false, all: true });
+    if (result.exitCode !== 0) {
+      const missing = (result as { code?: string }).code === 'ENOENT';
+      throw new FerryError(
+        missing ? 'mmdebstrap is not installed' : `mmdebstrap ${argv.join(' ')} failed (exit ${result.exitCode}):\n${result.all}`,
+        { exitCode: ExitCode.Unavailable, hint: missing ? 'apt-get install mmdebstrap' : undefined },
+      );
+    }
+    try {
+      await rename(staging, dir);
+    } catch (error) {
+      if (!existsSync(tar)) throw error;
+    }
+    return tar;
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+}
+
+export async function debianKernel(downloadsDir: string, arch: DebianArch) {
+  const meta = await packageInfo(`linux-image-cloud-${arch}`, arch);
+  const dependency = /^(linux-image-[0-9][^\s,(]*)/.exec(meta.depends)?.[1];
+  if (!dependency) throw new FerryError(`linux-image-cloud-${arch} has no versioned linux-image dependency: ${meta.depends}`);
+  const real = await packageInfo(dependency, arch);
+  const dir = await unpackedPackage(join(downloadsDir, 'kernel'), real);
+  const version = dependency.replace(/^linux-image-/, '');
+  const kernel = join(dir, 'boot', `vmlinuz-${version}`);
+  const modulesDir = join(dir, 'lib', 'modules', version);
+  for (const path of [kernel, modulesDir]) {
+    if (!existsSync(path)) throw new FerryError(`${real.name} ${real.version} unpacked to ${dir} has no ${path}`);
+  }
+  return { kernel, modulesDir, version, packageVersion: `${real.name}=${real.version}` };
+}
+
+export async function debianBusybox(downloadsDir: string, arch: DebianArch) {
+  const info = await packageInfo('busybox-static', arch);
+  const dir = await unpackedPackage(join(downloadsDir, 'busybox-static'), info);
+  const binary = join(dir, 'bin', 'busybox');
+  if (!existsSync(binary)) throw new FerryError(`${info.name} ${info.version} unpacked to ${dir} has no bin/busybox`);
+  return { busybox: binary, packageVersion: `${info.name}=${info.version}` };
+}
+
+/**
+ * The preset's inputs. Resolved once (apt lookups take seconds) and remembered in
+ * downloads/debian-<arch>.json; `refresh` looks for newer packages again.
+ */
+export async function debianPreset(
+  downloadsDir: string,
+  system: string,
+  onStep?: (label: string) => void,
+  refresh = false,
+): Promise<PresetInputs> {
+  const arch = debianArch(system);
+  const record = join(downloadsDir, `debian-${arch}.json`);
+  if (!refresh && existsSync(record)) {
+    const saved = JSON.parse(readFileSync(record, 'utf8')) as PresetInputs;
+    if ([saved.rootfsTar!, saved.kernel, saved.modulesDir, saved.busybox].every((p) => existsSync(p))) return saved;
+  }
+  const inputs = await resolveDebianPreset(downloadsDir, arch, onStep);
+  writeFileSync(`${record}.tmp`, JSON.stringify(inputs, null, 2));
+  renameSync(`${record}.tmp`, record);
+  return inputs;
+}
+
+async function resolveDebianPreset(downloadsDir: string, arch: DebianArch, onStep?: (label: string) => void): Promise<PresetInputs> {
+  onStep?.(`fetching the Debian ${arch} kernel`);
+  const kernel = await debianKernel(downloadsDir, arch);
+  onStep?.(`fetching busybox-static:${arch}`);
+  const busybox = await debianBusybox(downloadsDir, arch);
+  onStep?.(`making the Debian ${DEBIAN_SUITE} ${arch} root filesystem (mmdebstrap)`);
+  const rootfs = await debianRootfsTar(downloadsDir, arch);
+  return {
+    name: 'debian',
+    rootfsTar: rootfs,
+    kernel: kernel.kernel,
+    modulesDir: kernel.modulesDir,
+    kernelVersion: kernel.version,
+    busybox: busybox.busybox,
+    identity: `debian:${DEBIAN_SUITE}:${arch}:${kernel.packageVersion}:${busybox.packageVersion}:${mmdebstrapArgv(arch).join(' ')}`,
+  };
+}

@@ -1,0 +1,41 @@
+/**
+ * SSH key pairs ferry owns: made with ssh2's generator (OpenSSH format, no ssh-keygen needed),
+ * private halves mode 600 in a mode 700 directory, never overwritten once they exist, so the
+ * host keys that Nix and known_hosts pin stay valid across upgrades.
+ */
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { dirname } from 'node:path';
+import ssh2 from 'ssh2';
+
+export interface KeyPair {
+  privatePath: string;
+  publicPath: string;
+  /** The OpenSSH public key line, e.g. `ssh-ed25519 AAAA… comment`. */
+  publicKey: string;
+  privateKey: string;
+}
+
+export function ensureKeyPair(privatePath: string, comment: string): KeyPair {
+  const publicPath = `${privatePath}.pub`;
+  if (!existsSync(privatePath)) {
+    mkdirSync(dirname(privatePath), { recursive: true, mode: 0o700 });
+    const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment });
+    const temp = `${privatePath}.tmp-${process.pid}`;
+    writeFileSync(temp, pair.private, { mode: 0o600 });
+    renameSync(temp, privatePath);
+    writeFileSync(publicPath, `${pair.public}\n`, { mode: 0o644 });
+  }
+  chmodSync(privatePath, 0o600);
+  if (!existsSync(publicPath)) {
+    const parsed = ssh2.utils.parseKey(readFileSync(privatePath));
+    if (parsed instanceof Error) throw parsed;
+    const key = Array.isArray(parsed) ? parsed[0] : parsed;
+    writeFileSync(publicPath, `${key.type} ${key.getPublicSSH().toString('base64')} ${comment}\n`, { mode: 0o644 });
+  }
+  return {
+    privatePath,
+    publicPath,
+    privateKey: readFileSync(privatePath, 'utf8'),
+    publicKey: readFileSync(publicPath, 'utf8').trim(),
+  };
+}
