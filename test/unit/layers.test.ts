@@ -389,6 +389,38 @@ describe('tar layer', () => {
     await expect(applied(new TarLayer(garbage))).rejects.toThrow(/corrupt tarball .*garbage\.tar/);
   });
 
+  it('keeps owner ids beyond the ustar field (base-256 in GNU format, pax records)', async () => {
+    for (const format of ['gnu', 'pax']) {
+      const tarball = join(work, `big-owner-${format}.tar`);
+      sh('tar', ['-C', src, `--format=${format}`, '--owner=3000000', '--group=3000001', '--numeric-owner', '-cf', tarball, 'etc/hostname']);
+      expect(node(await applied(new TarLayer(tarball)), 'etc/hostname'), format).toMatchObject({ uid: 3000000, gid: 3000001 });
+    }
+  });
+
+  it("passes on the consumer's own errors from replay unchanged", async () => {
+    const layer = new TarLayer(join(work, 'rootfs.tar.xz'));
+    const tree = await applied(layer);
+    const content = node(tree, 'usr/bin/sudo').content as { kind: 'stream'; index: number };
+    const diskFull = new Error('ENOSPC: no space left on device');
+    await expect(
+      layer.replay(new Set([content.index]), async () => {
+        throw diskFull;
+      }),
+    ).rejects.toBe(diskFull);
+    // …and the layer is still usable afterwards.
+    expect((await contentOf(tree, 'usr/bin/sudo')).equals(files.get('usr/bin/sudo')!)).toBe(true);
+  });
+
+  it('refuses names that are not UTF-8 rather than mangling them', async () => {
+    const dir = join(work, 'latin1');
+    mkdirSync(dir);
+    writeFileSync(Buffer.from(`${dir}/caf\xe9`, 'latin1'), 'x');
+    const tarball = join(work, 'latin1.tar');
+    sh('tar', ['-C', dir, '-cf', tarball, '.']);
+    await expect(applied(new TarLayer(tarball))).rejects.toThrow(/not valid UTF-8/);
+    await expect(applied(new DirLayer(dir))).rejects.toThrow(/not valid UTF-8/);
+  });
+
   it('names a missing tarball', async () => {
     const missing = join(work, 'no-such.tar.gz');
     await expect(applied(new TarLayer(missing))).rejects.toThrow(`cannot read the tarball ${missing}`);

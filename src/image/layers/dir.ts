@@ -149,6 +149,10 @@ export class DirLayer implements Layer {
         try {
           st = lstatSync(host);
         } catch (err) {
+          if (name.includes('\ufffd')) {
+            // readdir replaced bytes that are not UTF-8, so the name no longer finds the file.
+            throw new LayerError(this.description, `a name in ${dir.host} is not valid UTF-8 (ferry handles UTF-8 names only): ${JSON.stringify(name)}`, { cause: err });
+          }
           throw new LayerError(this.description, `cannot read ${host}: ${(err as Error).message}`, { cause: err });
         }
         visit({ rel, host, st });

@@ -96,8 +96,10 @@ export class TarLayer implements Layer, StreamSource {
       throw new LayerError(this.description, 'the archive changed since it was read (size, mtime or inode differ); rebuild the image');
     }
     const last = Math.max(...wanted);
+    let delivered = 0;
     await this.scan(async (header, body, index) => {
       if (wanted.has(index)) {
+        delivered += 1;
         const expected = this.members.get(index)!;
         if (header.name !== expected.name || header.size !== expected.size) {
           throw new LayerError(
@@ -110,11 +112,18 @@ export class TarLayer implements Layer, StreamSource {
       await body.drain();
       return index >= last ? 'stop' : 'next';
     });
+    if (delivered !== wanted.size) {
+      throw new LayerError(this.description, `the archive changed since it was read: it now ends before member #${last}`);
+    }
   }
 
   /** Adds one archive entry to the tree. */
   private addEntry(tree: Tree, header: RawHeader, index: number, seen: Set<string>): void {
     const name = header.name;
+    if (name.includes('\ufffd') || (header.linkname ?? '').includes('\ufffd')) {
+      // tar-stream decodes names as UTF-8 and replaces invalid bytes; two names could collapse into one.
+      throw new LayerError(this.description, `entry ${JSON.stringify(name)}: the name is not valid UTF-8 (ferry handles UTF-8 names only)`);
+    }
     const path = this.entryPath(name);
     const pax = header.pax ?? {};
     if (Object.keys(pax).some((key) => key.startsWith('GNU.sparse.'))) {
@@ -264,13 +273,17 @@ export class TarLayer implements Layer, StreamSource {
     let current: RawHeader | undefined;
     let dataEnd = 0; // where the last member's (padded) data ends in the decompressed stream
     let index = 0;
+    let visiting = false;
+    let body: MemberBody | undefined;
     try {
       for await (const entry of extract) {
         const header = entry.header as RawHeader;
         current = header;
         if (header.byteOffset !== undefined) dataEnd = header.byteOffset + paddedSize(header);
-        const body = new MemberBody(entry as AsyncIterable<Buffer>);
+        body = new MemberBody(entry as AsyncIterable<Buffer>);
+        visiting = true;
         const next = await visit(header, body, index);
+        visiting = false;
         index += 1;
         if (next === 'stop') {
           stopped = true;
@@ -283,6 +296,8 @@ export class TarLayer implements Layer, StreamSource {
       extract.destroy(undefined);
       await pump;
       if (err instanceof LayerError) throw err;
+      // The consumer's own failure (say, the disk filled up while writing a member): not ours to explain.
+      if (visiting && !sourceError && body?.failure !== err) throw err;
       if (sourceError) throw new LayerError(this.description, sourceError.message, { cause: sourceError });
       const message = (err as Error).message;
       if (/Unexpected end of data/i.test(message)) {
@@ -319,6 +334,8 @@ export class TarLayer implements Layer, StreamSource {
 class MemberBody {
   private readonly iterator: AsyncIterator<Buffer>;
   private done = false;
+  /** An error from reading the archive itself (as opposed to one from whoever reads the chunks). */
+  failure: unknown;
 
   constructor(entry: AsyncIterable<Buffer>) {
     this.iterator = entry[Symbol.asyncIterator]();
@@ -328,9 +345,7 @@ class MemberBody {
     [Symbol.asyncIterator]: () => ({
       next: async () => {
         if (this.done) return { done: true, value: undefined };
-        const result = await this.iterator.next();
-        if (result.done) this.done = true;
-        return result;
+        return this.pull();
       },
       // Deliberately not forwarded: the rest is skipped by `drain`.
       return: async () => ({ done: true, value: undefined }),
@@ -338,9 +353,17 @@ class MemberBody {
   };
 
   async drain(): Promise<void> {
-    while (!this.done) {
+    while (!this.done) await this.pull();
+  }
+
+  private async pull(): Promise<IteratorResult<Buffer>> {
+    try {
       const result = await this.iterator.next();
       if (result.done) this.done = true;
+      return result;
+    } catch (err) {
+      this.failure = err;
+      throw err;
     }
   }
 }
