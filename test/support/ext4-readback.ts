@@ -39,6 +39,8 @@ export interface Entry {
   target?: string;
   major?: number;
   minor?: number;
+  /** Source-side identity of the inode (names with the same id are hard links); not compared. */
+  id?: string;
 }
 
 /** Absolute paths inside the image ('/' is the root) → entry. */
@@ -353,6 +355,7 @@ export async function manifestFromDir(root: string, options: SourceOptions = {})
       } else {
         const key = `${st.dev}:${st.ino}`;
         identities.set(key, [...(identities.get(key) ?? []), path]);
+        entry.id = `dir:${key}`;
       }
       if (entry.kind === 'file') {
         entry.size = Number(st.size);
@@ -462,8 +465,39 @@ export async function manifestFromTar(tarPath: string, options: SourceOptions = 
   for (const [entry, count] of names) entry.links = count;
   countSubdirs(manifest);
   // Hard links share one object; give each path its own copy so later edits do not alias.
-  for (const [path, entry] of manifest) manifest.set(path, { ...entry });
+  const ids = new Map<Entry, string>();
+  for (const [path, entry] of manifest) {
+    if (entry.kind !== 'dir' && !ids.has(entry)) ids.set(entry, `tar:${tarPath}:${path}`);
+    manifest.set(path, { ...entry, id: ids.get(entry) });
+  }
   return manifest;
+}
+
+/**
+ * What layering `upper` over `lower` gives, as ferry's Tree does it: a directory over a directory
+ * takes the upper's mode and owner and keeps the lower's children; anything else replaces the
+ * whole lower path (a directory with everything below it). Link counts are recounted from ids.
+ */
+export function overlayManifests(lower: Manifest, upper: Manifest): Manifest {
+  const result: Manifest = new Map([...lower].map(([p, e]) => [p, { ...e }]));
+  const paths = [...upper.keys()].sort((a, b) => a.split('/').length - b.split('/').length);
+  for (const path of paths) {
+    const entry = upper.get(path)!;
+    // The root of a dir layer (or a tarball without `./`) leaves the image root as it was.
+    if (path === '/' && entry.mtime === undefined) continue;
+    const existing = result.get(path);
+    if (existing?.kind === 'dir' && entry.kind === 'dir') {
+      Object.assign(existing, { perm: entry.perm, uid: entry.uid, gid: entry.gid, mtime: entry.mtime });
+      continue;
+    }
+    if (existing) removeTree(result, path);
+    result.set(path, { ...entry });
+  }
+  const counts = new Map<string, number>();
+  for (const e of result.values()) if (e.id) counts.set(e.id, (counts.get(e.id) ?? 0) + 1);
+  for (const e of result.values()) if (e.id) e.links = counts.get(e.id)!;
+  countSubdirs(result);
+  return result;
 }
 
 function removeTree(manifest: Manifest, path: string): void {
