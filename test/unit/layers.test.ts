@@ -29,6 +29,7 @@ import { layerFromPath } from '../../src/image/layers/index.js';
 import { LayerError } from '../../src/image/layers/layer.js';
 import { TarLayer } from '../../src/image/layers/tar.js';
 import { Tree, type Inode } from '../../src/image/tree.js';
+import { debianRootfs } from '../support/rootfs.js';
 import { compareManifests, e2fsck, manifestFromDir, manifestFromTar, readImage } from '../support/ext4-readback.js';
 
 const isRoot = process.getuid?.() === 0;
@@ -564,5 +565,20 @@ describe('layers through the ext4 writer', () => {
     const fsck = await e2fsck(image);
     expect(fsck.exitCode, fsck.output).toBe(0);
     expect(compareManifests(await manifestFromDir(src), await readImage(image))).toEqual([]);
+  });
+});
+
+describe('a real Debian rootfs (mmdebstrap, cached)', () => {
+  it('zstd-compressed: streamed members land in the image byte for byte', async () => {
+    const { tar } = await debianRootfs();
+    const compressed = join(work, 'debian.tar.zst');
+    sh('zstd', ['-q', '-T2', tar, '-o', compressed]);
+    const tree = await applied(new TarLayer(compressed));
+    expect(node(tree, 'usr/bin/ssh-keygen').content.kind).toBe('stream');
+    const image = join(work, 'debian.ext4');
+    await writeExt4(tree, image);
+    const fsck = await e2fsck(image);
+    expect(fsck.exitCode, fsck.output).toBe(0);
+    expect(compareManifests(await manifestFromTar(tar), await readImage(image))).toEqual([]);
   });
 });
