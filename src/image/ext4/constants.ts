@@ -61,7 +61,7 @@ export const FAST_SYMLINK_MAX = 59;
 /** Longest run of blocks one initialized extent can describe. */
 export const MAX_EXTENT_LEN = 32768;
 export const EXTENTS_IN_INODE = 4;
-export const EXTENTS_PER_BLOCK = (BLOCK_SIZE - 12) / 12;
+export const EXTENTS_PER_BLOCK = Math.floor((BLOCK_SIZE - 12) / 12);
 /** With dir_nlink, a directory with more subdirectories than this has a link count of 1. */
 export const MAX_LINK_COUNT = 65000;
 

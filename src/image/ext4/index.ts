@@ -37,7 +37,7 @@ export interface Ext4Options {
   label?: string;
   /** 16 bytes or 32 hex digits; derived from the tree's metadata when omitted. */
   uuid?: Buffer | string;
-  /** Superblock timestamps; the newest mtime in the tree when omitted. */
+  /** Superblock timestamps; the newest mtime in the tree (but not later than now) when omitted. */
   timestamp?: number;
   /** Inode count; automatic when omitted. */
   inodes?: number;
@@ -67,7 +67,8 @@ export async function writeExt4(tree: Tree, outputPath: string, options: Ext4Opt
   const plan = planTree(tree);
   const geometry = chooseGeometry(plan, options);
   const uuid = chooseUuid(plan, options.uuid);
-  const time = options.timestamp ?? plan.maxMtime;
+  // e2fsck flags a superblock written "in the future"; a source file dated ahead must not cause that.
+  const time = options.timestamp ?? Math.min(plan.maxMtime, Math.floor(Date.now() / 1000));
 
   const tempPath = join(dirname(outputPath), `.${basename(outputPath)}.tmp-${process.pid}`);
   rmSync(tempPath, { force: true });
