@@ -362,6 +362,8 @@ describe('tar layer', () => {
     await expect(applied(new TarLayer(cut))).rejects.toThrow(/truncated tarball: .*cut-boundary\.tar has no end-of-archive marker/);
     writeFileSync(cut, readFileSync(whole).subarray(0, 1024)); // only the first member
     await expect(applied(new TarLayer(cut))).rejects.toThrow(/no end-of-archive marker after member "a"/);
+    writeFileSync(cut, readFileSync(whole).subarray(0, 1024 + 300)); // inside b's header
+    await expect(applied(new TarLayer(cut))).rejects.toThrow(/ends inside a header after member "a"/);
     expect(node(await applied(new TarLayer(whole)), 'b').size).toBe(512);
   });
 

@@ -303,7 +303,11 @@ export class TarLayer implements Layer, StreamSource {
       if (/Unexpected end of data/i.test(message)) {
         throw new LayerError(
           this.description,
-          `truncated tarball: ${this.path} ends inside ${current ? `member ${JSON.stringify(current.name)}` : 'a header'}`,
+          `truncated tarball: ${this.path} ends inside ${
+            current && total < dataEnd
+              ? `member ${JSON.stringify(current.name)}`
+              : `a header${current ? ` after member ${JSON.stringify(current.name)}` : ''}`
+          }`,
           { cause: err },
         );
       }
