@@ -5,6 +5,7 @@
 import { Command, CommanderError } from 'commander';
 import { FerryError, ExitCode } from './errors.js';
 import { registerImageCommands } from './commands/image.js';
+import { registerGuestCommands } from './commands/guest.js';
 
 const VERSION = '0.1.0';
 
@@ -15,6 +16,7 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   registerImageCommands(program);
+  registerGuestCommands(program);
   return program;
 }
 

@@ -12,6 +12,10 @@ export const SHUTDOWN_PATH = '/usr/lib/ferry/shutdown';
 export const CONTROL_PATH = '/usr/lib/ferry/control';
 export const BUILDER_USER = 'builder';
 export const BUILDER_UID = 1000;
+/** Nix's build users (nixbld1…N in group nixbld), the ids NixOS uses. */
+export const NIX_BUILD_USERS = 32;
+export const NIX_BUILD_GID = 30000;
+export const NIX_BUILD_UID_BASE = 30000;
 
 /** busybox init's table: stage 2 once, clean shutdown on ctrl-alt-del or a signal. */
 export function inittab(): string {
@@ -25,15 +29,17 @@ export function stage2Script(): string {
   return `#!/bin/sh
 # ferry stage 2 (generated)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-cmdline=$(cat /proc/cmdline 2>/dev/null)
 param() { for word in $cmdline; do case "$word" in "$1="*) echo "\${word#*=}";; esac; done; }
-mount -t proc proc /proc 2>/dev/null
-mount -t sysfs sysfs /sys
+# Debian's essential set has no mount(8): busybox's applets do it.
+busybox mount -t proc proc /proc 2>/dev/null
+cmdline=$(cat /proc/cmdline)
+busybox mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm
-mount -t devpts -o gid=5,mode=620 devpts /dev/pts
-mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-mount -t tmpfs -o mode=755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /tmp
+busybox mount -t devpts -o gid=5,mode=620 devpts /dev/pts
+busybox mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+busybox mount -t tmpfs -o mode=755 tmpfs /run
+busybox mount -t tmpfs -o mode=1777 tmpfs /tmp
+ln -sf /proc/self/mounts /etc/mtab
 hostname -F /etc/hostname
 # The clock: from the host, on the kernel command line (the guest has no RTC it can trust).
 t=$(param ferry.time); [ -n "$t" ] && date -s "@$t" >/dev/null
@@ -50,10 +56,26 @@ grep -q '^${BUILDER_USER}:' /etc/passwd || echo '${BUILDER_USER}:x:${BUILDER_UID
 grep -q '^${BUILDER_USER}:' /etc/group || echo '${BUILDER_USER}:x:${BUILDER_UID}:' >> /etc/group
 grep -q '^${BUILDER_USER}:' /etc/shadow || echo '${BUILDER_USER}:*:19000:0:99999:7:::' >> /etc/shadow
 mkdir -p /home/${BUILDER_USER} && chown ${BUILDER_UID}:${BUILDER_UID} /home/${BUILDER_USER}
-mkdir -p /nix/store /nix/var/nix/daemon-socket /nix/var/nix/profiles/per-user /nix/var/log/nix
-chmod 1775 /nix/store 2>/dev/null
+# Build users: nix.conf names the group; Debian's nix-bin creates neither group nor users.
+if ! grep -q '^nixbld:' /etc/group; then
+  members=''
+  i=1; while [ $i -le ${NIX_BUILD_USERS} ]; do
+    echo "nixbld$i:x:$((${NIX_BUILD_UID_BASE} + i)):${NIX_BUILD_GID}:Nix build user $i:/var/empty:/usr/sbin/nologin" >> /etc/passwd
+    echo "nixbld$i:!:19000::::::" >> /etc/shadow
+    members="$members\${members:+,}nixbld$i"
+    i=$((i + 1))
+  done
+  echo "nixbld:x:${NIX_BUILD_GID}:$members" >> /etc/group
+fi
+# The state disk grows when its configured size grows: the file was extended on the host,
+# the filesystem follows here, online (resize2fs says "Nothing to do" otherwise).
+resize2fs /dev/vdb >/var/log/resize2fs.log 2>&1 || echo "ferry: resize2fs /dev/vdb failed, see /var/log/resize2fs.log" > /dev/console
+mkdir -p /nix/store /nix/var/nix/daemon-socket /nix/var/nix/profiles/per-user /nix/var/nix/gcroots/per-user /nix/var/log/nix
+mkdir -p /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per-user/${BUILDER_USER}
+chown ${BUILDER_UID}:${BUILDER_UID} /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per-user/${BUILDER_USER}
+chgrp ${NIX_BUILD_GID} /nix/store && chmod 1775 /nix/store
 ${nixRegistrationLoadScript().trimEnd()}
-nix-daemon >/var/log/nix-daemon.log 2>&1 &
+setsid nix-daemon </dev/null >/var/log/nix-daemon.log 2>&1 &
 mkdir -p /run/sshd && chmod 755 /run/sshd
 /usr/sbin/sshd -f /etc/ssh/sshd_config -E /var/log/sshd.log || echo "FERRY-FAILED: sshd did not start" > /dev/console
 i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
@@ -68,8 +90,8 @@ export function shutdownScript(): string {
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 kill -TERM -1 2>/dev/null; sleep 1; kill -KILL -1 2>/dev/null
 sync
-umount /nix 2>/dev/null || umount -l /nix
-umount ${STATE_MOUNT} 2>/dev/null || mount -o remount,ro ${STATE_MOUNT}
+busybox umount /nix 2>/dev/null || busybox umount -l /nix
+busybox umount ${STATE_MOUNT} 2>/dev/null || busybox mount -o remount,ro ${STATE_MOUNT}
 sync
 echo "FERRY-STOPPED" > /dev/console
 `;
@@ -84,7 +106,8 @@ export function controlScript(): string {
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 set -- $SSH_ORIGINAL_COMMAND
 case "$1" in
-  poweroff) busybox poweroff ;;
+  # Detached and a moment later, so this session reports success before init stops sshd.
+  poweroff) setsid sh -c 'sleep 0.2; busybox poweroff' </dev/null >/dev/null 2>&1 & echo "powering off" ;;
   settime) case "$2" in ''|*[!0-9]*) echo "settime: expected seconds since the epoch" >&2; exit 64 ;; esac; date -s "@$2" >/dev/null ;;
   time) date +%s ;;
   *) echo "ferry control: unknown command: $1 (expected poweroff, settime SECONDS or time)" >&2; exit 64 ;;

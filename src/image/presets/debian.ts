@@ -13,7 +13,7 @@ import { packageInfo, unpackedPackage, type DebianArch } from './apt.js';
 import type { PresetInputs } from './preset.js';
 
 /** What the guest needs to be a Nix builder, on top of `--variant=essential`. */
-export const DEBIAN_PACKAGES = ['openssh-server', 'nix-bin', 'busybox', 'iproute2', 'ca-certificates'] as const;
+export const DEBIAN_PACKAGES = ['openssh-server', 'nix-bin', 'busybox', 'iproute2', 'ca-certificates', 'e2fsprogs'] as const;
 export const DEBIAN_SUITE = 'bookworm';
 
 export function debianArch(system: string): DebianArch {
@@ -90,7 +90,9 @@ export async function debianPreset(
   const record = join(downloadsDir, `debian-${arch}.json`);
   if (!refresh && existsSync(record)) {
     const saved = JSON.parse(readFileSync(record, 'utf8')) as PresetInputs;
-    if ([saved.rootfsTar!, saved.kernel, saved.modulesDir, saved.busybox].every((p) => existsSync(p))) return saved;
+    // A changed package list (DEBIAN_PACKAGES) must make a new rootfs, not reuse the recorded one.
+    const samePackages = saved.identity.endsWith(`:${mmdebstrapArgv(arch).join(' ')}`);
+    if (samePackages && [saved.rootfsTar!, saved.kernel, saved.modulesDir, saved.busybox].every((p) => existsSync(p))) return saved;
   }
   const inputs = await resolveDebianPreset(downloadsDir, arch, onStep);
   writeFileSync(`${record}.tmp`, JSON.stringify(inputs, null, 2));
