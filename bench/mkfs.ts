@@ -1,0 +1,376 @@
+/**
+ * ferry's ext4 writer against `mke2fs -t ext4 -d` on the same directory (issue 2, "Speed"),
+ * with `mkfs.erofs` for reference.
+ *
+ *   node --import tsx bench/mkfs.ts [--runs 5] [--tree debian|synthetic|all] [--json] [--save FILE] [--out-dir DIR]
+ *
+ * Runs the real CLI (./bin/ferry → dist/, so build with `npx tsc -p .` first). For each tree: one
+ * untimed warm-up run of each tool (ferry's also picks the image size S that both ext4 tools then
+ * get), then N timed rounds, the tools interleaved within each round so that noise from the
+ * shared machine hits them alike. Wall time is measured here around the child; peak RSS comes
+ * from GNU time (`/usr/bin/time`, Debian package `time`). Outputs are removed and `sync`ed
+ * between runs, outside the timing, so one tool's dirty pages are not written back on another's
+ * clock. mke2fs fsyncs its image before exiting and ferry does not, so ferry's runs are also
+ * followed by a timed `sync IMAGE`, shown as "ferry + fsync" (the like-for-like number). ferry's
+ * output is checked once per tree with `e2fsck -fn`; an unclean image fails the
+ * bench.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { rootfsDirectory } from './rootfs.js';
+import { DEFAULT_SYNTHETIC, syntheticTree } from './synthetic-tree.js';
+
+const REPO = resolve(import.meta.dirname, '..');
+const FERRY = join(REPO, 'bin', 'ferry');
+const GNU_TIME = '/usr/bin/time';
+
+type ToolName = 'ferry' | 'mke2fs' | 'mkfs.erofs';
+
+interface Run {
+  seconds: number;
+  /** User + system CPU seconds: less disturbed than wall time by other load on a shared machine. */
+  cpuSeconds: number;
+  peakRssKiB: number;
+  /** ferry only: `sync IMAGE` (an fsync) right after the run, which mke2fs does itself before exiting. */
+  fsyncSeconds?: number;
+}
+
+interface ToolResult {
+  tool: ToolName;
+  command: string;
+  runs: Run[];
+  medianSeconds: number;
+  minSeconds: number;
+  maxSeconds: number;
+  medianCpuSeconds: number;
+  /** The largest peak RSS over the timed runs. */
+  peakRssMiB: number;
+  allocatedBytes: number;
+  apparentBytes: number;
+  /** ferry only: its own split between reading the sources and writing the image (medians). */
+  ferryTimings?: { layersMs: number; writeMs: number };
+  /** ferry only: run time plus the fsync that ferry leaves to the kernel and mke2fs does itself. */
+  withFsync?: { medianSeconds: number; minSeconds: number; maxSeconds: number };
+}
+
+interface TreeResult {
+  tree: string;
+  path: string;
+  entries: number;
+  files: number;
+  contentBytes: number;
+  imageSizeBytes: number;
+  tools: ToolResult[];
+  ratios: {
+    time: number;
+    /** Median CPU seconds, ferry / mke2fs. */
+    cpu: number;
+    /** (ferry + fsync of its image) / mke2fs (which fsyncs): the like-for-like comparison. */
+    timeWithFsync: number;
+    ferryPeakRssMiB: number;
+    allocated: number;
+    timeOk: boolean;
+    rssOk: boolean;
+    allocatedOk: boolean;
+  };
+}
+
+const TARGET_TIME_RATIO = 1.0;
+const TARGET_RSS_MIB = 200;
+const TARGET_SIZE_TOLERANCE = 0.1;
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      runs: { type: 'string', default: '5' },
+      tree: { type: 'string', default: 'all' },
+      json: { type: 'boolean', default: false },
+      'out-dir': { type: 'string' },
+      save: { type: 'string' },
+    },
+  });
+  const runs = Number(values.runs);
+  if (!Number.isInteger(runs) || runs < 1) fail(`--runs: expected a whole number ≥ 1, got ${JSON.stringify(values.runs)}`);
+  const trees = values.tree === 'all' ? ['debian', 'synthetic'] : [values.tree!];
+  for (const tree of trees) {
+    if (tree !== 'debian' && tree !== 'synthetic') fail(`--tree: expected debian, synthetic or all, got ${JSON.stringify(tree)}`);
+  }
+  const log = (line: string) => process.stderr.write(`${line}\n`);
+  checkPrerequisites();
+
+  const outDir = values['out-dir'] ?? mkdtempSync(join(tmpdir(), 'ferry-bench-'));
+  const machine = describeMachine();
+  log(`machine: ${machine.cpus} × ${machine.cpuModel}, ${machine.os}, Node ${machine.node}, load average ${machine.loadAverage.join(' ')}`);
+  const results: TreeResult[] = [];
+  try {
+    for (const tree of trees) {
+      const path = tree === 'debian' ? await rootfsDirectory(log) : await syntheticTree(DEFAULT_SYNTHETIC, log);
+      results.push(await benchTree(tree === 'debian' ? 'debian rootfs' : 'synthetic', path, runs, outDir, log));
+    }
+  } finally {
+    if (!values['out-dir']) rmSync(outDir, { recursive: true, force: true });
+  }
+
+  const report = `${JSON.stringify({ date: new Date().toISOString(), machine, runs, trees: results }, null, 2)}\n`;
+  if (values.save) writeFileSync(values.save, report);
+  if (values.json) {
+    process.stdout.write(report);
+  } else {
+    process.stdout.write(`${new Date().toISOString().slice(0, 10)}, ${machine.cpus} × ${machine.cpuModel}, ${machine.os}, Node ${machine.node}; median of ${runs}, page cache warm\n\n`);
+    for (const result of results) process.stdout.write(`${formatTree(result)}\n`);
+  }
+  const missed = results.filter((r) => !(r.ratios.timeOk && r.ratios.rssOk && r.ratios.allocatedOk));
+  if (missed.length > 0) log(`targets missed for: ${missed.map((r) => r.tree).join(', ')}`);
+}
+
+async function benchTree(name: string, dir: string, runs: number, outDir: string, log: (line: string) => void): Promise<TreeResult> {
+  const content = describeTree(dir);
+  log(`${name}: ${dir} (${content.entries} entries, ${content.files} files, ${mib(content.bytes)} MiB)`);
+  const output = (tool: ToolName) => join(outDir, `${tool}.img`);
+
+  // Warm-up, untimed: fills the page cache with the tree, and ferry's run picks the size.
+  log('  warm-up: ferry (automatic size)');
+  const sizing = await measure(FERRY, ['image', 'mkfs', dir, '-o', output('ferry'), '--json']);
+  const sizeBytes = (JSON.parse(sizing.stdout) as { sizeBytes: number }).sizeBytes;
+  removeOutput(output('ferry'));
+  const commands: Record<ToolName, string[]> = {
+    ferry: [FERRY, 'image', 'mkfs', dir, '-o', output('ferry'), '--size', String(sizeBytes), '--json'],
+    mke2fs: ['mke2fs', '-q', '-F', '-t', 'ext4', '-d', dir, output('mke2fs'), `${sizeBytes / 1024}k`],
+    'mkfs.erofs': ['mkfs.erofs', output('mkfs.erofs'), dir],
+  };
+  const tools = Object.keys(commands) as ToolName[];
+  for (const tool of tools.filter((t) => t !== 'ferry')) {
+    log(`  warm-up: ${tool}`);
+    await measure(commands[tool][0], commands[tool].slice(1));
+    removeOutput(output(tool));
+  }
+
+  const samples = new Map<ToolName, Run[]>(tools.map((t) => [t, []]));
+  const sizes = new Map<ToolName, { allocated: number; apparent: number }>();
+  const ferryTimings: Array<{ layersMs: number; writeMs: number }> = [];
+  for (let round = 1; round <= runs; round++) {
+    for (const tool of tools) {
+      const run = await measure(commands[tool][0], commands[tool].slice(1));
+      const sample: Run = { seconds: run.seconds, cpuSeconds: run.cpuSeconds, peakRssKiB: run.peakRssKiB };
+      if (tool === 'ferry') sample.fsyncSeconds = timeFsync(output('ferry'));
+      samples.get(tool)!.push(sample);
+      const st = statSync(output(tool));
+      sizes.set(tool, { allocated: st.blocks * 512, apparent: st.size });
+      if (tool === 'ferry') {
+        const json = JSON.parse(run.stdout) as { sizeBytes: number; timings: { layersMs: number; writeMs: number } };
+        if (json.sizeBytes !== sizeBytes) throw new Error(`ferry wrote a ${json.sizeBytes}-byte image when asked for ${sizeBytes}`);
+        ferryTimings.push(json.timings);
+        if (round === 1) e2fsckClean(output('ferry'), name, log);
+      }
+      log(`  run ${round}/${runs} ${tool}: ${run.seconds.toFixed(2)} s (${run.cpuSeconds.toFixed(2)} s CPU), ${mib(run.peakRssKiB * 1024)} MiB peak RSS`);
+      removeOutput(output(tool));
+    }
+  }
+
+  const results = tools.map((tool): ToolResult => {
+    const seconds = samples.get(tool)!.map((r) => r.seconds);
+    const withFsync = samples.get(tool)!.map((r) => r.seconds + (r.fsyncSeconds ?? 0));
+    return {
+      tool,
+      command: commands[tool].join(' ').replace(REPO + '/', './'),
+      runs: samples.get(tool)!,
+      medianSeconds: median(seconds),
+      minSeconds: Math.min(...seconds),
+      maxSeconds: Math.max(...seconds),
+      medianCpuSeconds: median(samples.get(tool)!.map((r) => r.cpuSeconds)),
+      peakRssMiB: Math.max(...samples.get(tool)!.map((r) => r.peakRssKiB)) / 1024,
+      allocatedBytes: sizes.get(tool)!.allocated,
+      apparentBytes: sizes.get(tool)!.apparent,
+      ...(tool === 'ferry'
+        ? {
+            ferryTimings: { layersMs: median(ferryTimings.map((t) => t.layersMs)), writeMs: median(ferryTimings.map((t) => t.writeMs)) },
+            withFsync: { medianSeconds: median(withFsync), minSeconds: Math.min(...withFsync), maxSeconds: Math.max(...withFsync) },
+          }
+        : {}),
+    };
+  });
+  const ferry = results.find((r) => r.tool === 'ferry')!;
+  const mke2fs = results.find((r) => r.tool === 'mke2fs')!;
+  const time = ferry.medianSeconds / mke2fs.medianSeconds;
+  const allocated = ferry.allocatedBytes / mke2fs.allocatedBytes;
+  return {
+    tree: name,
+    path: dir,
+    entries: content.entries,
+    files: content.files,
+    contentBytes: content.bytes,
+    imageSizeBytes: sizeBytes,
+    tools: results,
+    ratios: {
+      time,
+      cpu: ferry.medianCpuSeconds / mke2fs.medianCpuSeconds,
+      timeWithFsync: ferry.withFsync!.medianSeconds / mke2fs.medianSeconds,
+      ferryPeakRssMiB: ferry.peakRssMiB,
+      allocated,
+      timeOk: time <= TARGET_TIME_RATIO,
+      rssOk: ferry.peakRssMiB <= TARGET_RSS_MIB,
+      allocatedOk: Math.abs(allocated - 1) <= TARGET_SIZE_TOLERANCE,
+    },
+  };
+}
+
+interface Measured {
+  seconds: number;
+  cpuSeconds: number;
+  peakRssKiB: number;
+  stdout: string;
+}
+
+/** Runs a command under GNU time; wall time from here, CPU time and peak RSS (KiB) from time's report. */
+function measure(command: string, args: string[]): Promise<Measured> {
+  const report = join(tmpdir(), `ferry-bench-time-${process.pid}`);
+  return new Promise((resolvePromise, reject) => {
+    const started = process.hrtime.bigint();
+    const child = spawn(GNU_TIME, ['-f', '%e %M %U %S', '-o', report, command, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const stdout: Buffer[] = [];
+    const stderr: Buffer[] = [];
+    child.stdout.on('data', (chunk: Buffer) => stdout.push(chunk));
+    child.stderr.on('data', (chunk: Buffer) => stderr.push(chunk));
+    child.on('error', reject);
+    child.on('close', (code) => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      if (code !== 0) {
+        reject(new Error(`${command} ${args.join(' ')} exited with ${code}:\n${Buffer.concat(stderr).toString()}`));
+        return;
+      }
+      const fields = readFileSync(report, 'utf8').trim().split('\n').pop()!.split(' ');
+      rmSync(report, { force: true });
+      resolvePromise({ seconds, cpuSeconds: Number(fields[2]) + Number(fields[3]), peakRssKiB: Number(fields[1]), stdout: Buffer.concat(stdout).toString() });
+    });
+  });
+}
+
+function e2fsckClean(image: string, tree: string, log: (line: string) => void): void {
+  const result = spawnSync('e2fsck', ['-fn', image], { encoding: 'utf8' });
+  if (result.status !== 0) {
+    process.stderr.write(`${result.stdout}${result.stderr}`);
+    throw new Error(`e2fsck -fn found problems (exit ${result.status}) in ferry's image of the ${tree} tree (${image})`);
+  }
+  log(`  e2fsck -fn: ferry's image is clean (${result.stdout.trim().split('\n').pop()})`);
+}
+
+/** Seconds to fsync the image (coreutils `sync FILE`), i.e. to get ferry's image onto the disk. */
+function timeFsync(path: string): number {
+  const started = process.hrtime.bigint();
+  const result = spawnSync('sync', [path]);
+  if (result.status !== 0) throw new Error(`sync ${path} failed: ${result.stderr.toString()}`);
+  return Number(process.hrtime.bigint() - started) / 1e9;
+}
+
+function removeOutput(path: string): void {
+  rmSync(path, { force: true });
+  // Write back whatever is still dirty now, not during the next tool's timed run.
+  spawnSync('sync');
+}
+
+function describeTree(root: string): { entries: number; files: number; bytes: number } {
+  let entries = 0;
+  let files = 0;
+  let bytes = 0;
+  const walk = (dir: string) => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      entries += 1;
+      const path = join(dir, entry.name);
+      if (entry.isDirectory()) walk(path);
+      else if (entry.isFile()) {
+        files += 1;
+        bytes += lstatSync(path).size;
+      }
+    }
+  };
+  walk(root);
+  return { entries, files, bytes };
+}
+
+function describeMachine() {
+  const os = existsSync('/etc/debian_version') ? `Debian ${readFileSync('/etc/debian_version', 'utf8').trim()}` : process.platform;
+  return {
+    cpus: cpus().length,
+    cpuModel: cpus()[0]?.model.trim() ?? 'unknown',
+    memoryGiB: Math.round(totalmem() / 1024 ** 3),
+    os,
+    node: process.version,
+    loadAverage: loadavg().map((l) => Number(l.toFixed(2))),
+    mke2fs: (spawnSync('mke2fs', ['-V'], { encoding: 'utf8' }).stderr.split('\n')[0] ?? '').trim(),
+  };
+}
+
+function checkPrerequisites(): void {
+  if (!existsSync(GNU_TIME)) fail(`${GNU_TIME} is missing: install the Debian package \`time\` (peak RSS of each tool comes from it)`);
+  if (!existsSync(join(REPO, 'dist', 'cli.js'))) fail('dist/cli.js is missing: build ferry first with `npx tsc -p .`');
+  for (const tool of ['mke2fs', 'mkfs.erofs', 'e2fsck']) {
+    if (spawnSync('sh', ['-c', `command -v ${tool}`]).status !== 0) fail(`${tool} is not on PATH (Debian packages e2fsprogs, erofs-utils)`);
+  }
+  const stale = staleOutputs();
+  if (stale.length > 0) process.stderr.write(`warning: ${stale.join(', ')} newer than dist/; run \`npx tsc -p .\` to bench the current code\n`);
+}
+
+/** Sources of the mkfs path whose compiled dist/ file is missing or older. */
+function staleOutputs(): string[] {
+  const sources = ['src/image/ext4', 'src/image/layers', 'src/image/tree.ts', 'src/image/mkfs.ts', 'src/commands/image.ts'];
+  const stale: string[] = [];
+  for (const source of sources) {
+    const full = join(REPO, source);
+    if (!existsSync(full)) continue;
+    const files = statSync(full).isDirectory()
+      ? readdirSync(full, { recursive: true, encoding: 'utf8' }).filter((f) => f.endsWith('.ts')).map((f) => join(source, f))
+      : [source];
+    for (const file of files) {
+      const compiled = join(REPO, file.replace(/^src\//, 'dist/').replace(/\.ts$/, '.js'));
+      if (!existsSync(compiled) || statSync(compiled).mtimeMs < statSync(join(REPO, file)).mtimeMs) stale.push(file);
+    }
+  }
+  return stale;
+}
+
+function formatTree(r: TreeResult): string {
+  const header = `${r.tree}: ${r.files.toLocaleString('en')} files, ${r.entries.toLocaleString('en')} entries, ${mib(r.contentBytes)} MiB of file data; image size ${mib(r.imageSizeBytes)} MiB (ferry's automatic size, given to both ext4 tools)`;
+  const rows = [
+    ['tool', 'median s', 'min s', 'max s', 'CPU s', 'peak RSS MiB', 'allocated MiB', 'apparent MiB'],
+    ...r.tools.flatMap((t) => [
+      [t.tool, t.medianSeconds.toFixed(2), t.minSeconds.toFixed(2), t.maxSeconds.toFixed(2), t.medianCpuSeconds.toFixed(2), t.peakRssMiB.toFixed(0), mib(t.allocatedBytes), mib(t.apparentBytes)],
+      ...(t.withFsync
+        ? [[`${t.tool} + fsync`, t.withFsync.medianSeconds.toFixed(2), t.withFsync.minSeconds.toFixed(2), t.withFsync.maxSeconds.toFixed(2), '', '', '', '']]
+        : []),
+    ]),
+  ];
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((row) => row[i].length)));
+  const table = rows.map((row) => row.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]) : cell.padStart(widths[i]))).join('  ')).join('\n');
+  const ferry = r.tools.find((t) => t.tool === 'ferry')!;
+  const mark = (ok: boolean) => (ok ? 'ok' : 'MISSED');
+  const ratios =
+    `ferry / mke2fs: time ${r.ratios.time.toFixed(2)}× (target ≤ ${TARGET_TIME_RATIO.toFixed(1)}×) ${mark(r.ratios.timeOk)}, ` +
+    `${r.ratios.timeWithFsync.toFixed(2)}× with ferry's image fsynced as mke2fs's is, CPU time ${r.ratios.cpu.toFixed(2)}×; ` +
+    `peak RSS ${r.ratios.ferryPeakRssMiB.toFixed(0)} MB (target ≤ ${TARGET_RSS_MIB} MB) ${mark(r.ratios.rssOk)}; ` +
+    `allocated image ${r.ratios.allocated.toFixed(3)}× (target within ${TARGET_SIZE_TOLERANCE * 100}%) ${mark(r.ratios.allocatedOk)}`;
+  const split = ferry.ferryTimings ? `ferry's own split (median): reading the tree ${ferry.ferryTimings.layersMs} ms, writing the image ${ferry.ferryTimings.writeMs} ms` : '';
+  return `${header}\n\n${table}\n\n${ratios}\n${split}\n`;
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
+}
+
+function mib(bytes: number): string {
+  return (bytes / 1024 ** 2).toFixed(1);
+}
+
+function fail(message: string): never {
+  process.stderr.write(`bench/mkfs: ${message}\n`);
+  process.exit(2);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`bench/mkfs: ${error instanceof Error ? error.message : String(error)}\n`);
+  process.exit(1);
+});
