@@ -131,8 +131,9 @@ export interface BootOptions {
   detached: boolean;
   readyTimeoutMs?: number;
   onConsoleLine?: (line: string) => void;
-  /** Tests: a backend to use instead of the configured one. */
+  /** Tests: a backend to use instead of the configured one, or a runner to find and start it with. */
   backend?: VmBackend;
+  runner?: Runner;
 }
 
 export interface BootedGuest {
@@ -159,7 +160,7 @@ export async function bootGuest(options: BootOptions): Promise<BootedGuest> {
   const files = guestFilesOf(paths);
   await mkdir(paths.vmDir, { recursive: true, mode: 0o700 });
   await mkdir(paths.logDir, { recursive: true });
-  const runner = options.detached ? createDetachedRunner(files.hypervisorLog) : undefined;
+  const runner = options.runner ?? (options.detached ? createDetachedRunner(files.hypervisorLog) : undefined);
   const backend = options.backend ?? (await chooseBackend(config, runner));
   const net = backend.capabilities.userNetworkingPortForward ? 'user' : 'dhcp';
   const spec = guestVmSpec({ manifest, config, paths, net, sshPort: net === 'user' ? await freePort() : undefined });
