@@ -1,0 +1,198 @@
+/**
+ * Forward one SSH session from the front to the guest: the client's exec or shell request (with
+ * its pty, environment, window changes and signals) is replayed on a guest channel from the
+ * pool, and the bytes flow both ways with backpressure until the guest reports how the command
+ * ended. If the guest cannot be reached or goes away, the client gets a readable message on
+ * stderr and exit status 255 instead of a hang.
+ */
+import type { ClientChannel, PseudoTtyInfo, PseudoTtyOptions, ServerChannel, Session, WindowChangeInfo } from 'ssh2';
+import { forgetResumedChunks, SerialChannelWriter } from './channel-writer.js';
+import type { GuestChannelRequest, GuestLease } from './guest-pool.js';
+import { SessionMeter, type SessionExit, type SessionRecord } from './session-log.js';
+
+/** What forwarding needs from the pool. */
+export interface GuestChannelSource {
+  open(request: GuestChannelRequest): Promise<GuestLease>;
+}
+
+export interface ForwardOptions {
+  readonly pool: GuestChannelSource;
+  readonly id: number;
+  /** The login name the client gave; logged only (the guest user is the pool's). */
+  readonly user: string;
+  /** Called once when the session's command starts (exec or shell accepted). */
+  readonly onStart?: (meter: SessionMeter) => void;
+}
+
+/** The exit status a client sees when ferry, not the command, ended the session (like ssh's own 255). */
+export const FORWARD_FAILURE_STATUS = 255;
+
+/**
+ * Handle every request of `session` (a freshly accepted front session channel). Resolves with the
+ * session's record once it closed, or undefined if the client never ran anything in it.
+ */
+export function forwardSession(session: Session, options: ForwardOptions): Promise<SessionRecord | undefined> {
+  return new Promise((resolve) => {
+    let pty: PseudoTtyInfo | undefined;
+    let window: WindowChangeInfo | undefined;
+    const env: Record<string, string> = {};
+    let guest: ClientChannel | undefined;
+    let started = false;
+
+    session.on('pty', (accept, _reject, info) => {
+      pty = info;
+      accept?.();
+    });
+    // Passed on; the guest's sshd applies its AcceptEnv.
+    session.on('env', (accept, _reject, info) => {
+      env[info.key] = info.val;
+      accept?.();
+    });
+    session.on('window-change', (accept, _reject, info) => {
+      window = info;
+      guest?.setWindow(info.rows, info.cols, info.height, info.width);
+      accept?.();
+    });
+    session.on('signal', (accept, reject, info) => {
+      if (guest === undefined) return reject?.();
+      try {
+        guest.signal(info.name);
+        accept?.();
+      } catch {
+        reject?.(); // a name ssh2 does not know
+      }
+    });
+
+    const begin = (kind: 'exec' | 'shell', front: ServerChannel | undefined, command?: string) => {
+      if (front === undefined) return;
+      started = true;
+      const meter = new SessionMeter(options.id, options.user, kind, command, pty !== undefined);
+      options.onStart?.(meter);
+      const request: GuestChannelRequest = { kind, command, pty: pty === undefined ? undefined : ptyOptions(pty, window), env };
+      run(front, request, meter, options.pool, (channel) => (guest = channel)).then(resolve, (error: unknown) =>
+        resolve(meter.finish({ kind: 'error', message: `internal error: ${String(error)}` })),
+      );
+    };
+    session.once('exec', (accept, _reject, info) => begin('exec', accept(), info.command));
+    session.once('shell', (accept) => begin('shell', accept()));
+    session.once('close', () => {
+      if (!started) resolve(undefined);
+    });
+  });
+}
+
+function ptyOptions(info: PseudoTtyInfo, window: WindowChangeInfo | undefined): PseudoTtyOptions {
+  const size = window ?? info;
+  const modes = (info as { modes?: PseudoTtyOptions['modes'] }).modes;
+  return { term: info.term, rows: size.rows, cols: size.cols, width: size.width, height: size.height, modes: modes ?? undefined };
+}
+
+async function run(
+  front: ServerChannel,
+  request: GuestChannelRequest,
+  meter: SessionMeter,
+  pool: GuestChannelSource,
+  onGuest: (channel: ClientChannel) => void,
+): Promise<SessionRecord> {
+  const newline = request.pty === undefined ? '\n' : '\r\n';
+  const writer = new SerialChannelWriter(front, { afterEachWrite: () => forgetResumedChunks(front) });
+  let frontClosed = false;
+  front.once('close', () => {
+    frontClosed = true;
+    writer.discard();
+  });
+  // A client that vanishes makes writes fail; the session record says what happened.
+  writer.on('error', () => {});
+  front.on('error', () => {});
+  front.stderr.on('error', () => {});
+
+  const giveUp = async (message: string): Promise<SessionRecord> => {
+    if (!frontClosed) {
+      writer.write('stderr', Buffer.from(`ferry: ${message}${newline}`));
+      await writer.whenIdle();
+      front.exit(FORWARD_FAILURE_STATUS);
+      front.end();
+    }
+    return meter.finish({ kind: 'error', message });
+  };
+
+  let lease: GuestLease;
+  try {
+    lease = await pool.open(request);
+  } catch (error) {
+    return giveUp(`cannot reach the guest: ${messageOf(error)}`);
+  }
+  const guest = lease.channel;
+  meter.markReady();
+  if (frontClosed) {
+    guest.close();
+    return meter.finish({ kind: 'error', message: 'the client left before the guest was ready' });
+  }
+  onGuest(guest);
+  guest.on('error', () => {});
+  guest.stderr.on('error', () => {});
+
+  // Guest → client: one writer for both streams; pause the guest while the client is slow.
+  const pauseGuest = () => {
+    guest.pause();
+    guest.stderr.pause();
+  };
+  const resumeGuest = () => {
+    guest.resume();
+    guest.stderr.resume();
+  };
+  writer.on('drain', resumeGuest);
+  // The client is gone; keep reading so the guest side can finish and close.
+  writer.on('error', resumeGuest);
+  guest.on('data', (data: Buffer) => {
+    meter.bytesOut += data.length;
+    if (!writer.write('stdout', data)) pauseGuest();
+  });
+  guest.stderr.on('data', (data: Buffer) => {
+    meter.bytesErr += data.length;
+    if (!writer.write('stderr', data)) pauseGuest();
+  });
+  const stderrEnded = new Promise<void>((resolve) => guest.stderr.once('end', resolve));
+
+  // Client → guest: stdin, paused while the guest's window is full; EOF passed on.
+  front.on('data', (data: Buffer) => {
+    meter.bytesIn += data.length;
+    if (!guest.write(data)) front.pause();
+  });
+  guest.on('drain', () => front.resume());
+  front.once('end', () => guest.end());
+  front.once('close', () => guest.close());
+
+  let exit: SessionExit | undefined;
+  guest.on('exit', (code: number | null, signal?: string, coreDumped?: boolean) => {
+    exit = code === null || code === undefined ? { kind: 'signal', signal: signal ?? 'SIGKILL', coreDumped: coreDumped === true } : { kind: 'status', code };
+  });
+  await new Promise<void>((resolve) => guest.once('close', () => resolve()));
+
+  if (frontClosed) return meter.finish(exit ?? { kind: 'error', message: 'the client went away' });
+  // Everything the guest sent must reach the client before the exit status and EOF.
+  if (lease.lostReason() === undefined) await stderrEnded;
+  await writer.whenIdle();
+  if (frontClosed) return meter.finish(exit ?? { kind: 'error', message: 'the client went away' });
+
+  if (exit === undefined) {
+    const lost = lease.lostReason();
+    return giveUp(lost === undefined ? 'the guest closed the session without an exit status' : `the guest went away: ${lost.message}`);
+  }
+  if (exit.kind === 'status') {
+    front.exit(exit.code);
+  } else if (exit.kind === 'signal') {
+    try {
+      front.exit(exit.signal, exit.coreDumped, '');
+    } catch {
+      front.exit(FORWARD_FAILURE_STATUS); // a signal name ssh2 cannot send
+    }
+  }
+  // ssh2 drops an exit status sent after EOF, so EOF goes here, after the exit, with the close.
+  front.end();
+  return meter.finish(exit);
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}

@@ -1,0 +1,159 @@
+/**
+ * The daemon's SSH server: what the host's nix-daemon (and `ferry ssh`) connect to. It listens
+ * on 127.0.0.1 only, proves itself with a persistent host key (so the key Nix pinned stays
+ * valid), lets in only the public keys install wrote, and hands every session to forwarding.
+ * Whatever login name the client uses, sessions run as the guest's builder user.
+ */
+import { EventEmitter } from 'node:events';
+import type { AddressInfo } from 'node:net';
+import ssh2 from 'ssh2';
+import type { Connection, PublicKeyAuthContext } from 'ssh2';
+import { ExitCode, FerryError } from '../errors.js';
+import { ensureKeyPair } from '../keys/ssh-keys.js';
+import { decideAuth, parseAllowedKeys, type AllowedKey } from './authorized-keys.js';
+import { forwardSession, type GuestChannelSource } from './forward.js';
+import { logSession, silentLogger, type FrontLogger, type SessionMeter, type SessionRecord, type SessionSink } from './session-log.js';
+
+export const DEFAULT_FRONT_PORT = 31322;
+/** The only address the front listens on: builds must not be reachable from the network. */
+export const FRONT_HOST = '127.0.0.1';
+
+export interface SshFrontOptions {
+  /** Must be 127.0.0.1 (the default); anything else is refused. */
+  readonly host?: string;
+  /** Default 31322; 0 picks a free port (tests). */
+  readonly port?: number;
+  /** The front's host key (OpenSSH private key); created on first use, then reused. */
+  readonly hostKeyPath: string;
+  /** OpenSSH public key lines allowed to log in. */
+  readonly authorizedKeys: readonly string[];
+  /** Where sessions go (a GuestPool). */
+  readonly guest: GuestChannelSource;
+  readonly logger?: FrontLogger;
+  /** Receives every finished session's record (also logged). */
+  readonly onSession?: SessionSink;
+}
+
+/**
+ * Events:
+ * - 'session-start' (meter: SessionMeter) — a command or shell started;
+ * - 'session-end' (record: SessionRecord) — it ended;
+ * - 'sessions' (count: number) — the number of open sessions changed;
+ * - 'idle' () — the number of open sessions went to zero.
+ */
+export class SshFront extends EventEmitter {
+  readonly #options: SshFrontOptions;
+  readonly #server: InstanceType<typeof ssh2.Server>;
+  readonly #logger: FrontLogger;
+  readonly #connections = new Set<Connection>();
+  #allowed: AllowedKey[];
+  #openSessions = 0;
+  #nextSessionId = 1;
+  #port: number | undefined;
+
+  constructor(options: SshFrontOptions) {
+    super();
+    const host = options.host ?? FRONT_HOST;
+    if (host !== FRONT_HOST) {
+      throw new FerryError(`the SSH front listens on ${FRONT_HOST} only, not on ${host}`, {
+        exitCode: ExitCode.Config,
+        hint: 'the front accepts build sessions; it must not be reachable from other machines',
+      });
+    }
+    const port = options.port ?? DEFAULT_FRONT_PORT;
+    if (!Number.isInteger(port) || port < 0 || port > 65535) {
+      throw new FerryError(`SSH front port ${port} is not a TCP port number (0–65535)`, { exitCode: ExitCode.Config });
+    }
+    this.#options = { ...options, port, host };
+    this.#logger = options.logger ?? silentLogger;
+    this.#allowed = parseAllowedKeys(options.authorizedKeys, 'SSH front authorized keys');
+    const hostKey = ensureKeyPair(options.hostKeyPath, 'ferry daemon host key');
+    this.#server = new ssh2.Server({ hostKeys: [hostKey.privateKey], ident: 'ferry' }, (connection, info) =>
+      this.#accept(connection, info.ip),
+    );
+  }
+
+  /** Sessions running now (waiting for the guest counts as running). */
+  get openSessions(): number {
+    return this.#openSessions;
+  }
+
+  /** The port listened on, once listening. */
+  get port(): number | undefined {
+    return this.#port;
+  }
+
+  /** Replace the allowed keys (after `ferry install` wrote new ones); running sessions stay. */
+  setAuthorizedKeys(lines: readonly string[]): void {
+    this.#allowed = parseAllowedKeys(lines, 'SSH front authorized keys');
+  }
+
+  listen(): Promise<{ host: string; port: number }> {
+    return new Promise((resolve, reject) => {
+      const onError = (error: NodeJS.ErrnoException) => {
+        const why = error.code === 'EADDRINUSE' ? 'the port is in use (is another ferry daemon running?)' : error.message;
+        reject(new FerryError(`cannot listen on ${FRONT_HOST}:${this.#options.port}: ${why}`, { exitCode: ExitCode.Unavailable, cause: error }));
+      };
+      this.#server.once('error', onError);
+      this.#server.listen(this.#options.port, FRONT_HOST, () => {
+        this.#server.off('error', onError);
+        this.#port = (this.#server.address() as AddressInfo).port;
+        this.#logger.info({ host: FRONT_HOST, port: this.#port }, `SSH front listening on ${FRONT_HOST}:${this.#port}`);
+        resolve({ host: FRONT_HOST, port: this.#port });
+      });
+    });
+  }
+
+  /** Stop listening and drop every client connection. */
+  close(): Promise<void> {
+    for (const connection of this.#connections) connection.end();
+    return new Promise((resolve) => this.#server.close(() => resolve()));
+  }
+
+  #accept(connection: Connection, ip: string): void {
+    this.#connections.add(connection);
+    let user = '';
+    connection.on('close', () => this.#connections.delete(connection));
+    connection.on('error', (error) => this.#logger.debug({ ip, error: error.message }, 'client connection error'));
+    connection.on('authentication', (ctx) => {
+      const decision = decideAuth(this.#allowed, ctx.method, ctx.method === 'publickey' ? (ctx as PublicKeyAuthContext) : undefined);
+      if (!decision.accept) {
+        if (ctx.method !== 'none') this.#logger.info({ ip, user: ctx.username, method: ctx.method, reason: decision.reason }, 'login refused');
+        return ctx.reject(['publickey']);
+      }
+      user = ctx.username;
+      ctx.accept();
+    });
+    connection.on('ready', () => {
+      connection.on('session', (accept) => {
+        const session = accept();
+        const id = this.#nextSessionId++;
+        this.#changeSessions(+1);
+        void forwardSession(session, {
+          pool: this.#options.guest,
+          id,
+          user,
+          onStart: (meter: SessionMeter) => this.emit('session-start', meter),
+        }).then((record) => {
+          if (record !== undefined) this.#recordSession(record);
+          this.#changeSessions(-1);
+        });
+      });
+    });
+  }
+
+  #recordSession(record: SessionRecord): void {
+    logSession(this.#logger, record);
+    try {
+      this.#options.onSession?.(record);
+    } finally {
+      this.emit('session-end', record);
+    }
+  }
+
+  #changeSessions(delta: number): void {
+    this.#openSessions += delta;
+    this.emit('sessions', this.#openSessions);
+    if (this.#openSessions === 0) this.emit('idle');
+  }
+}
