@@ -98,7 +98,7 @@ describe('ext4 writer, checked by e2fsck and debugfs', () => {
     const problems = compareManifests(await manifestFromDir(src), entries);
     expect(problems).toEqual([]);
     expect([...entries.keys()].filter((p) => p.startsWith('/big/')).length).toBe(70_000);
-  });
+  }, 300_000);
 
   it('a 5 GiB sparse file with data only at its end stays sparse', async () => {
     const src = freshDir('sparse');
@@ -130,7 +130,7 @@ describe('ext4 writer, checked by e2fsck and debugfs', () => {
     expect(leaves.reduce((n, e) => n + e.length, 0)).toBe(tail.length / 4096);
     // And the inode owns exactly those blocks (i_blocks in 512-byte units, no tree blocks needed).
     expect(await debugfsOne(image, `stat <${ino}>`)).toMatch(new RegExp(`Blockcount: ${tail.length / 512}\\b`));
-  }, 300_000);
+  }, 600_000);
 
   it('255-byte and UTF-8 names', async () => {
     const src = freshDir('names');
