@@ -6,6 +6,7 @@ import { Command, CommanderError } from 'commander';
 import { FerryError, ExitCode } from './errors.js';
 import { registerImageCommands } from './commands/image.js';
 import { registerGuestCommands } from './commands/guest.js';
+import { registerDaemonCommands } from './commands/daemon.js';
 
 const VERSION = '0.1.0';
 
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerImageCommands(program);
   registerGuestCommands(program);
+  registerDaemonCommands(program);
   return program;
 }
 

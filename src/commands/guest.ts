@@ -13,7 +13,9 @@ import { buildImage } from '../image/build.js';
 import { ensureStateDisk } from '../image/state-disk.js';
 import { createProgress, formatDurationMs } from '../ui/progress.js';
 import { FileTail } from '../vm/console.js';
-import { bootGuest, requireRunning, runningGuest, sshArgv, stopGuest, type GuestRecord } from '../vm/guest.js';
+import { bootGuest, requireRunning, runningGuest, shellQuote, sshArgv, stopGuest, type GuestRecord } from '../vm/guest.js';
+import { daemonIsRunning } from '../daemon/control-client.js';
+import { BUILDER_ALIAS, daemonFiles } from '../daemon/ssh-alias.js';
 
 export function registerGuestCommands(program: Command): void {
   program
@@ -123,12 +125,12 @@ export function registerGuestCommands(program: Command): void {
 
   program
     .command('exec')
-    .description('run a command in the guest as the builder (OpenSSH); exits with its status')
+    .description('run a command in the guest as the builder (OpenSSH, through the daemon when it runs); exits with its status')
     .argument('<command...>', 'the command and its arguments (put -- before it)')
     .action(async (command: string[]) => {
       const paths = resolvePaths();
-      requireRunning(await runningGuest(paths));
-      const result = await execa(sshBinary(), sshArgv(paths, command), { stdio: 'inherit', reject: false });
+      const argv = await viaDaemonOrGuest(paths, command, false);
+      const result = await execa(sshBinary(), argv, { stdio: 'inherit', reject: false });
       process.exit(exitCodeOf(result));
     });
 
@@ -137,10 +139,26 @@ export function registerGuestCommands(program: Command): void {
     .description('an interactive shell in the guest as the builder (OpenSSH, with a generated ssh_config)')
     .action(async () => {
       const paths = resolvePaths();
-      requireRunning(await runningGuest(paths));
-      const result = await execa(sshBinary(), sshArgv(paths, [], { tty: process.stdin.isTTY }), { stdio: 'inherit', reject: false });
+      const argv = await viaDaemonOrGuest(paths, [], process.stdin.isTTY);
+      const result = await execa(sshBinary(), argv, { stdio: 'inherit', reject: false });
       process.exit(exitCodeOf(result));
     });
+}
+
+/**
+ * OpenSSH arguments: through the daemon's SSH front when the daemon runs (it boots the guest on
+ * demand), else straight to a guest started with `ferry up`.
+ */
+async function viaDaemonOrGuest(paths: FerryPaths, command: readonly string[], tty: boolean): Promise<string[]> {
+  if (await daemonIsRunning(paths.controlSocket)) {
+    const argv = ['-F', daemonFiles(paths).sshConfig];
+    if (tty) argv.push('-t');
+    argv.push(BUILDER_ALIAS);
+    if (command.length) argv.push('--', command.map(shellQuote).join(' '));
+    return argv;
+  }
+  requireRunning(await runningGuest(paths));
+  return sshArgv(paths, command, { tty });
 }
 
 function sshBinary(): string {

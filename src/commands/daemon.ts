@@ -1,0 +1,162 @@
+/**
+ * `ferry daemon` (what launchd/systemd runs) and the commands that talk to it over the control
+ * socket: status, start, stop, restart, logs.
+ */
+import type { Command } from 'commander';
+import { createReadStream, existsSync, statSync } from 'node:fs';
+import { resolvePaths } from '../config/paths.js';
+import { ExitCode } from '../errors.js';
+import { callDaemon, DaemonNotRunning } from '../daemon/control-client.js';
+import { runDaemon } from '../daemon/daemon.js';
+import { formatDurationMs, humanBytes } from '../ui/progress.js';
+import { FerryError } from '../errors.js';
+
+interface Status {
+  daemon: { pid: number; version: string; uptimeMs: number; listen: string; configFile: string; logFile: string; configError?: string; buildError?: string };
+  guest: {
+    state: string;
+    uptimeMs: number;
+    image: string;
+    previousImage?: string;
+    pendingImage?: string;
+    backend?: string;
+    address?: string;
+    readyMs?: number;
+    boots: number;
+    crashes: number;
+    lastError?: string;
+    lastSwap?: { outcome: string; imageId: string; error?: string; at: string };
+  };
+  sessions: { open: number; total: number };
+  recentSessions: Array<{ command?: string; kind: string; durationMs: number; bytesIn: number; bytesOut: number; exit: { kind: string; code?: number; signal?: string; message?: string }; startedAt: string }>;
+}
+
+export function registerDaemonCommands(program: Command): void {
+  program
+    .command('daemon')
+    .description('run the daemon in the foreground (what launchd/systemd start): SSH front, on-demand guest, config watch')
+    .option('-c, --config <file>', 'the config file (default: $FERRY_CONFIG or the platform default)')
+    .option('--json-logs', 'JSON logs on stdout even on a terminal')
+    .addHelpText('after', '\nStop it with SIGTERM or Ctrl-C: the guest is powered off cleanly first.')
+    .action(async (opts: { config?: string; jsonLogs?: boolean }) => {
+      await runDaemon({ paths: resolvePaths({ configFile: opts.config }), pretty: opts.jsonLogs ? false : undefined });
+    });
+
+  program
+    .command('status')
+    .description('the daemon, the guest (state, uptime, image, backend), open sessions and the last builds')
+    .option('--json', 'print the status as JSON on stdout')
+    .addHelpText('after', '\nExit codes: 0 the daemon runs, 69 it does not.')
+    .action(async (opts: { json?: boolean }) => {
+      const paths = resolvePaths();
+      let status: Status;
+      try {
+        status = await callDaemon<Status>(paths.controlSocket, 'GET', '/status', 5000);
+      } catch (error) {
+        if (error instanceof DaemonNotRunning && opts.json) {
+          process.stdout.write(`${JSON.stringify({ daemon: null, error: error.message }, null, 2)}\n`);
+          process.exitCode = ExitCode.Unavailable;
+          return;
+        }
+        throw error;
+      }
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
+        return;
+      }
+      process.stdout.write(renderStatus(status));
+    });
+
+  for (const [name, path, description] of [
+    ['start', '/start', 'boot the guest now (it also boots on the first build)'],
+    ['stop', '/stop', 'power the guest off (it boots again on the next build)'],
+    ['restart', '/restart', 'power the guest off and boot it again'],
+  ] as const) {
+    const command = program.command(name).description(description).option('--json', 'print the status as JSON on stdout');
+    if (name === 'stop') command.option('--hard', 'kill the guest instead of powering it off');
+    command.action(async (opts: { json?: boolean; hard?: boolean }) => {
+      const paths = resolvePaths();
+      const status = await callDaemon<Status>(paths.controlSocket, 'POST', `${path}${opts.hard ? '?hard=1' : ''}`);
+      if (opts.json) process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
+      else process.stdout.write(renderStatus(status));
+    });
+  }
+
+  program
+    .command('logs')
+    .description("print the daemon's log (human-readable); -f follows it")
+    .option('-f, --follow', 'keep printing new lines')
+    .option('--json', 'print the raw JSON lines')
+    .action(async (opts: { follow?: boolean; json?: boolean }) => {
+      const paths = resolvePaths();
+      if (!existsSync(paths.daemonLog)) throw new FerryError(`no daemon log at ${paths.daemonLog}`, { exitCode: ExitCode.NoInput });
+      const { prettyFactory } = await import('pino-pretty');
+      const pretty = prettyFactory({ colorize: process.stdout.isTTY, translateTime: 'SYS:yyyy-mm-dd HH:MM:ss', ignore: 'pid,hostname' });
+      let carry = '';
+      const print = (chunk: string) => {
+        const lines = (carry + chunk).split('\n');
+        carry = lines.pop() ?? '';
+        for (const line of lines) {
+          if (!line) continue;
+          if (opts.json) process.stdout.write(`${line}\n`);
+          else {
+            try {
+              process.stdout.write(pretty(JSON.parse(line)));
+            } catch {
+              process.stdout.write(`${line}\n`);
+            }
+          }
+        }
+      };
+      let offset = 0;
+      const readFrom = (start: number) =>
+        new Promise<number>((resolve, reject) => {
+          let read = start;
+          createReadStream(paths.daemonLog, { start, encoding: 'utf8' })
+            .on('data', (chunk) => {
+              read += Buffer.byteLength(chunk as string);
+              print(chunk as string);
+            })
+            .on('end', () => resolve(read))
+            .on('error', reject);
+        });
+      offset = await readFrom(0);
+      if (!opts.follow) return;
+      await new Promise<void>(() => {
+        setInterval(() => {
+          const size = statSync(paths.daemonLog).size;
+          if (size < offset) offset = 0; // rotated
+          if (size > offset) void readFrom(offset).then((next) => (offset = next));
+        }, 500);
+      });
+    });
+}
+
+function renderStatus(s: Status): string {
+  const lines: string[] = [];
+  const g = s.guest;
+  lines.push(`daemon   running (pid ${s.daemon.pid}, up ${formatDurationMs(s.daemon.uptimeMs)}), SSH front on ${s.daemon.listen}`);
+  if (s.daemon.configError) lines.push(`         config error (the guest keeps its previous config):\n${indent(s.daemon.configError)}`);
+  if (s.daemon.buildError) lines.push(`         image build failed (the guest keeps its previous image):\n${indent(s.daemon.buildError)}`);
+  const uptime = g.state === 'running' ? `, up ${formatDurationMs(g.uptimeMs)}` : '';
+  lines.push(`guest    ${g.state}${uptime}${g.address ? ` at ${g.address}` : ''}${g.backend ? ` (${g.backend})` : ''}${g.readyMs ? `, ready in ${formatDurationMs(g.readyMs)}` : ''}`);
+  lines.push(`image    ${g.image}${g.previousImage ? ` (previous ${g.previousImage})` : ''}${g.pendingImage ? `, swapping to ${g.pendingImage} when sessions end` : ''}`);
+  if (g.lastSwap) lines.push(`swap     ${g.lastSwap.outcome} → ${g.lastSwap.imageId} at ${g.lastSwap.at}${g.lastSwap.error ? `: ${g.lastSwap.error}` : ''}`);
+  if (g.lastError) lines.push(`problem  ${g.lastError}`);
+  lines.push(`sessions ${s.sessions.open} open, ${s.sessions.total} since start; ${g.boots} boots, ${g.crashes} crashes`);
+  if (s.recentSessions.length) {
+    lines.push('recent');
+    for (const r of s.recentSessions.slice(0, 10)) {
+      const exit = r.exit.kind === 'status' ? `exit ${r.exit.code}` : r.exit.kind === 'signal' ? `signal ${r.exit.signal}` : `error: ${r.exit.message}`;
+      lines.push(`  ${r.startedAt}  ${(r.command ?? r.kind).slice(0, 40).padEnd(40)} ${formatDurationMs(r.durationMs).padStart(8)}  in ${humanBytes(r.bytesIn)}, out ${humanBytes(r.bytesOut)}  ${exit}`);
+    }
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function indent(text: string): string {
+  return text
+    .split('\n')
+    .map((line) => `           ${line}`)
+    .join('\n');
+}

@@ -1,0 +1,320 @@
+/**
+ * The supervisor owns the guest's lifecycle: boot on the first session, stop when idle, note a
+ * crash and back off before the next boot, and swap to a new image without breaking sessions in
+ * flight — rolling back when the new guest does not come up.
+ *
+ * State changes go through one transition table, so an impossible change is a loud bug, not a
+ * silent inconsistency.
+ */
+import { EventEmitter } from 'node:events';
+import type { Logger } from 'pino';
+import type { ImageManifest } from '../image/build.js';
+import type { GuestEndpoint } from '../vm/backend.js';
+import type { BootedGuest, StopGuestResult } from '../vm/guest.js';
+
+export type GuestState = 'stopped' | 'booting' | 'running' | 'stopping';
+
+const TRANSITIONS: Readonly<Record<GuestState, readonly GuestState[]>> = {
+  stopped: ['booting'],
+  booting: ['running', 'stopped'],
+  // running → stopped directly when the guest crashes.
+  running: ['stopping', 'stopped'],
+  stopping: ['stopped'],
+};
+
+export interface SupervisorDeps {
+  boot(manifest: ImageManifest): Promise<BootedGuest>;
+  stop(options: { hard: boolean }): Promise<StopGuestResult>;
+  /** The guest sshd's public host key (OpenSSH line), to pin it. */
+  guestHostKey(): string;
+  /** Persist which image runs and which ran before (for rollback across daemon restarts). */
+  saveImages(current: ImageManifest, previous: ImageManifest | undefined): Promise<void>;
+  /** Drop pooled connections to the guest (before a swap). */
+  closeConnections(): Promise<void>;
+  idleTimeoutMs(): number;
+  logger: Logger;
+}
+
+export interface SwapResult {
+  outcome: 'unchanged' | 'applied' | 'applied-next-boot' | 'rolled-back' | 'superseded';
+  imageId: string;
+  error?: string;
+}
+
+export interface GuestTarget {
+  host: string;
+  port: number;
+  hostKey: string;
+}
+
+export class Supervisor extends EventEmitter {
+  #state: GuestState = 'stopped';
+  #since = Date.now();
+  #current: ImageManifest;
+  #previous: ImageManifest | undefined;
+  #guest: BootedGuest | undefined;
+  #booting: Promise<GuestEndpoint> | undefined;
+  #stopping: Promise<void> | undefined;
+  #openSessions = 0;
+  #idleTimer: NodeJS.Timeout | undefined;
+  /** While set, new sessions wait: a swap is waiting for sessions to end or is in progress. */
+  #swapGate: Promise<void> | undefined;
+  #pendingImage: ImageManifest | undefined;
+  #crashes = 0;
+  #lastCrashAt = 0;
+  #lastError: string | undefined;
+  #lastSwap: (SwapResult & { at: string }) | undefined;
+  #boots = 0;
+
+  constructor(
+    private readonly deps: SupervisorDeps,
+    current: ImageManifest,
+    previous?: ImageManifest,
+  ) {
+    super();
+    this.#current = current;
+    this.#previous = previous;
+  }
+
+  get state(): GuestState {
+    return this.#state;
+  }
+
+  get currentImage(): ImageManifest {
+    return this.#current;
+  }
+
+  /** The guest's sshd, booting it first if needed. Sessions call this through the pool. */
+  async ensureRunning(): Promise<GuestTarget> {
+    for (;;) {
+      if (this.#swapGate) {
+        await this.#swapGate;
+        continue;
+      }
+      if (this.#state === 'running' && this.#guest) return this.#target(this.#guest.endpoint);
+      if (this.#state === 'stopping') {
+        await this.#stopping;
+        continue;
+      }
+      if (this.#state === 'booting') {
+        await this.#booting;
+        continue;
+      }
+      await this.#backoff();
+      if (this.#state !== 'stopped' || this.#swapGate) continue;
+      await this.#boot(this.#current);
+    }
+  }
+
+  /** The front's count of open sessions changed. */
+  sessionsChanged(open: number): void {
+    this.#openSessions = open;
+    if (open > 0) {
+      clearTimeout(this.#idleTimer);
+      this.#idleTimer = undefined;
+    } else {
+      this.#armIdleTimer();
+      this.emit('idle');
+    }
+  }
+
+  /** Stops the guest (clean unless `hard`). */
+  async stop(options: { hard?: boolean; reason?: string } = {}): Promise<void> {
+    if (this.#state === 'booting') await this.#booting?.catch(() => {});
+    if (this.#state === 'stopping') return this.#stopping;
+    if (this.#state !== 'running') return;
+    this.#transition('stopping');
+    this.deps.logger.info({ hard: options.hard ?? false, reason: options.reason ?? 'requested' }, 'stopping the guest');
+    this.#stopping = (async () => {
+      try {
+        const result = await this.deps.stop({ hard: options.hard ?? false });
+        this.deps.logger.info({ how: result.how, ms: result.ms }, 'guest stopped');
+      } catch (error) {
+        this.#lastError = `stop failed: ${(error as Error).message}`;
+        this.deps.logger.error({ err: error }, 'stopping the guest failed');
+      } finally {
+        this.#guest = undefined;
+        this.#transition('stopped');
+        this.#stopping = undefined;
+      }
+    })();
+    return this.#stopping;
+  }
+
+  /** Boots the guest now (if it is not running). */
+  async start(): Promise<void> {
+    await this.ensureRunning();
+  }
+
+  /**
+   * Runs `manifest` instead of the current image: waits until no session is open (holding new
+   * ones back meanwhile), stops the guest, boots the new image and checks it gets ready; if it
+   * does not, boots the previous image again.
+   */
+  async swapTo(manifest: ImageManifest): Promise<SwapResult> {
+    if (manifest.id === this.#current.id && !this.#pendingImage) return this.#recordSwap({ outcome: 'unchanged', imageId: manifest.id });
+    if (this.#pendingImage) {
+      // A swap is already waiting: the newest image wins; the waiting swap picks it up.
+      this.#pendingImage = manifest;
+      return { outcome: 'superseded', imageId: manifest.id };
+    }
+    this.#pendingImage = manifest;
+    let release!: () => void;
+    this.#swapGate = new Promise<void>((resolve) => (release = resolve));
+    try {
+      if (this.#openSessions > 0) {
+        this.deps.logger.info({ sessions: this.#openSessions, image: manifest.id }, 'new image ready; waiting for open sessions to end before swapping');
+        await new Promise<void>((resolve) => {
+          const check = () => {
+            if (this.#openSessions === 0) {
+              this.off('idle', check);
+              resolve();
+            }
+          };
+          this.on('idle', check);
+        });
+      }
+      if (this.#state === 'booting') await this.#booting?.catch(() => {});
+      const target = this.#pendingImage;
+      if (target.id === this.#current.id) return this.#recordSwap({ outcome: 'unchanged', imageId: target.id });
+      const old = this.#current;
+      if (this.#state !== 'running') {
+        await this.#adopt(target, old);
+        this.deps.logger.info({ image: target.id }, 'new image will be used at the next boot');
+        return this.#recordSwap({ outcome: 'applied-next-boot', imageId: target.id });
+      }
+      await this.deps.closeConnections();
+      await this.stop({ reason: `swap to image ${target.id}` });
+      try {
+        await this.#boot(target);
+        await this.#adopt(target, old);
+        this.deps.logger.info({ image: target.id, previous: old.id }, 'swapped to the new image');
+        return this.#recordSwap({ outcome: 'applied', imageId: target.id });
+      } catch (error) {
+        const message = (error as Error).message;
+        this.deps.logger.error({ image: target.id, err: error }, `the new image did not come up; rolling back to ${old.id}`);
+        if (this.#state === 'running') await this.stop({ hard: true, reason: 'rollback' });
+        await this.#boot(old).catch((bootError) => {
+          this.deps.logger.error({ err: bootError }, 'the previous image did not come up either');
+        });
+        return this.#recordSwap({ outcome: 'rolled-back', imageId: target.id, error: message });
+      }
+    } finally {
+      this.#pendingImage = undefined;
+      this.#swapGate = undefined;
+      release();
+    }
+  }
+
+  status() {
+    const guest = this.#guest;
+    return {
+      state: this.#state,
+      since: new Date(this.#since).toISOString(),
+      uptimeMs: this.#state === 'running' ? Date.now() - this.#since : 0,
+      image: this.#current.id,
+      previousImage: this.#previous?.id,
+      pendingImage: this.#pendingImage?.id,
+      backend: guest?.record.backend,
+      address: guest ? `${guest.endpoint.host}:${guest.endpoint.port}` : undefined,
+      readyMs: guest?.record.readyMs,
+      boots: this.#boots,
+      crashes: this.#crashes,
+      lastError: this.#lastError,
+      lastSwap: this.#lastSwap,
+    };
+  }
+
+  async #boot(manifest: ImageManifest): Promise<void> {
+    this.#transition('booting');
+    this.deps.logger.info({ image: manifest.id }, 'booting the guest');
+    const booting = (async () => {
+      const guest = await this.deps.boot(manifest);
+      this.#guest = guest;
+      this.#boots += 1;
+      this.#lastError = undefined;
+      this.#transition('running');
+      this.deps.logger.info({ image: manifest.id, readyMs: guest.record.readyMs, address: `${guest.endpoint.host}:${guest.endpoint.port}` }, 'guest ready');
+      this.#watchExit(guest);
+      this.#armIdleTimer();
+      return guest.endpoint;
+    })();
+    this.#booting = booting;
+    try {
+      await booting;
+    } catch (error) {
+      this.#lastError = `boot failed: ${(error as Error).message}`;
+      this.deps.logger.error({ err: error, image: manifest.id }, 'the guest did not boot');
+      this.#guest = undefined;
+      this.#transition('stopped');
+      throw error;
+    } finally {
+      this.#booting = undefined;
+    }
+  }
+
+  #watchExit(guest: BootedGuest): void {
+    void guest.vm.exited.then((status) => {
+      if (this.#guest !== guest || this.#state !== 'running') return;
+      this.#crashes += 1;
+      this.#lastCrashAt = Date.now();
+      this.#lastError = `the guest exited unexpectedly (exit code ${status.code ?? '-'}, signal ${status.signal ?? '-'})`;
+      this.deps.logger.error({ status, crashes: this.#crashes }, 'the guest crashed; it restarts with the next session');
+      this.#guest = undefined;
+      clearTimeout(this.#idleTimer);
+      this.#transition('stopped');
+      // Run files (pid, lock) of the dead process are removed by a hard stop, which finds nothing to kill.
+      void this.deps.stop({ hard: true }).catch(() => {});
+    });
+  }
+
+  /** After crashes in quick succession, wait 1 s, 2 s, 4 s … (at most 60 s) before booting again. */
+  async #backoff(): Promise<void> {
+    if (this.#crashes === 0 || Date.now() - this.#lastCrashAt > 5 * 60_000) return;
+    const delay = Math.min(60_000, 1000 * 2 ** Math.min(this.#crashes - 1, 6));
+    const wait = this.#lastCrashAt + delay - Date.now();
+    if (wait > 0) {
+      this.deps.logger.info({ waitMs: wait, crashes: this.#crashes }, 'waiting before booting the guest again');
+      await new Promise((resolve) => setTimeout(resolve, wait));
+    }
+  }
+
+  #armIdleTimer(): void {
+    clearTimeout(this.#idleTimer);
+    this.#idleTimer = undefined;
+    const timeout = this.deps.idleTimeoutMs();
+    if (timeout <= 0 || this.#openSessions > 0 || this.#state !== 'running') return;
+    this.#idleTimer = setTimeout(() => {
+      if (this.#openSessions === 0 && this.#state === 'running' && !this.#swapGate) {
+        void this.stop({ reason: `idle for ${Math.round(timeout / 1000)} s` });
+      }
+    }, timeout);
+    this.#idleTimer.unref();
+  }
+
+  async #adopt(image: ImageManifest, previous: ImageManifest): Promise<void> {
+    this.#previous = previous;
+    this.#current = image;
+    await this.deps.saveImages(image, previous);
+  }
+
+  #recordSwap(result: SwapResult): SwapResult {
+    if (result.outcome !== 'unchanged') this.#lastSwap = { ...result, at: new Date().toISOString() };
+    this.emit('swap', result);
+    return result;
+  }
+
+  #target(endpoint: GuestEndpoint): GuestTarget {
+    return { host: endpoint.host, port: endpoint.port, hostKey: this.deps.guestHostKey() };
+  }
+
+  #transition(next: GuestState): void {
+    if (!TRANSITIONS[this.#state].includes(next)) {
+      throw new Error(`internal: guest state cannot go from ${this.#state} to ${next}`);
+    }
+    this.deps.logger.debug({ from: this.#state, to: next }, 'guest state');
+    this.#state = next;
+    this.#since = Date.now();
+    this.emit('state', next);
+  }
+}
