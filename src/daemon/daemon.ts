@@ -225,8 +225,10 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
       log.flush();
       resolve();
     };
-    process.once('SIGTERM', () => void shutdown('SIGTERM'));
-    process.once('SIGINT', () => void shutdown('SIGINT'));
+    // `on`, not `once`: execa's signal-exit re-raises a signal that has no other listener left,
+    // which would kill the daemon in the middle of its clean shutdown.
+    process.on('SIGTERM', () => void shutdown('SIGTERM'));
+    process.on('SIGINT', () => void shutdown('SIGINT'));
   });
 }
 
