@@ -18,6 +18,14 @@ export const DEFAULT_FRONT_PORT = 31322;
 /** The only address the front listens on: builds must not be reachable from the network. */
 export const FRONT_HOST = '127.0.0.1';
 
+/**
+ * The ciphers the front offers. An OpenSSH client picks its own first choice the server offers,
+ * and it prefers chacha20-poly1305, which ssh2 runs about half as fast as AES-GCM (OpenSSL, with
+ * the AES instructions every Mac has); measured with bench/forward.ts: 512 MiB upload 3.2 s with
+ * chacha20 vs 1.7 s with aes128-gcm. Every OpenSSH since 6.2 (2013) speaks AES-GCM.
+ */
+export const FRONT_CIPHERS = ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com'] as const;
+
 export interface SshFrontOptions {
   /** Must be 127.0.0.1 (the default); anything else is refused. */
   readonly host?: string;
@@ -68,7 +76,7 @@ export class SshFront extends EventEmitter {
     this.#logger = options.logger ?? silentLogger;
     this.#allowed = parseAllowedKeys(options.authorizedKeys, 'SSH front authorized keys');
     const hostKey = ensureKeyPair(options.hostKeyPath, 'ferry daemon host key');
-    this.#server = new ssh2.Server({ hostKeys: [hostKey.privateKey], ident: 'ferry' }, (connection, info) =>
+    this.#server = new ssh2.Server({ hostKeys: [hostKey.privateKey], ident: 'ferry', algorithms: { cipher: [...FRONT_CIPHERS] } }, (connection, info) =>
       this.#accept(connection, info.ip),
     );
   }
