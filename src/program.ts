@@ -7,6 +7,7 @@ import { FerryError, ExitCode } from './errors.js';
 import { registerImageCommands } from './commands/image.js';
 import { registerGuestCommands } from './commands/guest.js';
 import { registerDaemonCommands } from './commands/daemon.js';
+import { registerInstallCommands } from './commands/install.js';
 
 const VERSION = '0.1.0';
 
@@ -19,6 +20,7 @@ export function buildProgram(): Command {
   registerImageCommands(program);
   registerGuestCommands(program);
   registerDaemonCommands(program);
+  registerInstallCommands(program);
   return program;
 }
 

@@ -1,0 +1,70 @@
+/** `ferry install`, `ferry uninstall`, `ferry doctor`: the host wiring (launchd/systemd, Nix). */
+import { Command, Option } from 'commander';
+import { createInterface } from 'node:readline/promises';
+import { ExitCode, FerryError } from '../errors.js';
+import { doctor, renderChecks } from '../install/doctor.js';
+import { install } from '../install/install.js';
+import { uninstall } from '../install/uninstall.js';
+import { createProgress } from '../ui/progress.js';
+
+/** FERRY_PLATFORM (tests only): lay out files as on another OS. Never runs that OS's commands for real without --root. */
+function platformOverride(): NodeJS.Platform | undefined {
+  const value = process.env.FERRY_PLATFORM;
+  if (value === undefined || value === '') return undefined;
+  if (value !== 'darwin' && value !== 'linux') throw new FerryError(`FERRY_PLATFORM: expected "darwin" or "linux", got "${value}"`, { exitCode: ExitCode.Usage });
+  return value;
+}
+
+const rootOption = () => new Option('--root <dir>', 'treat DIR as the file system root (staging, tests); launchctl/systemctl are only printed').hideHelp();
+
+export function registerInstallCommands(program: Command): void {
+  program
+    .command('install')
+    .description('keys, ferry.toml, the image, the launchd agent (systemd unit on Linux) and the Nix wiring; prints every change')
+    .option('--system', 'a system-wide LaunchDaemon / system unit instead of a per-user one')
+    .option('--port <port>', 'the SSH port of the daemon (written to ferry.toml)', (value) => Number(value))
+    .option('--dry-run', 'print the plan and change nothing')
+    .option('-y, --yes', 'do not ask before changing files')
+    .option('--no-build', 'do not build the image now (the daemon builds it when it starts)')
+    .addOption(rootOption())
+    .addHelpText('after', '\nA second run changes nothing. `ferry uninstall` undoes exactly what install recorded.')
+    .action(async (opts: { system?: boolean; port?: number; dryRun?: boolean; yes?: boolean; build: boolean; root?: string }) => {
+      const common = { system: opts.system, root: opts.root, platform: platformOverride(), port: opts.port, build: opts.build };
+      if (!opts.dryRun && !opts.yes && process.stdin.isTTY && process.stdout.isTTY) {
+        const plan = await install({ ...common, dryRun: true });
+        if (plan.changes === 0) return;
+        const rl = createInterface({ input: process.stdin, output: process.stdout });
+        const answer = await rl.question('make these changes? [y/N] ');
+        rl.close();
+        if (!/^y(es)?$/i.test(answer.trim())) throw new FerryError('nothing changed', { exitCode: ExitCode.Failure });
+      }
+      await install({ ...common, dryRun: opts.dryRun, progress: createProgress() });
+    });
+
+  program
+    .command('uninstall')
+    .description('stop the service and remove every file install wrote (restoring edited ones byte for byte)')
+    .option('--system', 'the system-wide install')
+    .option('--purge', 'also the state disk (the guest /nix), images and logs')
+    .option('--dry-run', 'print what would be removed and change nothing')
+    .addOption(rootOption())
+    .action(async (opts: { system?: boolean; purge?: boolean; dryRun?: boolean; root?: string }) => {
+      await uninstall({ system: opts.system, root: opts.root, purge: opts.purge, dryRun: opts.dryRun, platform: platformOverride() });
+    });
+
+  program
+    .command('doctor')
+    .description('check each piece: backend, accelerator, Nix, machines line, ssh alias, service, daemon (and --build a real build)')
+    .option('--system', 'check the system-wide install')
+    .option('--json', 'print the checks as JSON')
+    .option('--build', 'also build a tiny derivation through Nix and the guest')
+    .addOption(rootOption())
+    .addHelpText('after', '\nExit codes: 0 every check passed (warnings allowed), 1 a check failed.')
+    .action(async (opts: { system?: boolean; json?: boolean; build?: boolean; root?: string }) => {
+      const checks = await doctor({ system: opts.system, root: opts.root, build: opts.build, platform: platformOverride() });
+      process.stdout.write(opts.json ? `${JSON.stringify({ ok: checks.every((c) => c.status !== 'fail'), checks }, null, 2)}\n` : renderChecks(checks));
+      const failed = checks.filter((c) => c.status === 'fail').length;
+      // Thrown, not process.exitCode: main() sets the exit code from what the action throws.
+      if (failed > 0) throw new FerryError(`${failed} check(s) failed (see the fixes above)`, { exitCode: ExitCode.Failure });
+    });
+}

@@ -1,0 +1,261 @@
+/**
+ * `ferry doctor`: each piece of the chain from `nix build` to the guest, checked on its own —
+ * config, VM backend and accelerator, Nix and its daemon, the machines line and the ssh alias
+ * (matching the key, the host key and the port), the service file, the daemon, and with
+ * `--build` a real build through the alias. Every failing check comes with the command that
+ * fixes it; any failure makes the exit code non-zero.
+ */
+import { constants as fsConstants, existsSync, readFileSync } from 'node:fs';
+import { access } from 'node:fs/promises';
+import { execa } from 'execa';
+import { loadConfig } from '../config/load.js';
+import type { FerryConfig } from '../config/types.js';
+import { callDaemon } from '../daemon/control-client.js';
+import { BUILDER_ALIAS } from '../daemon/ssh-alias.js';
+import { FerryError } from '../errors.js';
+import { selectBackend } from '../vm/index.js';
+import { qemuBinaryFor } from '../vm/qemu.js';
+import { createExecaRunner, findOnPath, type Runner } from '../vm/runner.js';
+import { readIfExists } from './files.js';
+import { hostContext, type HostContext, type HostOptions } from './install.js';
+import { LAUNCHD_LABEL, SYSTEMD_UNIT, underRoot } from './layout.js';
+import { buildersOverride, findFerryLine, managedByNixStore } from './nix-wiring.js';
+import { launchdDomain } from './service.js';
+
+export type CheckStatus = 'ok' | 'warn' | 'fail';
+
+export interface Check {
+  name: string;
+  status: CheckStatus;
+  detail: string;
+  /** The command (or edit) that fixes it. */
+  fix?: string;
+}
+
+export interface DoctorOptions extends HostOptions {
+  /** Also build a tiny derivation through Nix's remote-build path. */
+  build?: boolean;
+}
+
+/** A runner whose `which` looks only at the given PATH (the one doctor checks). */
+export function pathRunner(env: Readonly<Record<string, string | undefined>>): Runner {
+  return { ...createExecaRunner(), which: (binary) => findOnPath(binary, env.PATH ?? '') };
+}
+
+export async function doctor(options: DoctorOptions = {}): Promise<Check[]> {
+  const env = options.env ?? process.env;
+  const ctx = hostContext({ ...options, env, runner: options.runner ?? pathRunner(env) });
+  const { layout } = ctx;
+  const { paths } = layout;
+  const checks: Check[] = [];
+  const add = (...found: Check[]) => checks.push(...found);
+
+  // Config.
+  let config: FerryConfig | undefined;
+  try {
+    config = await loadConfig(paths.configFile, { host: ctx.host });
+    add({ name: 'config', status: 'ok', detail: config.source ? `${paths.configFile}` : `no ${paths.configFile}; the defaults apply` });
+  } catch (error) {
+    add({ name: 'config', status: 'fail', detail: (error as Error).message, fix: `edit ${paths.configFile}` });
+  }
+
+  if (config) {
+    add(await checkBackend(ctx, config));
+    add(await checkAccelerator(ctx, config));
+  }
+  add(...(await checkNix(ctx)));
+  add(checkMachines(ctx, config));
+  add(checkAlias(ctx, config));
+  add(checkServiceFile(ctx));
+  add(await checkDaemon(ctx, config));
+  if (options.build && config) add(await checkBuild(ctx, config));
+  return checks;
+
+}
+
+function restartCommand(ctx: HostContext): string {
+  if (ctx.layout.serviceKind === 'launchd') return `launchctl kickstart -k ${launchdDomain(ctx.system, ctx.uid)}/${LAUNCHD_LABEL}`;
+  return `systemctl ${ctx.system ? '' : '--user '}restart ${SYSTEMD_UNIT}`;
+}
+
+async function checkBackend(ctx: HostContext, config: FerryConfig): Promise<Check> {
+  try {
+    const backend = await selectBackend(config.vm.backend, { system: config.guest.system, runner: ctx.runner, platform: ctx.platform });
+    const binary = backend.name === 'qemu' ? qemuBinaryFor(config.guest.system) : backend.name;
+    const found = (await ctx.runner.which(binary))!;
+    const version = await ctx.runner.run(found, [backend.name === 'hyperkit' ? '-v' : '--version'], { timeoutMs: 10_000 });
+    const first = `${version.stdout}\n${version.stderr}`.trim().split('\n')[0] ?? '';
+    if (version.exitCode !== 0) return { name: 'backend', status: 'fail', detail: `${found} does not run: ${version.error ?? first}`, fix: `reinstall ${binary}` };
+    return { name: 'backend', status: 'ok', detail: `${backend.name}: ${found} (${first})` };
+  } catch (error) {
+    const hint = error instanceof FerryError ? error.hint : undefined;
+    return { name: 'backend', status: 'fail', detail: (error as Error).message, fix: hint?.replace(/^install (it|one of): /, '') ?? 'install qemu' };
+  }
+}
+
+async function checkAccelerator(ctx: HostContext, config: FerryConfig): Promise<Check> {
+  if (ctx.platform === 'darwin') {
+    const result = await ctx.runner.run('sysctl', ['-n', 'kern.hv_support'], { timeoutMs: 5000 });
+    return result.stdout.trim() === '1'
+      ? { name: 'accelerator', status: 'ok', detail: 'Hypervisor.framework available (hvf)' }
+      : { name: 'accelerator', status: 'fail', detail: 'kern.hv_support is not 1: this Mac (or VM) offers no Hypervisor.framework', fix: 'run ferry on a Mac with virtualization, or enable nested virtualization for this VM' };
+  }
+  if (config.vm.accel === 'tcg') return { name: 'accelerator', status: 'ok', detail: 'tcg (set in ferry.toml; emulation, slow)' };
+  const kvm = underRoot(ctx.root, '/dev/kvm');
+  try {
+    await access(kvm, fsConstants.R_OK | fsConstants.W_OK);
+    return { name: 'accelerator', status: 'ok', detail: `${kvm} is usable (kvm; qemu probes it once more at boot)` };
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    return {
+      name: 'accelerator',
+      status: config.vm.accel === 'kvm' ? 'fail' : 'warn',
+      detail: `${kvm} ${code === 'ENOENT' ? 'does not exist' : 'is not usable by this user'}: guests run under tcg (emulation, ~10× slower)`,
+      fix: code === 'ENOENT' ? 'enable virtualization (VT-x/AMD-V, or nested virtualization) and load kvm_intel/kvm_amd' : 'sudo usermod -aG kvm $USER (then log in again)',
+    };
+  }
+}
+
+async function checkNix(ctx: HostContext): Promise<Check[]> {
+  const checks: Check[] = [];
+  const nixStore = await ctx.runner.which('nix-store');
+  if (!nixStore) {
+    checks.push({ name: 'nix', status: 'fail', detail: 'nix-store is not on PATH', fix: 'install Nix: sh <(curl -L https://nixos.org/nix/install) --daemon' });
+  } else {
+    const version = await ctx.runner.run(nixStore, ['--version'], { timeoutMs: 10_000 });
+    checks.push(
+      version.exitCode === 0
+        ? { name: 'nix', status: 'ok', detail: version.stdout.trim() }
+        : { name: 'nix', status: 'fail', detail: `${nixStore} --version failed: ${version.stderr.trim()}`, fix: 'repair the Nix installation' },
+    );
+  }
+  const socket = underRoot(ctx.root, '/nix/var/nix/daemon-socket/socket');
+  checks.push(
+    existsSync(socket)
+      ? { name: 'nix-daemon', status: 'ok', detail: `socket ${socket}` }
+      : {
+          name: 'nix-daemon',
+          status: 'warn',
+          detail: `no ${socket}: single-user Nix (builds by this user still use /etc/nix/machines), or the daemon is down`,
+          fix: ctx.platform === 'darwin' ? 'sudo launchctl kickstart -k system/org.nixos.nix-daemon' : 'sudo systemctl start nix-daemon',
+        },
+  );
+  return checks;
+}
+
+function daemonPublicKey(ctx: HostContext): string | undefined {
+  return readIfExists(`${ctx.layout.paths.daemonHostKey}.pub`)?.toString('utf8').trim();
+}
+
+function checkMachines(ctx: HostContext, config: FerryConfig | undefined): Check {
+  const { layout } = ctx;
+  const fix = 'ferry install';
+  const managed = managedByNixStore(layout.nixConf, ctx.root) ?? managedByNixStore(layout.machinesFile, ctx.root);
+  const text = readIfExists(layout.machinesFile)?.toString('utf8');
+  if (text === undefined) {
+    return managed
+      ? { name: 'machines', status: 'fail', detail: `nix-darwin manages ${layout.nixConf} and no ferry builder is in ${layout.machinesFile}`, fix: 'add the nix.buildMachines snippet printed by `ferry install` to your nix-darwin configuration, then darwin-rebuild switch' }
+      : { name: 'machines', status: 'fail', detail: `${layout.machinesFile} does not exist`, fix };
+  }
+  const fields = findFerryLine(text);
+  if (!fields) return { name: 'machines', status: 'fail', detail: `no ssh-ng://${BUILDER_ALIAS} line in ${layout.machinesFile}`, fix };
+  const problems: string[] = [];
+  if (fields[0] !== `ssh-ng://${BUILDER_ALIAS}`) problems.push(`the URI is ${fields[0]}, expected ssh-ng://${BUILDER_ALIAS}`);
+  if (fields.length < 8) problems.push(`${fields.length} fields, expected 8`);
+  if (config && !(fields[1] ?? '').split(',').includes(config.guest.system)) problems.push(`systems ${fields[1]} lack ${config.guest.system}`);
+  if (fields[2] !== ctx.layout.paths.clientKey) problems.push(`the key is ${fields[2]}, expected ${ctx.layout.paths.clientKey}`);
+  else if (!existsSync(fields[2])) problems.push(`the key ${fields[2]} does not exist`);
+  const hostKey = daemonPublicKey(ctx);
+  if (fields[7] && hostKey && Buffer.from(fields[7], 'base64').toString('utf8').trim() !== hostKey) problems.push("the host key field is not the daemon's host key");
+  const override = buildersOverride(readIfExists(layout.nixConf)?.toString('utf8'));
+  if (override) problems.push(`${layout.nixConf} has \`${override}\`, so Nix never reads ${layout.machinesFile}`);
+  if (problems.length > 0) return { name: 'machines', status: 'fail', detail: `${layout.machinesFile}: ${problems.join('; ')}`, fix: override ? `add @/etc/nix/machines to builders in ${layout.nixConf}` : fix };
+  return { name: 'machines', status: 'ok', detail: `${layout.machinesFile}: ${fields[0]} ${fields[1]}, max-jobs ${fields[3]}, key and host key match` };
+}
+
+function aliasSetting(text: string, name: string): string | undefined {
+  const match = new RegExp(`^\\s*${name}\\s+(.+)$`, 'mi').exec(text);
+  return match?.[1].trim();
+}
+
+function checkAlias(ctx: HostContext, config: FerryConfig | undefined): Check {
+  const { layout } = ctx;
+  const text = readIfExists(layout.sshAlias)?.toString('utf8');
+  if (text === undefined) return { name: 'ssh alias', status: 'fail', detail: `${layout.sshAlias} does not exist`, fix: 'ferry install' };
+  const problems: string[] = [];
+  if (!new RegExp(`^Host\\s+${BUILDER_ALIAS}\\s*$`, 'm').test(text)) problems.push(`no "Host ${BUILDER_ALIAS}"`);
+  const hostName = aliasSetting(text, 'HostName');
+  if (hostName !== '127.0.0.1' && hostName !== '::1') problems.push(`HostName is ${hostName ?? 'missing'}, expected 127.0.0.1 (never localhost)`);
+  const port = Number(aliasSetting(text, 'Port'));
+  if (config && port !== config.daemon.port) problems.push(`Port is ${aliasSetting(text, 'Port') ?? 'missing'} but the daemon listens on ${config.daemon.port} (ferry.toml)`);
+  const identity = aliasSetting(text, 'IdentityFile');
+  if (identity !== layout.paths.clientKey) problems.push(`IdentityFile is ${identity ?? 'missing'}, expected ${layout.paths.clientKey}`);
+  const knownHosts = aliasSetting(text, 'UserKnownHostsFile');
+  const hostKey = daemonPublicKey(ctx)?.split(/\s+/).slice(0, 2).join(' ');
+  if (!knownHosts || !existsSync(knownHosts)) problems.push(`UserKnownHostsFile ${knownHosts ?? '(missing)'} does not exist`);
+  else if (hostKey && !readFileSync(knownHosts, 'utf8').includes(hostKey)) problems.push(`${knownHosts} does not pin the daemon's host key`);
+  if (problems.length > 0) return { name: 'ssh alias', status: 'fail', detail: `${layout.sshAlias}: ${problems.join('; ')}`, fix: 'ferry install (rewrites the alias for the configured port and key)' };
+  return { name: 'ssh alias', status: 'ok', detail: `${layout.sshAlias}: ${BUILDER_ALIAS} → ${hostName}:${port}` };
+}
+
+function checkServiceFile(ctx: HostContext): Check {
+  const { layout } = ctx;
+  return existsSync(layout.serviceFile)
+    ? { name: 'service', status: 'ok', detail: `${layout.serviceKind === 'launchd' ? 'launchd plist' : 'systemd unit'} ${layout.serviceFile}` }
+    : { name: 'service', status: 'fail', detail: `${layout.serviceFile} does not exist: nothing starts the daemon at login/boot`, fix: 'ferry install' };
+}
+
+interface StatusReply {
+  daemon: { pid: number; listen: string };
+  guest: { state: string; lastError?: string; backend?: string };
+}
+
+async function checkDaemon(ctx: HostContext, config: FerryConfig | undefined): Promise<Check> {
+  const { paths } = ctx.layout;
+  try {
+    const status = await callDaemon<StatusReply>(paths.controlSocket, 'GET', '/status', 5000);
+    const port = Number(status.daemon.listen.split(':').at(-1));
+    if (config && port !== config.daemon.port) {
+      return { name: 'daemon', status: 'fail', detail: `the daemon (pid ${status.daemon.pid}) listens on ${status.daemon.listen}, ferry.toml says port ${config.daemon.port}`, fix: restartCommand(ctx) };
+    }
+    const guest = `guest ${status.guest.state}${status.guest.lastError ? ` (last error: ${status.guest.lastError})` : ''}`;
+    return { name: 'daemon', status: 'ok', detail: `pid ${status.daemon.pid} on ${status.daemon.listen}; ${guest}` };
+  } catch (error) {
+    return {
+      name: 'daemon',
+      status: 'fail',
+      detail: `${(error as Error).message}; what it printed before failing is in ${paths.daemonOutput}`,
+      fix: existsSync(ctx.layout.serviceFile) ? restartCommand(ctx) : 'ferry install',
+    };
+  }
+}
+
+async function checkBuild(ctx: HostContext, config: FerryConfig): Promise<Check> {
+  const marker = `ferry-doctor-${Date.now()}`;
+  const expression = `derivation { name = "ferry-doctor"; system = "${config.guest.system}"; builder = "/bin/sh"; args = [ "-c" "echo ${marker} > $out" ]; }`;
+  const args = ['--no-out-link', '--max-jobs', '0', '--option', 'substituters', '', '-E', expression];
+  const env: Record<string, string> = {};
+  if (ctx.recordOnly) {
+    args.push('--builders', `@${ctx.layout.machinesFile}`);
+    env.NIX_SSHOPTS = `-F ${ctx.layout.sshAlias}`;
+  }
+  const nixBuild = (await ctx.runner.which('nix-build')) ?? 'nix-build';
+  const result = await execa(nixBuild, args, { reject: false, timeout: 600_000, env: { ...ctx.env, ...env } as Record<string, string> });
+  const out = String(result.stdout).trim().split('\n').at(-1) ?? '';
+  if (result.exitCode === 0 && out.startsWith('/nix/store/')) return { name: 'build', status: 'ok', detail: `built ${out} in the guest` };
+  const tail = String(result.stderr).trim().split('\n').slice(-6).join(' | ');
+  return { name: 'build', status: 'fail', detail: `nix-build through ${BUILDER_ALIAS} failed: ${tail}`, fix: `ferry logs (and ${ctx.layout.paths.consoleLog} for the guest's console)` };
+}
+
+export function renderChecks(checks: readonly Check[]): string {
+  const mark: Record<CheckStatus, string> = { ok: '✓', warn: '!', fail: '✗' };
+  const lines: string[] = [];
+  for (const check of checks) {
+    lines.push(`${mark[check.status]} ${check.name}: ${check.detail}`);
+    if (check.status !== 'ok' && check.fix) lines.push(`    fix: ${check.fix}`);
+  }
+  const failed = checks.filter((c) => c.status === 'fail').length;
+  lines.push(failed === 0 ? 'all checks passed' : `${failed} check(s) failed`);
+  return `${lines.join('\n')}\n`;
+}
+

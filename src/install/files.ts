@@ -1,0 +1,117 @@
+/**
+ * File changes made by install and uninstall: written atomically, compared first (an unchanged
+ * file is not touched, so a second install changes nothing), noted in the install record, and
+ * reported line by line. In a dry run the same decisions are made and reported, and nothing is
+ * written.
+ */
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { ExitCode, FerryError } from '../errors.js';
+import { noteDir, noteFile, sha256, type InstallRecord } from './record.js';
+
+export type Report = (line: string) => void;
+
+export type WriteOutcome = 'created' | 'updated' | 'unchanged';
+
+export class FileWriter {
+  /** How many files or directories were (or, in a dry run, would be) created or changed. */
+  changes = 0;
+
+  constructor(
+    private readonly record: InstallRecord,
+    private readonly dryRun: boolean,
+    private readonly report: Report,
+  ) {}
+
+  private get verb() {
+    return this.dryRun ? 'would ' : '';
+  }
+
+  /** mkdir -p, noting each directory it creates. */
+  ensureDir(dir: string, mode = 0o755): void {
+    const missing: string[] = [];
+    for (let current = dir; !existsSync(current); current = path.dirname(current)) missing.unshift(current);
+    for (const created of missing) {
+      if (!this.dryRun) guardFs(created, () => mkdirSync(created, { mode }));
+      noteDir(this.record, created);
+      this.changes += 1;
+    }
+  }
+
+  write(file: string, content: string | Buffer, mode = 0o644, what = ''): WriteOutcome {
+    const data = typeof content === 'string' ? Buffer.from(content) : content;
+    const before = existsSync(file) || isSymlink(file) ? guardFs(file, () => readFileSync(file)) : undefined;
+    const beforeMode = before ? lstatSync(file).mode & 0o7777 : undefined;
+    const label = what ? ` (${what})` : '';
+    if (before && before.equals(data) && beforeMode === mode) {
+      this.report(`unchanged ${file}${label}`);
+      return 'unchanged';
+    }
+    noteFile(this.record, {
+      path: file,
+      action: before ? 'modified' : 'created',
+      previous: before?.toString('base64'),
+      previousMode: beforeMode,
+      sha256: sha256(data),
+    });
+    this.changes += 1;
+    if (!this.dryRun) {
+      this.ensureDir(path.dirname(file));
+      const temp = `${file}.ferry-tmp-${process.pid}`;
+      guardFs(file, () => {
+        writeFileSync(temp, data, { mode });
+        chmodSync(temp, mode); // the umask must not loosen or tighten what was asked for
+        renameSync(temp, file);
+      });
+    } else {
+      this.ensureDir(path.dirname(file));
+    }
+    this.report(`${this.verb}${before ? 'update' : 'create'} ${file}${label}`);
+    return before ? 'updated' : 'created';
+  }
+
+  /** Notes a file something else (a key generator) created during install. */
+  noteCreated(file: string, what = ''): void {
+    if (this.dryRun) {
+      this.report(`would create ${file}${what ? ` (${what})` : ''}`);
+      this.changes += 1;
+      return;
+    }
+    noteFile(this.record, { path: file, action: 'created', sha256: sha256(readFileSync(file)) });
+    this.changes += 1;
+    this.report(`create ${file}${what ? ` (${what})` : ''}`);
+  }
+}
+
+export function isSymlink(file: string): boolean {
+  try {
+    return lstatSync(file).isSymbolicLink();
+  } catch {
+    return false;
+  }
+}
+
+export function readIfExists(file: string): Buffer | undefined {
+  return existsSync(file) ? guardFs(file, () => readFileSync(file)) : undefined;
+}
+
+export function removeFile(file: string): void {
+  guardFs(file, () => rmSync(file, { force: true }));
+}
+
+/** Turns EACCES and friends into an error that names the file and what to do. */
+export function guardFs<T>(file: string, work: () => T): T {
+  try {
+    return work();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      throw new FerryError(`cannot write ${file}: ${code === 'EROFS' ? 'read-only file system' : 'permission denied'}`, {
+        exitCode: ExitCode.CantCreate,
+        hint: 'the Nix wiring edits files under /etc: run the command again with sudo (or see `ferry install --dry-run` for the changes)',
+        cause: error,
+      });
+    }
+    throw error;
+  }
+}

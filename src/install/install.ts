@@ -1,0 +1,282 @@
+/**
+ * `ferry install`: keys, ferry.toml, the image, the service (launchd or systemd), the Nix wiring
+ * (machines line and ssh alias) — each step compared with what is there, written only when it
+ * differs, noted in the install record and reported. A second run changes nothing and says so;
+ * `--dry-run` reports the same decisions and writes nothing. The state disk is never touched, so
+ * an upgrade (install again with a newer ferry) keeps the guest's /nix.
+ */
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { currentHost, type HostInfo } from '../config/host.js';
+import { parseConfigText } from '../config/load.js';
+import { renderDefaultConfig } from '../config/render.js';
+import type { FerryConfig } from '../config/types.js';
+import { BUILDER_ALIAS } from '../daemon/ssh-alias.js';
+import { ExitCode, FerryError } from '../errors.js';
+import { buildImage } from '../image/build.js';
+import { ensureKeyPair } from '../keys/ssh-keys.js';
+import type { Progress } from '../ui/progress.js';
+import { RecordingRunner, type Runner } from '../vm/runner.js';
+import { createExecaRunner } from '../vm/runner.js';
+import { FileWriter, readIfExists, type Report } from './files.js';
+import { installLayout, LAUNCHD_LABEL, SYSTEMD_UNIT, type InstallLayout } from './layout.js';
+import {
+  builderFields,
+  buildersOverride,
+  machinesLine,
+  managedByNixStore,
+  nixDarwinSnippet,
+  sshAliasText,
+  withFerryLine,
+} from './nix-wiring.js';
+import { emptyRecord, readRecord, type InstallRecord } from './record.js';
+import { daemonArgv, daemonEnvironment, isLoadedCommand, loadCommands, renderPlist, renderUnit, type ServiceCommand } from './service.js';
+
+export interface HostOptions {
+  /** System-wide install (`--system`). */
+  system?: boolean;
+  /** File system root prefix (`--root`); '/' by default. With another root no command is really run. */
+  root?: string;
+  /** Default: process.platform (tests force 'darwin'). */
+  platform?: NodeJS.Platform;
+  env?: Readonly<Record<string, string | undefined>>;
+  /** Default: $HOME from `env`, else os.homedir(). */
+  homeDir?: string;
+  /** For launchd's gui/UID domain. Default: the current uid. */
+  uid?: number;
+  /** Runs launchctl/systemctl (and doctor's probes). Default: execa, or a recorder under --root. */
+  runner?: Runner;
+  /** Where lines for the user go (default: stdout). */
+  out?: Report;
+}
+
+export interface InstallOptions extends HostOptions {
+  port?: number;
+  dryRun?: boolean;
+  /** Build the image now (default true; the daemon also builds it when it starts). */
+  build?: boolean;
+  progress?: Progress;
+  /** The daemon's argv (default: this node and this ferry's cli.js + `daemon`). */
+  daemonArgv?: string[];
+  nodePath?: string;
+}
+
+export interface InstallResult {
+  layout: InstallLayout;
+  record: InstallRecord;
+  /** Files and directories created or changed (or that would be, in a dry run). */
+  changes: number;
+  commands: ServiceCommand[];
+  /** The nix-darwin module text, when nix.conf/machines are managed by nix-darwin. */
+  nixDarwinSnippet?: string;
+}
+
+export interface HostContext {
+  platform: NodeJS.Platform;
+  system: boolean;
+  root: string;
+  env: Readonly<Record<string, string | undefined>>;
+  homeDir: string;
+  uid: number;
+  runner: Runner;
+  out: Report;
+  host: HostInfo;
+  layout: InstallLayout;
+  /** True when commands only get recorded (a root prefix other than '/'). */
+  recordOnly: boolean;
+}
+
+export function hostContext(options: HostOptions): HostContext {
+  const env = options.env ?? process.env;
+  const platform = options.platform ?? process.platform;
+  const root = path.resolve(options.root ?? '/');
+  const homeDir = options.homeDir ?? (env.HOME && path.isAbsolute(env.HOME) ? env.HOME : os.homedir());
+  const system = options.system ?? false;
+  const recordOnly = root !== '/';
+  const out = options.out ?? ((line: string) => process.stdout.write(`${line}\n`));
+  return {
+    platform,
+    system,
+    root,
+    env,
+    homeDir,
+    uid: options.uid ?? process.getuid?.() ?? 0,
+    runner: options.runner ?? (recordOnly ? new RecordingRunner() : createExecaRunner()),
+    out,
+    host: { ...currentHost(), platform, homeDir },
+    layout: installLayout({ platform, system, root, homeDir, env }),
+    recordOnly,
+  };
+}
+
+export async function install(options: InstallOptions = {}): Promise<InstallResult> {
+  const ctx = hostContext(options);
+  const { layout, out } = ctx;
+  const { paths } = layout;
+  const dryRun = options.dryRun ?? false;
+  const record = readRecord(paths.installRecord) ?? emptyRecord(ctx.platform, ctx.system, ctx.root);
+  const writer = new FileWriter(record, dryRun, out);
+  const commands: ServiceCommand[] = [];
+  let snippet: string | undefined;
+  out(`${dryRun ? 'ferry install --dry-run: the plan (nothing is changed)' : 'ferry install'} — ${ctx.system ? 'system-wide' : 'for this user'}, ${ctx.platform === 'darwin' ? 'launchd' : 'systemd'}${ctx.recordOnly ? `, under ${ctx.root}` : ''}`);
+
+  try {
+    // 1. Keys: the one the host's nix-daemon logs in with, and the daemon's host key that Nix pins.
+    const hostKeyLine = ensureKeys(writer, paths, dryRun);
+
+    // 2. ferry.toml, with defaults if absent (and the port, if asked for).
+    const config = writeConfig(writer, ctx, options.port, dryRun);
+    const port = config.daemon.port;
+
+    // 3. The image, so the first build does not wait for it.
+    if (options.build === false) out('skip the image build (--no-build): the daemon builds it when it starts');
+    else if (dryRun) out(`would build the image (${config.guest.preset}, ${config.guest.system}) into ${paths.imagesDir}`);
+    else await buildWithProgress(writer, config, paths, options.progress, out);
+
+    // 4. The service.
+    writer.ensureDir(paths.logDir);
+    const argv = options.daemonArgv ?? daemonArgv(options.nodePath);
+    const environment = daemonEnvironment(paths, ctx.env, options.nodePath);
+    const serviceText = layout.serviceKind === 'launchd' ? renderPlist(argv, environment, paths) : renderUnit(argv, environment, paths, ctx.system);
+    const serviceOutcome = writer.write(layout.serviceFile, serviceText, 0o644, layout.serviceKind === 'launchd' ? `launchd ${ctx.system ? 'daemon' : 'agent'} ${LAUNCHD_LABEL}` : `systemd ${ctx.system ? 'system' : 'user'} unit`);
+    record.service = { kind: layout.serviceKind, file: layout.serviceFile, label: layout.serviceKind === 'launchd' ? LAUNCHD_LABEL : SYSTEMD_UNIT };
+
+    // 5. Nix wiring: the alias (with the port) and its known_hosts, then the machines line.
+    writer.write(layout.aliasKnownHosts, `${BUILDER_ALIAS} ${hostKeyLine.split(/\s+/).slice(0, 2).join(' ')}\n`, 0o644, "the daemon's host key, for the alias");
+    const aliasManaged = managedByNixStore(layout.sshAlias, ctx.root);
+    if (aliasManaged) out(`leave ${layout.sshAlias} alone: it is managed by Nix (${aliasManaged}); add the alias from \`ferry doctor\` to your configuration`);
+    else writer.write(layout.sshAlias, sshAliasText(port, paths.clientKey, layout.aliasKnownHosts), 0o644, `ssh alias ${BUILDER_ALIAS} → 127.0.0.1:${port}`);
+
+    const fields = builderFields(config, paths.clientKey, hostKeyLine);
+    const managed = managedByNixStore(layout.nixConf, ctx.root) ?? managedByNixStore(layout.machinesFile, ctx.root);
+    if (managed) {
+      snippet = nixDarwinSnippet(fields);
+      out(`leave ${layout.nixConf} and ${layout.machinesFile} alone: managed by nix-darwin (${managed}). Add this to your nix-darwin configuration and run \`darwin-rebuild switch\`:\n${snippet}`);
+    } else {
+      const current = readIfExists(layout.machinesFile)?.toString('utf8') ?? '';
+      writer.write(layout.machinesFile, withFerryLine(current, machinesLine(fields)), 0o644, `Nix builder ssh-ng://${BUILDER_ALIAS} for ${fields.systems.join(', ')}`);
+      // `builders` defaults to @/etc/nix/machines: nix.conf is only a problem if it overrides that.
+      const override = buildersOverride(readIfExists(layout.nixConf)?.toString('utf8'));
+      if (override) out(`note: ${layout.nixConf} has \`${override}\`, so Nix ignores /etc/nix/machines; add @/etc/nix/machines to that setting (ferry does not edit nix.conf)`);
+    }
+
+    // 6. Load the service: again when its file changed, otherwise only if it is not loaded.
+    let wanted = loadCommands(layout.serviceKind, ctx.system, ctx.uid, layout.serviceFile);
+    if (serviceOutcome === 'unchanged') {
+      const probe = isLoadedCommand(layout.serviceKind, ctx.system, ctx.uid);
+      const loaded = dryRun ? true : await runCommand(ctx, probe, commands, true);
+      wanted = loaded ? [] : wanted.filter((command) => !command.args.includes('restart'));
+      if (!loaded) writer.changes += 1;
+    }
+    for (const command of wanted) {
+      if (dryRun) {
+        out(`would run ${[command.file, ...command.args].join(' ')}`);
+        commands.push(command);
+      } else await runCommand(ctx, command, commands);
+    }
+  } finally {
+    if (!dryRun && writer.changes > 0) saveRecord(paths.installRecord, record);
+  }
+
+  if (writer.changes === 0) out(`nothing to change: ferry is installed as recorded in ${paths.installRecord}`);
+  else if (dryRun) out(`${writer.changes} change(s) planned; run without --dry-run to make them`);
+  else out(`done: ${writer.changes} change(s), recorded in ${paths.installRecord} (\`ferry uninstall\` undoes them); check with \`ferry doctor\``);
+  return { layout, record, changes: writer.changes, commands, nixDarwinSnippet: snippet };
+}
+
+function ensureKeys(writer: FileWriter, paths: InstallLayout['paths'], dryRun: boolean): string {
+  let hostKeyLine = 'ssh-ed25519 AAAA…(generated on install) ferry daemon host key';
+  for (const [file, comment, what] of [
+    [paths.clientKey, 'ferry-client', "client key the host's nix-daemon logs in with"],
+    [paths.daemonHostKey, 'ferry daemon host key', "the daemon's host key"],
+  ] as const) {
+    const existed = existsSync(file);
+    if (dryRun) {
+      if (!existed) {
+        writer.noteCreated(file, what);
+        writer.noteCreated(`${file}.pub`);
+      } else if (file === paths.daemonHostKey && existsSync(`${file}.pub`)) hostKeyLine = readIfExists(`${file}.pub`)!.toString('utf8').trim();
+      continue;
+    }
+    const hadPublic = existsSync(`${file}.pub`);
+    writer.ensureDir(path.dirname(file), 0o700);
+    const pair = ensureKeyPair(file, comment);
+    if (!existed) writer.noteCreated(file, `${what}, mode 600`);
+    if (!hadPublic) writer.noteCreated(`${file}.pub`);
+    if (file === paths.daemonHostKey) hostKeyLine = pair.publicKey;
+  }
+  return hostKeyLine;
+}
+
+function writeConfig(writer: FileWriter, ctx: HostContext, port: number | undefined, dryRun: boolean): FerryConfig {
+  const file = ctx.layout.paths.configFile;
+  const existing = readIfExists(file)?.toString('utf8');
+  let text = existing ?? renderDefaultConfig(ctx.host);
+  if (port !== undefined) text = withPort(text, port);
+  // Check before writing: a bad --port or a broken existing file must not be half-applied.
+  const config = parseConfigText(text, file, { host: ctx.host });
+  if (text !== existing) writer.write(file, text, 0o644, existing === undefined ? 'defaults' : `port ${port}`);
+  else if (!dryRun) ctx.out(`unchanged ${file}`);
+  return config;
+}
+
+/** Sets `port` under [daemon]: replaces the line (commented or not), or adds it. */
+export function withPort(text: string, port: number): string {
+  if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new FerryError(`--port: expected a TCP port from 1 to 65535, got ${port}`, { exitCode: ExitCode.Usage });
+  }
+  const lines = text.split('\n');
+  const section = lines.findIndex((line) => line.trim() === '[daemon]');
+  if (section < 0) return `${text}${text.endsWith('\n') || text === '' ? '' : '\n'}\n[daemon]\nport = ${port}\n`;
+  let end = lines.findIndex((line, i) => i > section && /^\s*\[/.test(line));
+  if (end < 0) end = lines.length;
+  for (let i = section + 1; i < end; i++) {
+    if (/^\s*#?\s*port\s*=/.test(lines[i])) {
+      lines[i] = `port = ${port}`;
+      return lines.join('\n');
+    }
+  }
+  lines.splice(section + 1, 0, `port = ${port}`);
+  return lines.join('\n');
+}
+
+async function buildWithProgress(writer: FileWriter, config: FerryConfig, paths: InstallLayout['paths'], progress: Progress | undefined, out: Report): Promise<void> {
+  const guestKeys = [paths.guestHostKey, paths.guestClientKey].filter((key) => !existsSync(key));
+  const manifest = await buildImage({
+    config,
+    paths,
+    onStep: (label) => progress?.step(label),
+    onProgress: (p) => p.phase === 'data' && progress?.update(p.done, p.total, 'bytes'),
+  });
+  progress?.done();
+  for (const key of guestKeys) {
+    if (existsSync(key)) writer.noteCreated(key, 'guest key');
+    if (existsSync(`${key}.pub`)) writer.noteCreated(`${key}.pub`);
+  }
+  const hit = manifest.systemDisk.cacheHit && manifest.initrd.cacheHit;
+  out(`image ${manifest.id} (${manifest.preset}, ${manifest.system}): ${hit ? 'already built' : 'built'} in ${paths.imagesDir}`);
+}
+
+/** Runs one service command; a failure that is not expected stops the install with its output. */
+async function runCommand(ctx: HostContext, command: ServiceCommand, log: ServiceCommand[], quiet = false): Promise<boolean> {
+  log.push(command);
+  const shown = [command.file, ...command.args].join(' ');
+  const result = await ctx.runner.run(command.file, command.args, { timeoutMs: 60_000 });
+  const ok = result.exitCode === 0;
+  if (!quiet) ctx.out(`${ctx.recordOnly ? 'record (not run, --root)' : 'ran'}: ${shown}${ok || !command.mayFail ? '' : ' (not loaded before; fine)'}`);
+  if (!ok && !command.mayFail) {
+    throw new FerryError(`\`${shown}\` failed (${result.error ?? `exit ${result.exitCode}`}): ${(result.stderr || result.stdout).trim().slice(0, 500)}`, {
+      exitCode: ExitCode.Unavailable,
+      hint: 'the files are written and recorded; fix the cause and run `ferry install` again, or `ferry uninstall`',
+    });
+  }
+  return ok;
+}
+
+export function saveRecord(file: string, record: InstallRecord): void {
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const temp = `${file}.tmp-${process.pid}`;
+  writeFileSync(temp, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
+  renameSync(temp, file);
+}
