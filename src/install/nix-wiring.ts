@@ -92,20 +92,23 @@ export function sshAliasText(port: number, clientKey: string, knownHostsFile: st
  */
 export function managedByNixStore(file: string, root: string): string | undefined {
   let current = file;
+  let viaStatic: string | undefined;
   for (let hops = 0; hops < 16; hops++) {
     let target: string;
     try {
-      if (!lstatSync(current).isSymbolicLink()) return undefined;
+      if (!lstatSync(current).isSymbolicLink()) return viaStatic;
       target = readlinkSync(current);
     } catch {
-      return undefined;
+      return viaStatic;
     }
     const next = path.isAbsolute(target) ? underRoot(root, target) : path.resolve(path.dirname(current), target);
     const onSystem = root === '/' ? next : next.slice(root.length) || '/';
-    if (onSystem.startsWith('/nix/store/') || onSystem.startsWith('/etc/static/')) return onSystem;
+    if (onSystem.startsWith('/nix/store/')) return onSystem;
+    // nix-darwin's /etc/static is itself a link into the store: follow it, but it already tells.
+    if (onSystem.startsWith('/etc/static/')) viaStatic = onSystem;
     current = next;
   }
-  return undefined;
+  return viaStatic;
 }
 
 /** The nix-darwin module settings that give the same machines line. */

@@ -7,7 +7,7 @@
  */
 import { chmodSync, existsSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
 import { guardFs, readIfExists, removeFile } from './files.js';
-import { hostContext, type HostOptions } from './install.js';
+import { hostContext, saveRecord, type HostOptions } from './install.js';
 import { withoutFerryLine, MACHINES_MARKER } from './nix-wiring.js';
 import { readRecord, sha256 } from './record.js';
 import { unloadCommands, type ServiceCommand } from './service.js';
@@ -106,7 +106,6 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
   } else if (record) {
     if (!dryRun) removeFile(paths.installRecord);
     out(`${would}remove ${paths.installRecord}`);
-    if (existsSync(paths.stateDisk)) out(`keep ${paths.stateDisk} (the guest's /nix) and the images in ${paths.imagesDir}: \`ferry uninstall --purge\` removes them`);
   }
 
   // Directories install created, deepest first, only when nothing else lives there now.
@@ -115,6 +114,14 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
     if (dryRun || readdirSync(dir).length > 0) continue;
     guardFs(dir, () => rmdirSync(dir));
     out(`remove ${dir}/`);
+  }
+
+  // What stays (state disk, images) still sits in directories install created: a slim record
+  // keeps them known, so a later `ferry uninstall --purge` leaves nothing behind either.
+  const remaining = (record?.dirs ?? []).filter((dir) => existsSync(dir));
+  if (!options.purge && !dryRun && record && existsSync(paths.stateDir) && remaining.length > 0) {
+    saveRecord(paths.installRecord, { ...record, files: [], service: undefined, dirs: remaining });
+    out(`keep ${paths.stateDir} (the state disk with the guest's /nix) and the images in ${paths.imagesDir}: \`ferry uninstall --purge\` removes them`);
   }
   out(dryRun ? 'dry run: nothing was changed' : 'ferry is uninstalled');
   return result;

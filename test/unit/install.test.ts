@@ -1,0 +1,360 @@
+/**
+ * `ferry install` / `uninstall` / `doctor` against a temp dir as the file system root (HOME inside
+ * it): the files written, checked field by field (the plist through the plist library, the
+ * machines line, the ssh alias, the systemd unit), the launchctl/systemctl commands issued
+ * through the runner in order, the tree back byte for byte after uninstall, idempotence, dry run,
+ * nix-darwin, and doctor reporting each broken piece with its fix.
+ */
+import { createHash } from 'node:crypto';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import plist from 'plist';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { doctor, renderChecks, type Check } from '../../src/install/doctor.js';
+import { install, type InstallOptions } from '../../src/install/install.js';
+import { MACHINES_MARKER } from '../../src/install/nix-wiring.js';
+import { daemonArgv, parseUnit } from '../../src/install/service.js';
+import { uninstall } from '../../src/install/uninstall.js';
+import { findOnPath, RecordingRunner } from '../../src/vm/runner.js';
+
+const REPO = path.resolve(import.meta.dirname, '../..');
+const OTHER_BUILDER = 'ssh://mac-mini.lan aarch64-darwin /etc/nix/id_builder 4 2 big-parallel - -\n';
+const UID = 501;
+
+let root: string;
+let home: string;
+let out: string[];
+let runner: RecordingRunner;
+
+/** Every entry under `dir`: path, type, permission bits, content hash or link target. */
+function treeHash(dir: string): string {
+  const lines: string[] = [];
+  const walk = (current: string) => {
+    for (const name of readdirSync(current).sort()) {
+      const full = path.join(current, name);
+      const st = lstatSync(full);
+      const rel = path.relative(dir, full);
+      const mode = (st.mode & 0o7777).toString(8);
+      if (st.isSymbolicLink()) lines.push(`L ${rel} ${readlinkSync(full)}`);
+      else if (st.isDirectory()) {
+        lines.push(`D ${rel} ${mode}`);
+        walk(full);
+      } else lines.push(`F ${rel} ${mode} ${createHash('sha256').update(readFileSync(full)).digest('hex')}`);
+    }
+  };
+  walk(dir);
+  return createHash('sha256').update(lines.join('\n')).digest('hex');
+}
+
+function options(extra: Partial<InstallOptions> = {}): InstallOptions {
+  return {
+    root,
+    env: { HOME: home, PATH: process.env.PATH },
+    uid: UID,
+    runner,
+    out: (line) => out.push(line),
+    build: false,
+    daemonArgv: ['/usr/local/bin/node', '/opt/ferry/dist/cli.js', 'daemon'],
+    nodePath: '/usr/local/bin/node',
+    ...extra,
+  };
+}
+
+const commandsOf = (r: RecordingRunner) => r.commands.map((c) => [c.file, ...c.args].join(' '));
+const stateDir = () => path.join(home, '.local/state/ferry');
+const clientKey = () => path.join(stateDir(), 'keys/client_ed25519');
+const hostKeyPub = () => path.join(stateDir(), 'keys/ssh_host_ed25519_key.pub');
+const machinesFile = () => path.join(root, 'etc/nix/machines');
+const aliasFile = () => path.join(root, 'etc/ssh/ssh_config.d/ferry.conf');
+const plistFile = () => path.join(home, 'Library/LaunchAgents/dev.ferry.daemon.plist');
+
+beforeEach(async () => {
+  root = await mkdtemp(path.join(tmpdir(), 'ferry-install-'));
+  home = path.join(root, 'Users/alice');
+  mkdirSync(home, { recursive: true });
+  mkdirSync(path.join(root, 'etc/nix'), { recursive: true });
+  writeFileSync(machinesFile(), OTHER_BUILDER, { mode: 0o644 });
+  chmodSync(machinesFile(), 0o644);
+  writeFileSync(path.join(root, 'etc/nix/nix.conf'), 'experimental-features = nix-command flakes\n');
+  out = [];
+  runner = new RecordingRunner();
+});
+
+afterEach(async () => {
+  await rm(root, { recursive: true, force: true });
+});
+
+describe('ferry install on macOS (LaunchAgent)', () => {
+  it('writes the plist, the machines line and the alias; launchctl bootout then bootstrap', async () => {
+    const result = await install(options({ platform: 'darwin', port: 31999 }));
+
+    // The plist, parsed back, key by key.
+    const parsed = plist.parse(readFileSync(plistFile(), 'utf8')) as Record<string, unknown>;
+    expect(Object.keys(parsed).sort()).toEqual(
+      ['EnvironmentVariables', 'KeepAlive', 'Label', 'ProcessType', 'ProgramArguments', 'RunAtLoad', 'StandardErrorPath', 'StandardOutPath', 'ThrottleInterval'].sort(),
+    );
+    expect(parsed.Label).toBe('dev.ferry.daemon');
+    expect(parsed.ProgramArguments).toEqual(['/usr/local/bin/node', '/opt/ferry/dist/cli.js', 'daemon']);
+    expect(parsed.RunAtLoad).toBe(true);
+    expect(parsed.KeepAlive).toBe(true);
+    expect(parsed.StandardOutPath).toBe(path.join(home, 'Library/Logs/ferry/daemon.out.log'));
+    expect(parsed.StandardErrorPath).toBe(parsed.StandardOutPath);
+    expect(existsSync(path.dirname(parsed.StandardOutPath as string))).toBe(true); // launchd does not create it
+    const env = parsed.EnvironmentVariables as Record<string, string>;
+    const pathDirs = env.PATH.split(':');
+    for (const dir of ['/nix/var/nix/profiles/default/bin', '/run/current-system/sw/bin', '/opt/homebrew/bin', '/usr/local/bin']) expect(pathDirs).toContain(dir);
+    expect(env.FERRY_CONFIG).toBe(path.join(home, '.config/ferry/ferry.toml'));
+    expect(env.FERRY_STATE_DIR).toBe(stateDir());
+    expect(env.FERRY_CACHE_DIR).toBe(path.join(home, 'Library/Caches/ferry'));
+    expect(env.FERRY_LOG_DIR).toBe(path.join(home, 'Library/Logs/ferry'));
+
+    // The keys: the client key is private to its owner.
+    expect(statSync(clientKey()).mode & 0o777).toBe(0o600);
+    expect(statSync(path.join(stateDir(), 'keys/ssh_host_ed25519_key')).mode & 0o777).toBe(0o600);
+
+    // The machines file: the other builder kept, ferry's line field by field.
+    const machines = readFileSync(machinesFile(), 'utf8');
+    expect(machines.startsWith(OTHER_BUILDER)).toBe(true);
+    const lines = machines.split('\n');
+    expect(lines[1]).toBe(MACHINES_MARKER);
+    const fields = lines[2].split(' ');
+    expect(fields).toHaveLength(8);
+    expect(fields[0]).toBe('ssh-ng://ferry-builder');
+    expect(fields[1]).toBe('x86_64-linux'.replace('x86_64', process.arch === 'arm64' ? 'aarch64' : 'x86_64'));
+    expect(fields[2]).toBe(clientKey());
+    expect(Number(fields[3])).toBeGreaterThanOrEqual(1);
+    expect(fields[4]).toBe('1');
+    expect(fields[5]).toBe('benchmark,big-parallel');
+    expect(fields[6]).toBe('-');
+    expect(Buffer.from(fields[7], 'base64').toString('utf8')).toBe(readFileSync(hostKeyPub(), 'utf8').trim());
+    expect(Buffer.from(fields[7], 'base64').toString('utf8')).toMatch(/^ssh-ed25519 AAAA\S+ /);
+    expect(lines.slice(3)).toEqual(['']);
+
+    // The alias carries the port, 127.0.0.1 and the client key; never localhost.
+    const alias = readFileSync(aliasFile(), 'utf8');
+    expect(alias).toMatch(/^Host ferry-builder$/m);
+    expect(alias).toMatch(/^\s+HostName 127\.0\.0\.1$/m);
+    expect(alias).toMatch(/^\s+Port 31999$/m);
+    expect(alias).toContain(`IdentityFile ${clientKey()}\n`);
+    expect(alias).not.toMatch(/localhost/);
+    const knownHosts = /UserKnownHostsFile (\S+)/.exec(alias)![1];
+    expect(readFileSync(knownHosts, 'utf8')).toBe(`ferry-builder ${readFileSync(hostKeyPub(), 'utf8').trim().split(' ').slice(0, 2).join(' ')}\n`);
+    expect(readFileSync(path.join(home, '.config/ferry/ferry.toml'), 'utf8')).toMatch(/^\[daemon\]\n(?:#.*\n)*port = 31999$/m);
+
+    expect(commandsOf(runner)).toEqual([`launchctl bootout gui/${UID}/dev.ferry.daemon`, `launchctl bootstrap gui/${UID} ${plistFile()}`]);
+    // Every change printed.
+    for (const file of [plistFile(), machinesFile(), aliasFile(), clientKey()]) expect(out.join('\n')).toContain(file);
+    expect(result.changes).toBeGreaterThan(0);
+  });
+
+  it('uninstall leaves the root byte for byte as it was, and bootouts the agent', async () => {
+    const before = treeHash(root);
+    await install(options({ platform: 'darwin' }));
+    expect(treeHash(root)).not.toBe(before);
+    runner = new RecordingRunner();
+    await uninstall(options({ platform: 'darwin' }));
+    expect(commandsOf(runner)).toEqual([`launchctl bootout gui/${UID}/dev.ferry.daemon`]);
+    expect(treeHash(root)).toBe(before);
+    expect(readFileSync(machinesFile(), 'utf8')).toBe(OTHER_BUILDER);
+  });
+
+  it('a second install changes nothing and says so', async () => {
+    await install(options({ platform: 'darwin' }));
+    const after = treeHash(root);
+    out = [];
+    runner = new RecordingRunner(); // `launchctl print` answers 0: the agent is loaded
+    const again = await install(options({ platform: 'darwin' }));
+    expect(again.changes).toBe(0);
+    expect(out.at(-1)).toMatch(/^nothing to change/);
+    expect(out.filter((line) => /^(create|update)/.test(line))).toEqual([]);
+    expect(commandsOf(runner)).toEqual([`launchctl print gui/${UID}/dev.ferry.daemon`]);
+    expect(treeHash(root)).toBe(after);
+  });
+
+  it('a second install bootstraps the agent again if it is not loaded', async () => {
+    await install(options({ platform: 'darwin' }));
+    runner = new RecordingRunner([], (file, args) => ({ exitCode: args[0] === 'print' ? 113 : 0, signal: undefined, stdout: '', stderr: '', timedOut: false }));
+    await install(options({ platform: 'darwin' }));
+    expect(commandsOf(runner)).toEqual([
+      `launchctl print gui/${UID}/dev.ferry.daemon`,
+      `launchctl bootout gui/${UID}/dev.ferry.daemon`,
+      `launchctl bootstrap gui/${UID} ${plistFile()}`,
+    ]);
+  });
+
+  it('--dry-run prints the plan and writes nothing', async () => {
+    const before = treeHash(root);
+    const plan = await install(options({ platform: 'darwin', dryRun: true }));
+    expect(treeHash(root)).toBe(before);
+    expect(runner.commands).toEqual([]);
+    expect(plan.changes).toBeGreaterThan(0);
+    const text = out.join('\n');
+    expect(text).toContain(`would create ${plistFile()}`);
+    expect(text).toContain(`would update ${machinesFile()}`);
+    expect(text).toContain(`would run launchctl bootstrap gui/${UID} ${plistFile()}`);
+  });
+
+  it('an upgrade (new ferry path) reloads the agent, keeps the state disk, and uninstall still restores the first "before"', async () => {
+    const before = treeHash(root);
+    await install(options({ platform: 'darwin' }));
+    const stateDisk = path.join(stateDir(), 'vm/state.img');
+    mkdirSync(path.dirname(stateDisk), { recursive: true });
+    writeFileSync(stateDisk, 'the guest /nix');
+    runner = new RecordingRunner();
+    await install(options({ platform: 'darwin', port: 32000, daemonArgv: ['/usr/local/bin/node', '/opt/ferry-2/dist/cli.js', 'daemon'] }));
+    expect(commandsOf(runner)).toEqual([`launchctl bootout gui/${UID}/dev.ferry.daemon`, `launchctl bootstrap gui/${UID} ${plistFile()}`]);
+    expect((plist.parse(readFileSync(plistFile(), 'utf8')) as { ProgramArguments: string[] }).ProgramArguments[1]).toBe('/opt/ferry-2/dist/cli.js');
+    expect(readFileSync(stateDisk, 'utf8')).toBe('the guest /nix');
+    expect(readFileSync(machinesFile(), 'utf8').split(MACHINES_MARKER)).toHaveLength(2); // one ferry line, replaced
+
+    out = [];
+    await uninstall(options({ platform: 'darwin' }));
+    expect(readFileSync(stateDisk, 'utf8')).toBe('the guest /nix');
+    expect(out.join('\n')).toMatch(/keep .*\(the state disk with the guest's \/nix\)/);
+    expect(readFileSync(machinesFile(), 'utf8')).toBe(OTHER_BUILDER);
+    await uninstall(options({ platform: 'darwin', purge: true }));
+    expect(treeHash(root)).toBe(before);
+  });
+
+  it('a machines file edited after install only loses ferry\'s line on uninstall', async () => {
+    await install(options({ platform: 'darwin' }));
+    const added = 'ssh://linux-box x86_64-linux /k 8 1 - - -\n';
+    writeFileSync(machinesFile(), readFileSync(machinesFile(), 'utf8') + added);
+    await uninstall(options({ platform: 'darwin' }));
+    expect(readFileSync(machinesFile(), 'utf8')).toBe(OTHER_BUILDER + added);
+  });
+
+  it('with nix-darwin (nix.conf a symlink into the store): edits nothing there, prints the module snippet', async () => {
+    await rm(path.join(root, 'etc/nix'), { recursive: true });
+    mkdirSync(path.join(root, 'etc/nix'));
+    mkdirSync(path.join(root, 'etc/static/nix'), { recursive: true });
+    symlinkSync('/etc/static/nix/nix.conf', path.join(root, 'etc/nix/nix.conf'));
+    symlinkSync('/nix/store/0000000000000000000000000000000a-nix.conf', path.join(root, 'etc/static/nix/nix.conf'));
+    const before = treeHash(path.join(root, 'etc/nix'));
+    const result = await install(options({ platform: 'darwin' }));
+    expect(treeHash(path.join(root, 'etc/nix'))).toBe(before);
+    expect(existsSync(machinesFile())).toBe(false);
+    const snippet = result.nixDarwinSnippet!;
+    expect(snippet).toContain('nix.distributedBuilds = true;');
+    expect(snippet).toContain('hostName = "ferry-builder";');
+    expect(snippet).toContain('protocol = "ssh-ng";');
+    expect(snippet).toContain(`sshKey = "${clientKey()}";`);
+    const hostKey = /publicHostKey = "([^"]+)"/.exec(snippet)![1];
+    expect(Buffer.from(hostKey, 'base64').toString('utf8')).toBe(readFileSync(hostKeyPub(), 'utf8').trim());
+    expect(out.join('\n')).toContain(snippet);
+    expect(out.join('\n')).toMatch(/managed by nix-darwin \(\/nix\/store\//);
+  });
+
+  it('--system: a LaunchDaemon in /Library/LaunchDaemons, system paths under the root, the system domain', async () => {
+    await install(options({ platform: 'darwin', system: true }));
+    const file = path.join(root, 'Library/LaunchDaemons/dev.ferry.daemon.plist');
+    const parsed = plist.parse(readFileSync(file, 'utf8')) as { EnvironmentVariables: Record<string, string>; StandardOutPath: string };
+    expect(parsed.EnvironmentVariables.FERRY_STATE_DIR).toBe(path.join(root, 'var/lib/ferry'));
+    expect(parsed.StandardOutPath).toBe(path.join(root, 'Library/Logs/ferry/daemon.out.log'));
+    expect(readFileSync(machinesFile(), 'utf8')).toContain(path.join(root, 'var/lib/ferry/keys/client_ed25519'));
+    expect(commandsOf(runner)).toEqual(['launchctl bootout system/dev.ferry.daemon', `launchctl bootstrap system ${file}`]);
+  });
+});
+
+describe('ferry install on Linux (systemd)', () => {
+  it('a user unit with the daemon argv and environment; systemctl --user daemon-reload, enable --now, restart', async () => {
+    const before = treeHash(root);
+    await install(options({ platform: 'linux', port: 31888, daemonArgv: undefined }));
+    const unitFile = path.join(home, '.config/systemd/user/ferry.service');
+    const unit = parseUnit(readFileSync(unitFile, 'utf8'));
+    expect(unit.execStart).toEqual(daemonArgv('/usr/local/bin/node'));
+    expect(unit.execStart.at(-1)).toBe('daemon');
+    expect(path.isAbsolute(unit.execStart[0]) && path.isAbsolute(unit.execStart.at(-2)!)).toBe(true);
+    expect(unit.environment.FERRY_STATE_DIR).toBe(stateDir());
+    expect(unit.environment.FERRY_LOG_DIR).toBe(path.join(stateDir(), 'logs'));
+    expect(unit.environment.PATH.split(':')).toContain('/nix/var/nix/profiles/default/bin');
+    const text = readFileSync(unitFile, 'utf8');
+    expect(text).toMatch(/^Restart=always$/m);
+    expect(text).toMatch(/^WantedBy=default\.target$/m);
+    expect(commandsOf(runner)).toEqual(['systemctl --user daemon-reload', 'systemctl --user enable --now ferry.service', 'systemctl --user restart ferry.service']);
+    runner = new RecordingRunner();
+    await uninstall(options({ platform: 'linux' }));
+    expect(commandsOf(runner)).toEqual(['systemctl --user disable --now ferry.service', 'systemctl --user daemon-reload']);
+    expect(treeHash(root)).toBe(before);
+  });
+
+  it('--system: /etc/systemd/system/ferry.service and systemctl without --user', async () => {
+    await install(options({ platform: 'linux', system: true }));
+    expect(readFileSync(path.join(root, 'etc/systemd/system/ferry.service'), 'utf8')).toMatch(/^WantedBy=multi-user\.target$/m);
+    expect(commandsOf(runner)).toEqual(['systemctl daemon-reload', 'systemctl enable --now ferry.service', 'systemctl restart ferry.service']);
+  });
+
+  it('a failing systemctl stops the install with its output, and what was written is recorded for uninstall', async () => {
+    const before = treeHash(root);
+    runner = new RecordingRunner([], (file, args) => ({ exitCode: args.includes('enable') ? 1 : 0, signal: undefined, stdout: '', stderr: 'Failed to connect to bus', timedOut: false }));
+    await expect(install(options({ platform: 'linux' }))).rejects.toThrow(/systemctl --user enable --now ferry.service` failed \(exit 1\): Failed to connect to bus/);
+    runner = new RecordingRunner();
+    await uninstall(options({ platform: 'linux' }));
+    expect(treeHash(root)).toBe(before);
+  });
+});
+
+describe('ferry doctor', () => {
+  const byName = (checks: Check[], name: string) => checks.find((check) => check.name === name)!;
+
+  it('after install: machines line and alias pass; a missing backend, a wrong alias port and a down daemon each fail with their fix', async () => {
+    await install(options({ platform: 'linux', port: 31777 }));
+    // Configure tcg so the accelerator check does not depend on this machine's /dev/kvm.
+    const configFile = path.join(home, '.config/ferry/ferry.toml');
+    writeFileSync(configFile, readFileSync(configFile, 'utf8').replace('# accel = "auto"', 'accel = "tcg"'));
+
+    // A PATH with nix but without qemu.
+    const bin = path.join(root, 'bin');
+    mkdirSync(bin);
+    for (const tool of ['nix-store']) {
+      const real = await findOnPath(tool);
+      if (real) symlinkSync(real, path.join(bin, tool));
+    }
+    const env = { HOME: home, PATH: bin };
+    let checks = await doctor({ ...options({ platform: 'linux' }), env, runner: undefined });
+    expect(byName(checks, 'machines').status).toBe('ok');
+    expect(byName(checks, 'ssh alias').status).toBe('ok');
+    expect(byName(checks, 'service').status).toBe('ok');
+    expect(byName(checks, 'backend')).toMatchObject({ status: 'fail', detail: expect.stringMatching(/qemu-system-x86_64|qemu-system-aarch64/) });
+    expect(byName(checks, 'backend').fix).toMatch(/apt-get install qemu-system/);
+    expect(byName(checks, 'daemon')).toMatchObject({ status: 'fail', detail: expect.stringContaining('not running'), fix: 'systemctl --user restart ferry.service' });
+
+    // With the real PATH, qemu is found and its version reported.
+    checks = await doctor({ ...options({ platform: 'linux' }), runner: undefined });
+    expect(byName(checks, 'backend')).toMatchObject({ status: 'ok', detail: expect.stringMatching(/QEMU emulator version/) });
+
+    // The alias edited to another port than the daemon's.
+    writeFileSync(aliasFile(), readFileSync(aliasFile(), 'utf8').replace('Port 31777', 'Port 31022'));
+    checks = await doctor({ ...options({ platform: 'linux' }), runner: undefined });
+    expect(byName(checks, 'ssh alias')).toMatchObject({ status: 'fail', detail: expect.stringContaining('Port is 31022 but the daemon listens on 31777') });
+    expect(byName(checks, 'ssh alias').fix).toMatch(/^ferry install/);
+    expect(renderChecks(checks)).toMatch(/✗ ssh alias: .*\n {4}fix: ferry install/);
+
+    // The machines line with another key.
+    writeFileSync(machinesFile(), readFileSync(machinesFile(), 'utf8').replace(clientKey(), '/root/.ssh/id_other'));
+    checks = await doctor({ ...options({ platform: 'linux' }), runner: undefined });
+    expect(byName(checks, 'machines')).toMatchObject({ status: 'fail', detail: expect.stringContaining('the key is /root/.ssh/id_other') });
+  });
+
+  it('the CLI prints each failing check with its fix and exits non-zero (--json too)', async () => {
+    const run = (args: string[]) =>
+      execa('node', ['--import', 'tsx', path.join(REPO, 'src/cli.ts'), ...args], { cwd: REPO, reject: false, env: { HOME: home, PATH: process.env.PATH, FERRY_PLATFORM: 'linux' } });
+    const installed = await run(['install', '--root', root, '--no-build', '--yes']);
+    expect(installed.exitCode, installed.stderr).toBe(0);
+    expect(installed.stdout).toContain('record (not run, --root): systemctl --user enable --now ferry.service');
+    const text = await run(['doctor', '--root', root]);
+    expect(text.exitCode).toBe(1);
+    expect(text.stdout).toMatch(/✗ daemon: the ferry daemon is not running.*\n {4}fix: systemctl --user restart ferry\.service/);
+    const json = await run(['doctor', '--root', root, '--json']);
+    expect(json.exitCode).toBe(1);
+    const report = JSON.parse(json.stdout) as { ok: boolean; checks: Check[] };
+    expect(report.ok).toBe(false);
+    expect(report.checks.find((c) => c.name === 'daemon')?.status).toBe('fail');
+    const uninstalled = await run(['uninstall', '--root', root]);
+    expect(uninstalled.exitCode, uninstalled.stderr).toBe(0);
+    expect(readFileSync(machinesFile(), 'utf8')).toBe(OTHER_BUILDER);
+  });
+});
