@@ -4,28 +4,36 @@
  */
 import { Command, CommanderError } from 'commander';
 import { FerryError, ExitCode } from './errors.js';
-import { registerImageCommands } from './commands/image.js';
-import { registerGuestCommands } from './commands/guest.js';
-import { registerDaemonCommands } from './commands/daemon.js';
-import { registerInstallCommands } from './commands/install.js';
 
 const VERSION = '0.1.0';
 
-export function buildProgram(): Command {
+type Register = (program: Command) => void;
+
+/**
+ * Command groups, loaded on demand: `ferry image mkfs` should not pay for loading ssh2, pino and
+ * the VM code (a few hundred milliseconds and tens of megabytes). Help loads them all.
+ */
+const GROUPS: ReadonlyArray<{ commands: readonly string[]; load: () => Promise<Register> }> = [
+  { commands: ['image'], load: async () => (await import('./commands/image.js')).registerImageCommands },
+  { commands: ['up', 'down', 'console', 'exec', 'ssh'], load: async () => (await import('./commands/guest.js')).registerGuestCommands },
+  { commands: ['daemon', 'status', 'start', 'stop', 'restart', 'logs'], load: async () => (await import('./commands/daemon.js')).registerDaemonCommands },
+  { commands: ['install', 'uninstall', 'doctor'], load: async () => (await import('./commands/install.js')).registerInstallCommands },
+];
+
+export async function buildProgram(argv: readonly string[] = []): Promise<Command> {
   const program = new Command('ferry')
     .description('Linux Nix builds for macOS: a daemon that builds, boots and serves its own Linux guest')
     .version(VERSION)
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  registerImageCommands(program);
-  registerGuestCommands(program);
-  registerDaemonCommands(program);
-  registerInstallCommands(program);
+  const first = argv[2];
+  const wanted = GROUPS.filter((group) => group.commands.includes(first ?? ''));
+  for (const group of wanted.length > 0 ? wanted : GROUPS) (await group.load())(program);
   return program;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  const program = await buildProgram(argv);
   try {
     await program.parseAsync(argv);
     return ExitCode.Ok;

@@ -7,7 +7,6 @@ import { createReadStream, existsSync, statSync } from 'node:fs';
 import { resolvePaths } from '../config/paths.js';
 import { ExitCode } from '../errors.js';
 import { callDaemon, DaemonNotRunning } from '../daemon/control-client.js';
-import { runDaemon } from '../daemon/daemon.js';
 import { formatDurationMs, humanBytes } from '../ui/progress.js';
 import { FerryError } from '../errors.js';
 
@@ -39,6 +38,7 @@ export function registerDaemonCommands(program: Command): void {
     .option('--json-logs', 'JSON logs on stdout even on a terminal')
     .addHelpText('after', '\nStop it with SIGTERM or Ctrl-C: the guest is powered off cleanly first.')
     .action(async (opts: { config?: string; jsonLogs?: boolean }) => {
+      const { runDaemon } = await import('../daemon/daemon.js');
       await runDaemon({ paths: resolvePaths({ configFile: opts.config }), pretty: opts.jsonLogs ? false : undefined });
     });
 

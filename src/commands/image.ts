@@ -2,9 +2,6 @@
 import type { Command } from 'commander';
 import { parseSize } from '../config/units.js';
 import { ExitCode, FerryError } from '../errors.js';
-import { mkfs } from '../image/mkfs.js';
-import { buildImage } from '../image/build.js';
-import { loadConfig } from '../config/load.js';
 import { resolvePaths } from '../config/paths.js';
 import { createProgress, formatDurationMs, humanBytes } from '../ui/progress.js';
 
@@ -28,6 +25,8 @@ export function registerImageCommands(program: Command): void {
         sizeBytes = parsed.value;
       }
       const progress = createProgress({ quiet: opts.json });
+      // Loaded on use, so `ferry --help` and other commands start fast and small.
+      const { mkfs } = await import('../image/mkfs.js');
       const result = await mkfs({
         sources,
         output: opts.output,
@@ -62,6 +61,8 @@ export function registerImageCommands(program: Command): void {
     )
     .action(async (opts: { config?: string; json?: boolean; refresh?: boolean }) => {
       const paths = resolvePaths({ configFile: opts.config });
+      const { loadConfig } = await import('../config/load.js');
+      const { buildImage } = await import('../image/build.js');
       const config = await loadConfig(paths.configFile, { mustExist: opts.config !== undefined });
       const progress = createProgress({ quiet: opts.json });
       const manifest = await buildImage({

@@ -50,6 +50,8 @@ export interface Inode {
   children?: Map<string, Inode>;
   /** Number of names that refer to this inode (hard links); maintained by Tree. */
   names: number;
+  /** Scratch for filesystem writers: the inode number given while writing an image. */
+  ino: number;
 }
 
 export interface InodeInit {
@@ -219,6 +221,7 @@ function makeInode(init: InodeInit): Inode {
     rdevMinor: init.rdevMinor,
     children: init.kind === 'dir' ? new Map() : undefined,
     names: 0,
+    ino: 0,
   };
 }
 

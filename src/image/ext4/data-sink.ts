@@ -44,11 +44,13 @@ export class DataSink {
     this.bufferStart = allocator.next;
   }
 
-  begin(extents: Extent[], allowHoles = true): void {
-    this.extents = extents;
+  /** Starts a file; returns the list its extents are appended to. */
+  begin(allowHoles = true): Extent[] {
+    this.extents = [];
     this.allowHoles = allowHoles;
     this.logical = 0;
     this.allocated = 0;
+    return this.extents;
   }
 
   /** A writable window of the buffer; fill some of it and call commit(n). */

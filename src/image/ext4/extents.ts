@@ -20,6 +20,23 @@ export function appendBlock(extents: Extent[], logical: number, physical: number
   }
 }
 
+/** Writes up to four extents as the in-inode root (depth 0) at `offset` (the inode's i_block). */
+export function writeExtentRoot(extents: Extent[], out: Buffer, offset: number): void {
+  if (extents.length > EXTENTS_IN_INODE) throw new Error('internal: more than four extents need a tree');
+  out.writeUInt16LE(EXTENT_MAGIC, offset);
+  out.writeUInt16LE(extents.length, offset + 2);
+  out.writeUInt16LE(EXTENTS_IN_INODE, offset + 4);
+  out.writeUInt16LE(0, offset + 6);
+  out.writeUInt32LE(0, offset + 8);
+  extents.forEach((e, i) => {
+    const o = offset + 12 + i * 12;
+    out.writeUInt32LE(e.logical, o);
+    out.writeUInt16LE(e.length, o + 4);
+    out.writeUInt16LE(Math.floor(e.physical / 2 ** 32), o + 6);
+    out.writeUInt32LE(e.physical % 2 ** 32, o + 8);
+  });
+}
+
 /** How many tree blocks (beyond the inode) `count` extents need. */
 export function treeBlocksFor(count: number): number {
   let blocks = 0;

@@ -17,11 +17,11 @@ import { BlockAllocator, OutOfSpaceError } from './allocator.js';
 import * as c from './constants.js';
 import { DataSink } from './data-sink.js';
 import { encodeDirectory } from './directory.js';
-import { encodeExtentTree, treeBlocksFor, type Extent } from './extents.js';
+import { encodeExtentTree, treeBlocksFor, writeExtentRoot as writeExtentRootList, type Extent } from './extents.js';
 import { ImageFile } from './image-file.js';
-import { deviceBlock, encodeInode } from './inode.js';
+import { deviceBlock, encodeInode, writeInodeFields } from './inode.js';
 import { computeGeometry, metadataBlocks, type Geometry } from './layout.js';
-import { planTree, type Plan, type PlannedNode } from './plan.js';
+import { planTree, type Plan } from './plan.js';
 import { encodeGroupDescriptors, encodeJournalSuperblock, encodeSuperblock, type GroupDescriptor } from './superblock.js';
 
 export interface Ext4Progress {
@@ -92,7 +92,7 @@ export async function writeExt4(tree: Tree, outputPath: string, options: Ext4Opt
 }
 
 function chooseGeometry(plan: Plan, options: Ext4Options): Geometry {
-  const usedInodes = plan.nodes.length + c.FIRST_INO - 2;
+  const usedInodes = plan.usedInodes;
   const withJournal = options.journal ?? true;
   const inodesFor = (blocks: number) =>
     options.inodes ?? Math.max(Math.ceil(usedInodes * 1.1) + 64, Math.floor((blocks * c.BLOCK_SIZE) / 16384));
@@ -162,7 +162,7 @@ async function writeImage(
   options.onProgress?.({ phase: 'metadata', done: 0, total: 1 });
 
   if (journal) image.writeAt(encodeJournalSuperblock(geometry.journalBlocks, uuid), journal.extents[0].physical * c.BLOCK_SIZE);
-  const usedInodes = plan.nodes[plan.nodes.length - 1].ino;
+  const usedInodes = plan.end - 1;
   const descriptors = writeInodeTables(plan, geometry, locations, inodeBlocks, journal, time, image);
   writeBitmapsAndCounts(allocator, geometry, locations, descriptors, usedInodes, image);
 
@@ -184,7 +184,7 @@ async function writeImage(
     blocks: geometry.totalBlocks,
     usedBlocks: geometry.totalBlocks - freeBlocks,
     inodes: geometry.inodesPerGroup * geometry.groupCount,
-    usedInodes: plan.nodes.length + c.FIRST_INO - 2,
+    usedInodes: plan.usedInodes,
     uuid: formatUuid(uuid),
     fileBytes: plan.totalFileBytes,
   };
@@ -220,34 +220,32 @@ function placeJournal(allocator: BlockAllocator, g: Geometry): Journal | undefin
   return { extents, root: tree.root, treeBlocks: tree.blocks };
 }
 
-async function writeFileContents(
-  plan: Plan,
-  sink: DataSink,
-  progress: (bytes: number) => void,
-): Promise<void> {
-  const streamed = new Map<StreamSource, Map<number, PlannedNode>>();
-  for (const node of plan.nodes) {
-    const source = node.source;
-    if (!source || node.kind !== 'file' || source.size === 0) continue;
-    const content = source.content;
+async function writeFileContents(plan: Plan, sink: DataSink, progress: (bytes: number) => void): Promise<void> {
+  const streamed = new Map<StreamSource, Map<number, number>>();
+  for (let ino = c.FIRST_INO; ino < plan.end; ino++) {
+    const node = plan.nodes[ino]!;
+    if (node.kind !== 'file' || node.size === 0) continue;
+    const content = node.content;
     switch (content.kind) {
       case 'empty':
-        throw new Ext4Error(`internal: a non-empty file has no content (inode ${node.ino})`);
-      case 'bytes':
-        sink.begin(node.extents);
-        sink.write(content.data.subarray(0, source.size));
-        if (content.data.length < source.size) sink.write(Buffer.alloc(source.size - content.data.length));
-        node.dataBlocks = sink.end();
+        throw new Ext4Error(`internal: a non-empty file has no content (inode ${ino})`);
+      case 'bytes': {
+        const extents = sink.begin();
+        sink.write(content.data.subarray(0, node.size));
+        if (content.data.length < node.size) sink.write(Buffer.alloc(node.size - content.data.length));
+        finish(plan, ino, extents, sink.end());
         break;
-      case 'file':
-        sink.begin(node.extents);
-        copyHostFile(content.path, content.offset, source.size, sink);
-        node.dataBlocks = sink.end();
+      }
+      case 'file': {
+        const extents = sink.begin();
+        copyHostFile(content.path, content.offset, node.size, sink);
+        finish(plan, ino, extents, sink.end());
         break;
+      }
       case 'stream': {
         let members = streamed.get(content.source);
         if (!members) streamed.set(content.source, (members = new Map()));
-        members.set(content.index, node);
+        members.set(content.index, ino);
         break;
       }
     }
@@ -257,29 +255,33 @@ async function writeFileContents(
     const wanted = new Set(members.keys());
     const seen = new Set<number>();
     await source.replay(wanted, async (index, chunks) => {
-      const node = members.get(index);
-      if (!node) {
+      const ino = members.get(index);
+      if (ino === undefined) {
         for await (const _ of chunks); // not wanted: drain
         return;
       }
+      const size = plan.nodes[ino]!.size;
       seen.add(index);
-      sink.begin(node.extents);
+      const extents = sink.begin();
       let bytes = 0;
       for await (const chunk of chunks) {
-        const take = Math.min(chunk.length, node.size - bytes);
+        const take = Math.min(chunk.length, size - bytes);
         if (take > 0) sink.write(chunk.subarray(0, take));
         bytes += chunk.length;
       }
-      if (bytes !== node.size) {
-        throw new Ext4Error(`${source.description}: member ${index} has ${bytes} bytes, expected ${node.size}`);
-      }
-      node.dataBlocks = sink.end();
+      if (bytes !== size) throw new Ext4Error(`${source.description}: member ${index} has ${bytes} bytes, expected ${size}`);
+      finish(plan, ino, extents, sink.end());
       progress(sink.bytesWritten);
     });
     for (const index of wanted) {
       if (!seen.has(index)) throw new Ext4Error(`${source.description}: member ${index} was not found when reading it again`);
     }
   }
+}
+
+function finish(plan: Plan, ino: number, extents: Extent[], blocks: number): void {
+  plan.dataBlocks[ino] = blocks;
+  plan.setExtents(ino, extents);
 }
 
 function copyHostFile(path: string, offset: number, size: number, sink: DataSink): void {
@@ -300,46 +302,48 @@ function copyHostFile(path: string, offset: number, size: number, sink: DataSink
 }
 
 function writeSymlinkBlocks(plan: Plan, sink: DataSink): void {
-  for (const node of plan.nodes) {
+  for (let ino = c.FIRST_INO; ino < plan.end; ino++) {
+    const node = plan.nodes[ino]!;
     if (node.kind !== 'symlink') continue;
-    const target = Buffer.from(node.source!.target ?? '');
-    node.size = target.length;
+    const target = Buffer.from(node.target ?? '');
+    plan.sizes[ino] = target.length;
     if (target.length <= c.FAST_SYMLINK_MAX) continue;
-    if (target.length >= c.BLOCK_SIZE) throw new Ext4Error(`symlink target longer than ${c.BLOCK_SIZE - 1} bytes (inode ${node.ino})`);
-    sink.begin(node.extents, false);
+    if (target.length >= c.BLOCK_SIZE) throw new Ext4Error(`symlink target longer than ${c.BLOCK_SIZE - 1} bytes (inode ${ino})`);
+    const extents = sink.begin(false);
     sink.write(target);
-    node.dataBlocks = sink.end();
+    finish(plan, ino, extents, sink.end());
   }
 }
 
 function writeDirectories(plan: Plan, sink: DataSink): void {
-  for (const node of plan.nodes) {
-    if (node.kind !== 'dir') continue;
+  for (let ino = 1; ino < plan.end; ino++) {
+    const node = plan.nodes[ino];
+    if (!node || node.kind !== 'dir') continue;
     const entries = [
-      { name: DOT, inode: node.ino, fileType: c.FT_DIR },
-      { name: DOTDOT, inode: node.parentIno, fileType: c.FT_DIR },
-      ...node.entries!.map((e) => ({ name: e.name, inode: e.node.ino, fileType: fileType(e.node.kind) })),
+      { name: DOT, inode: ino, fileType: c.FT_DIR },
+      { name: DOTDOT, inode: plan.parent[ino], fileType: c.FT_DIR },
     ];
-    const blocks = encodeDirectory(entries, node.minDirBlocks);
-    sink.begin(node.extents, false);
+    for (const [name, child] of plan.entries(ino)) entries.push({ name: Buffer.from(name), inode: child.ino, fileType: fileType(child.kind) });
+    const blocks = encodeDirectory(entries, plan.minDirBlocks(ino));
+    const extents = sink.begin(false);
     for (const block of blocks) sink.write(block);
-    node.dataBlocks = sink.end();
-    node.size = blocks.length * c.BLOCK_SIZE;
+    finish(plan, ino, extents, sink.end());
+    plan.sizes[ino] = blocks.length * c.BLOCK_SIZE;
   }
 }
 
 const DOT = Buffer.from('.');
 const DOTDOT = Buffer.from('..');
 
-/** Writes extent tree blocks for nodes with more than four extents; returns each inode's i_block. */
+/** Writes extent tree blocks for nodes with more than four extents; returns their i_block and tree block counts. */
 function writeExtentTrees(plan: Plan, allocator: BlockAllocator, image: ImageFile): Map<number, { root: Buffer; treeBlocks: number }> {
   const roots = new Map<number, { root: Buffer; treeBlocks: number }>();
-  for (const node of plan.nodes) {
-    if (node.kind !== 'file' && node.kind !== 'dir' && !(node.kind === 'symlink' && node.dataBlocks > 0)) continue;
-    const encoded = encodeExtentTree(node.extents, () => allocator.allocBlock());
+  for (const [ino, extents] of plan.extentLists) {
+    if (extents.length <= c.EXTENTS_IN_INODE) continue;
+    const encoded = encodeExtentTree(extents, () => allocator.allocBlock());
     for (const { block, data } of encoded.blocks) image.writeAt(data, block * c.BLOCK_SIZE);
-    if (encoded.blocks.length !== treeBlocksFor(node.extents.length)) throw new Error('internal: extent tree size mismatch');
-    roots.set(node.ino, { root: encoded.root, treeBlocks: encoded.blocks.length });
+    if (encoded.blocks.length !== treeBlocksFor(extents.length)) throw new Error('internal: extent tree size mismatch');
+    roots.set(ino, { root: encoded.root, treeBlocks: encoded.blocks.length });
   }
   return roots;
 }
@@ -358,87 +362,100 @@ function writeInodeTables(
     descriptors.push({ blockBitmap: locations.blockBitmaps[i], inodeBitmap: locations.inodeBitmaps[i], inodeTable: locations.inodeTables[i], freeBlocks: 0, freeInodes: 0, usedDirs: 0 });
   }
   const tableBytes = g.inodesPerGroup * c.INODE_SIZE;
-  let table = Buffer.alloc(tableBytes);
+  const table = Buffer.alloc(tableBytes);
   let tableGroup = 0;
   let dirty = false;
   const flush = () => {
     if (dirty) image.writeAt(table, locations.inodeTables[tableGroup] * c.BLOCK_SIZE);
-    table = Buffer.alloc(tableBytes);
+    table.fill(0);
     dirty = false;
   };
-  const put = (ino: number, write: (buf: Buffer, offset: number) => void) => {
+  const slot = (ino: number): number => {
     const group = Math.floor((ino - 1) / g.inodesPerGroup);
     if (group !== tableGroup) {
       flush();
       tableGroup = group;
     }
-    write(table, ((ino - 1) % g.inodesPerGroup) * c.INODE_SIZE);
     dirty = true;
+    return ((ino - 1) % g.inodesPerGroup) * c.INODE_SIZE;
   };
 
   if (journal) {
     for (const { block, data } of journal.treeBlocks) image.writeAt(data, block * c.BLOCK_SIZE);
-    put(c.JOURNAL_INO, (buf, off) =>
-      encodeInode(
-        { mode: c.S_IFREG | 0o600, uid: 0, gid: 0, size: g.journalBlocks * c.BLOCK_SIZE, time, links: 1, blocks: g.journalBlocks + journal.treeBlocks.length, flags: c.INODE_FLAG_EXTENTS, block: journal.root },
-        buf,
-        off,
-      ),
+    const offset = slot(c.JOURNAL_INO);
+    encodeInode(
+      { mode: c.S_IFREG | 0o600, uid: 0, gid: 0, size: g.journalBlocks * c.BLOCK_SIZE, time, links: 1, blocks: g.journalBlocks + journal.treeBlocks.length, flags: c.INODE_FLAG_EXTENTS },
+      table,
+      offset,
     );
+    journal.root.copy(table, offset + I_BLOCK);
   }
-  for (const node of plan.nodes) {
-    const group = Math.floor((node.ino - 1) / g.inodesPerGroup);
-    if (node.kind === 'dir') descriptors[group].usedDirs += 1;
-    put(node.ino, (buf, off) => encodeInode(inodeFields(node, extentRoots.get(node.ino)), buf, off));
+  for (let ino = 1; ino < plan.end; ino++) {
+    const node = plan.nodes[ino];
+    if (!node) continue;
+    if (node.kind === 'dir') descriptors[Math.floor((ino - 1) / g.inodesPerGroup)].usedDirs += 1;
+    writeInode(plan, ino, node, extentRoots.get(ino), table, slot(ino));
   }
   flush();
   return descriptors;
 }
 
-function inodeFields(node: PlannedNode, extent: { root: Buffer; treeBlocks: number } | undefined) {
-  const base = {
-    uid: node.uid,
-    gid: node.gid,
-    time: node.mtime,
-    links: node.links,
-    size: 0,
-    blocks: 0,
-    flags: 0,
-    block: Buffer.alloc(60),
+/** Offset of i_block within an inode. */
+const I_BLOCK = 0x28;
+
+function writeInode(plan: Plan, ino: number, node: Inode, tree: { root: Buffer; treeBlocks: number } | undefined, table: Buffer, o: number): void {
+  const links = plan.links[ino];
+  const extentBlocks = plan.dataBlocks[ino] + (tree?.treeBlocks ?? 0);
+  const root = () => {
+    if (tree) tree.root.copy(table, o + I_BLOCK);
+    else writeExtentRoot(plan, ino, table, o + I_BLOCK);
   };
-  const withExtents = () => ({
-    flags: c.INODE_FLAG_EXTENTS,
-    block: extent!.root,
-    blocks: node.dataBlocks + extent!.treeBlocks,
-  });
   switch (node.kind) {
     case 'dir': {
-      const links = node.subdirs + 2 > c.MAX_LINK_COUNT ? 1 : node.subdirs + 2;
-      return { ...base, ...withExtents(), mode: c.S_IFDIR | node.perm, links, size: node.size };
+      const subdirs = plan.subdirs[ino];
+      const dirLinks = subdirs + 2 > c.MAX_LINK_COUNT ? 1 : subdirs + 2;
+      writeInodeFields(table, o, c.S_IFDIR | node.perm, node.uid, node.gid, plan.sizes[ino], node.mtime, dirLinks, extentBlocks, c.INODE_FLAG_EXTENTS);
+      return root();
     }
     case 'file':
-      return { ...base, ...withExtents(), mode: c.S_IFREG | node.perm, size: node.size };
+      writeInodeFields(table, o, c.S_IFREG | node.perm, node.uid, node.gid, node.size, node.mtime, links, extentBlocks, c.INODE_FLAG_EXTENTS);
+      return root();
     case 'symlink': {
-      const target = Buffer.from(node.source!.target ?? '');
-      if (target.length <= c.FAST_SYMLINK_MAX) {
-        const block = Buffer.alloc(60);
-        target.copy(block);
-        return { ...base, mode: c.S_IFLNK | node.perm, size: target.length, block };
+      const size = plan.sizes[ino];
+      if (size <= c.FAST_SYMLINK_MAX) {
+        writeInodeFields(table, o, c.S_IFLNK | node.perm, node.uid, node.gid, size, node.mtime, links, 0, 0);
+        table.write(node.target ?? '', o + I_BLOCK, 'utf8');
+        return;
       }
-      return { ...base, ...withExtents(), mode: c.S_IFLNK | node.perm, size: target.length };
+      writeInodeFields(table, o, c.S_IFLNK | node.perm, node.uid, node.gid, size, node.mtime, links, extentBlocks, c.INODE_FLAG_EXTENTS);
+      return root();
     }
     case 'chardev':
     case 'blockdev':
-      return {
-        ...base,
-        mode: (node.kind === 'chardev' ? c.S_IFCHR : c.S_IFBLK) | node.perm,
-        block: deviceBlock(node.source!.rdevMajor ?? 0, node.source!.rdevMinor ?? 0),
-      };
+      writeInodeFields(table, o, (node.kind === 'chardev' ? c.S_IFCHR : c.S_IFBLK) | node.perm, node.uid, node.gid, 0, node.mtime, links, 0, 0);
+      deviceBlock(node.rdevMajor ?? 0, node.rdevMinor ?? 0).copy(table, o + I_BLOCK);
+      return;
     case 'fifo':
-      return { ...base, mode: c.S_IFIFO | node.perm };
     case 'socket':
-      return { ...base, mode: c.S_IFSOCK | node.perm };
+      writeInodeFields(table, o, (node.kind === 'fifo' ? c.S_IFIFO : c.S_IFSOCK) | node.perm, node.uid, node.gid, 0, node.mtime, links, 0, 0);
+      return;
   }
+}
+
+/** The in-inode extent root (depth 0) from the plan, without building an extent list. */
+function writeExtentRoot(plan: Plan, ino: number, out: Buffer, o: number): void {
+  const list = plan.extentLists.get(ino);
+  if (list) return writeExtentRootList(list, out, o);
+  const length = plan.singleLength[ino];
+  out.writeUInt16LE(c.EXTENT_MAGIC, o);
+  out.writeUInt16LE(length > 0 ? 1 : 0, o + 2);
+  out.writeUInt16LE(c.EXTENTS_IN_INODE, o + 4);
+  if (length === 0) return;
+  const physical = plan.singlePhysical[ino];
+  out.writeUInt32LE(0, o + 12);
+  out.writeUInt16LE(length, o + 16);
+  out.writeUInt16LE(Math.floor(physical / 2 ** 32), o + 18);
+  out.writeUInt32LE(physical % 2 ** 32, o + 20);
 }
 
 function fileType(kind: Inode['kind']): number {

@@ -1,6 +1,10 @@
 /**
  * Planning: one walk over the tree that numbers the inodes, counts links, and estimates the
  * blocks each node needs, so the geometry can be fixed before any content is read.
+ *
+ * Per-inode data lives in typed arrays indexed by inode number rather than in an object per
+ * node: with hundreds of thousands of files, objects would cost several hundred bytes each and
+ * push the writer's memory past what a laptop should spend on making an image.
  */
 import { createHash } from 'node:crypto';
 import type { Inode, Tree } from '../tree.js';
@@ -8,123 +12,164 @@ import * as c from './constants.js';
 import { directoryBlocks } from './directory.js';
 import type { Extent } from './extents.js';
 
-export interface PlannedDirEntry {
-  name: Buffer;
-  node: PlannedNode;
-}
+export class Plan {
+  /** The tree's node for each inode number (undefined for reserved numbers). */
+  readonly nodes: Array<Inode | undefined>;
+  /** One past the highest inode number in use. */
+  readonly end: number;
+  readonly links: Uint32Array;
+  readonly subdirs: Uint32Array;
+  readonly parent: Uint32Array;
+  /** Data blocks allocated (not counting extent tree blocks). */
+  readonly dataBlocks: Float64Array;
+  /** i_size of directories and symlinks, known once they are written. */
+  readonly sizes: Float64Array;
+  /** A node with exactly one extent starting at logical block 0 keeps it here … */
+  readonly singlePhysical: Float64Array;
+  readonly singleLength: Uint32Array;
+  /** … any other extent list (several extents, or a leading hole) is kept here. */
+  readonly extentLists = new Map<number, Extent[]>();
+  /** The synthesized lost+found, when the tree has none. */
+  readonly lostFound: Inode | undefined;
 
-export interface PlannedNode {
-  ino: number;
-  /** Undefined for the synthesized lost+found. */
-  source?: Inode;
-  kind: Inode['kind'];
-  perm: number;
-  uid: number;
-  gid: number;
-  mtime: number;
-  size: number;
-  links: number;
-  entries?: PlannedDirEntry[];
-  subdirs: number;
-  extents: Extent[];
-  /** Blocks allocated for data (not counting extent tree blocks). */
-  dataBlocks: number;
-  /** Extra empty blocks a directory should have (lost+found). */
-  minDirBlocks: number;
-  /** Directories: the inode of "..". */
-  parentIno: number;
-}
+  constructor(
+    readonly root: Inode,
+    nodes: Array<Inode | undefined>,
+    lostFound: Inode | undefined,
+    /** Upper bound of the data blocks (contents, directories, long symlinks, extent trees). */
+    readonly estimatedBlocks: number,
+    readonly totalFileBytes: number,
+    readonly maxMtime: number,
+    /** A hash of all metadata (names, modes, owners, sizes, times, targets): seeds the UUID. */
+    readonly metadataHash: Buffer,
+  ) {
+    this.nodes = nodes;
+    this.end = nodes.length;
+    this.lostFound = lostFound;
+    this.links = new Uint32Array(this.end);
+    this.subdirs = new Uint32Array(this.end);
+    this.parent = new Uint32Array(this.end);
+    this.dataBlocks = new Float64Array(this.end);
+    this.sizes = new Float64Array(this.end);
+    this.singlePhysical = new Float64Array(this.end);
+    this.singleLength = new Uint32Array(this.end);
+  }
 
-export interface Plan {
-  root: PlannedNode;
-  /** Every node, in inode-number order. */
-  nodes: PlannedNode[];
-  /** Upper bound of the data blocks (file contents, directories, long symlinks, extent trees). */
-  estimatedBlocks: number;
-  totalFileBytes: number;
-  maxMtime: number;
-  /** A hash of all metadata (names, modes, owners, sizes, times, targets): seeds the UUID. */
-  metadataHash: Buffer;
+  get usedInodes(): number {
+    return this.end - 1;
+  }
+
+  /** Records the extents a node's data ended up in. */
+  setExtents(ino: number, extents: Extent[]): void {
+    if (extents.length === 1 && extents[0].logical === 0) {
+      this.singlePhysical[ino] = extents[0].physical;
+      this.singleLength[ino] = extents[0].length;
+    } else if (extents.length > 0) {
+      this.extentLists.set(ino, extents);
+    }
+  }
+
+  extents(ino: number): Extent[] {
+    const list = this.extentLists.get(ino);
+    if (list) return list;
+    const length = this.singleLength[ino];
+    return length > 0 ? [{ logical: 0, physical: this.singlePhysical[ino], length }] : [];
+  }
+
+  /** Directory entries of a directory inode, in order ("." and ".." not included). */
+  *entries(ino: number): Generator<[name: string, child: Inode]> {
+    const node = this.nodes[ino]!;
+    if (ino === c.ROOT_INO && this.lostFound) yield ['lost+found', this.lostFound];
+    yield* node.children!.entries();
+  }
+
+  /** The minimum number of blocks of a directory (lost+found gets room to grow, as mke2fs does). */
+  minDirBlocks(ino: number): number {
+    return ino === c.FIRST_INO ? c.LOST_AND_FOUND_BLOCKS : 1;
+  }
 }
 
 export function planTree(tree: Tree): Plan {
   const hash = createHash('sha256');
-  const planned = new Map<Inode, PlannedNode>();
-  const nodes: PlannedNode[] = [];
-  let nextIno = c.FIRST_INO + 1;
+  const nodes: Array<Inode | undefined> = [];
+  const seen = new Set<Inode>();
   let estimatedBlocks = 0;
   let totalFileBytes = 0;
   let maxMtime = tree.root.mtime;
 
-  const make = (source: Inode | undefined, ino: number, kind: Inode['kind']): PlannedNode => {
-    const p: PlannedNode = {
-      ino,
-      source,
-      kind,
-      perm: source?.perm ?? 0o700,
-      uid: source?.uid ?? 0,
-      gid: source?.gid ?? 0,
-      mtime: source?.mtime ?? tree.root.mtime,
-      size: source?.size ?? 0,
-      links: 0,
-      subdirs: 0,
-      extents: [],
-      dataBlocks: 0,
-      minDirBlocks: 1,
-      parentIno: c.ROOT_INO,
-    };
-    if (kind === 'dir') p.entries = [];
-    nodes.push(p);
-    return p;
-  };
-
-  const root = make(tree.root, c.ROOT_INO, 'dir');
-  planned.set(tree.root, root);
-  root.links = 1;
-
+  nodes[c.ROOT_INO] = tree.root;
+  tree.root.ino = c.ROOT_INO;
+  seen.add(tree.root);
   // lost+found is inode 11, as mke2fs makes it; an existing directory of that name is reused.
-  const existingLostFound = tree.root.children!.get('lost+found');
-  const lostFound = make(existingLostFound?.kind === 'dir' ? existingLostFound : undefined, c.FIRST_INO, 'dir');
-  lostFound.minDirBlocks = c.LOST_AND_FOUND_BLOCKS;
-  if (lostFound.source) planned.set(lostFound.source, lostFound);
-  else {
-    root.entries!.push({ name: Buffer.from('lost+found'), node: lostFound });
-    lostFound.links = 1;
-    root.subdirs += 1;
+  const existing = tree.root.children!.get('lost+found');
+  let lostFound: Inode | undefined;
+  if (existing?.kind === 'dir') {
+    nodes[c.FIRST_INO] = existing;
+    existing.ino = c.FIRST_INO;
+    seen.add(existing);
+  } else {
+    lostFound = syntheticLostFound(tree.root.mtime);
+    nodes[c.FIRST_INO] = lostFound;
   }
+  for (let i = 1; i < c.FIRST_INO; i++) nodes[i] ??= undefined;
 
-  for (const { path, node, parent } of tree.walk()) {
-    const parentPlan = planned.get(parent)!;
-    let child = planned.get(node);
-    if (!child) {
-      child = make(node, nextIno++, node.kind);
-      planned.set(node, child);
-      maxMtime = Math.max(maxMtime, node.mtime);
-      if (node.kind === 'file') {
-        totalFileBytes += node.size;
-        const blocks = Math.ceil(node.size / c.BLOCK_SIZE);
-        // Extents break at 32768 blocks and at superblock copies; count one tree block per 340 of them.
-        estimatedBlocks += blocks + Math.ceil((blocks / c.MAX_EXTENT_LEN + 2) / c.EXTENTS_PER_BLOCK);
-      } else if (node.kind === 'symlink' && Buffer.byteLength(node.target ?? '') > c.FAST_SYMLINK_MAX) {
-        estimatedBlocks += 1;
-      }
+  for (const { path, node } of tree.walk()) {
+    if (seen.has(node)) continue;
+    seen.add(node);
+    node.ino = nodes.length;
+    nodes.push(node);
+    maxMtime = Math.max(maxMtime, node.mtime);
+    if (node.kind === 'file') {
+      totalFileBytes += node.size;
+      const blocks = Math.ceil(node.size / c.BLOCK_SIZE);
+      // Extents break at 32768 blocks and at superblock copies; count tree blocks for them.
+      estimatedBlocks += blocks + Math.ceil((blocks / c.MAX_EXTENT_LEN + 2) / c.EXTENTS_PER_BLOCK);
+    } else if (node.kind === 'symlink' && Buffer.byteLength(node.target ?? '') > c.FAST_SYMLINK_MAX) {
+      estimatedBlocks += 1;
     }
-    child.links += 1;
-    if (node.kind === 'dir') {
-      parentPlan.subdirs += 1;
-      child.parentIno = parentPlan.ino;
-    }
-    parentPlan.entries!.push({ name: Buffer.from(path.slice(path.lastIndexOf('/') + 1)), node: child });
     hash.update(`${path}\0${node.kind}\0${node.perm}\0${node.uid}\0${node.gid}\0${node.size}\0${node.mtime}\0${node.target ?? ''}\0${node.rdevMajor ?? ''}:${node.rdevMinor ?? ''}\n`);
   }
+  seen.clear();
 
-  for (const node of nodes) {
-    if (node.kind !== 'dir') continue;
-    const names = [1, 2, ...node.entries!.map((e) => e.name.length)];
-    estimatedBlocks += Math.max(directoryBlocks(names), node.minDirBlocks);
-    // A directory's blocks need an extent tree block once they are fragmented; rare, so a margin.
-    estimatedBlocks += 1;
+  const plan = new Plan(tree.root, nodes, lostFound, 0, totalFileBytes, maxMtime, hash.digest());
+  // Links, subdirectory counts and parents, from the directories' entries.
+  plan.links[c.ROOT_INO] = 1;
+  if (lostFound) plan.links[c.FIRST_INO] = 1;
+  for (let ino = 1; ino < plan.end; ino++) {
+    const node = nodes[ino];
+    if (!node || node.kind !== 'dir') continue;
+    let nameBytes = 0;
+    const lengths: number[] = [1, 2];
+    for (const [name, child] of plan.entries(ino)) {
+      const length = Buffer.byteLength(name);
+      lengths.push(length);
+      nameBytes += length;
+      if (child !== lostFound) plan.links[child.ino] += 1;
+      if (child.kind === 'dir') {
+        plan.subdirs[ino] += 1;
+        plan.parent[child.ino] = ino;
+      }
+    }
+    plan.parent[c.ROOT_INO] = c.ROOT_INO;
+    if (ino === c.FIRST_INO) plan.parent[ino] = c.ROOT_INO;
+    // Directory blocks, plus a margin for an extent tree block once they are fragmented.
+    estimatedBlocks += Math.max(directoryBlocks(lengths), plan.minDirBlocks(ino)) + 1;
+    void nameBytes;
   }
-  nodes.sort((a, b) => a.ino - b.ino);
-  return { root, nodes, estimatedBlocks, totalFileBytes, maxMtime, metadataHash: hash.digest() };
+  return Object.assign(plan, { estimatedBlocks }) as Plan;
+}
+
+function syntheticLostFound(mtime: number): Inode {
+  return {
+    kind: 'dir',
+    perm: 0o700,
+    uid: 0,
+    gid: 0,
+    mtime,
+    size: 0,
+    content: { kind: 'empty' },
+    children: new Map(),
+    names: 1,
+    ino: c.FIRST_INO,
+  };
 }
