@@ -7,6 +7,6 @@ export default defineConfig({
     hookTimeout: 600_000,
     // The end-to-end tests boot real VMs on a 2-core machine: run files one at a time.
     fileParallelism: false,
-    reporters: ['default'],
+    reporters: ['default', './test/support/summary-reporter.ts'],
   },
 });
