@@ -17,7 +17,7 @@ import { doctor, renderChecks, type Check } from '../../src/install/doctor.js';
 import { install, type InstallOptions } from '../../src/install/install.js';
 import { MACHINES_MARKER } from '../../src/install/nix-wiring.js';
 import { daemonArgv, parseUnit } from '../../src/install/service.js';
-import { uninstall } from '../../src/install/uninstall.js';
+import { uninstall, type UninstallOptions } from '../../src/install/uninstall.js';
 import { findOnPath, RecordingRunner } from '../../src/vm/runner.js';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
@@ -49,7 +49,7 @@ function treeHash(dir: string): string {
   return createHash('sha256').update(lines.join('\n')).digest('hex');
 }
 
-function options(extra: Partial<InstallOptions> = {}): InstallOptions {
+function options(extra: Partial<InstallOptions & UninstallOptions> = {}): InstallOptions & UninstallOptions {
   return {
     root,
     env: { HOME: home, PATH: process.env.PATH },
