@@ -1,0 +1,277 @@
+/**
+ * A real ferry daemon for end-to-end tests: `ferry daemon` (from source, through tsx) in a temp
+ * state dir with a free port, the shared image cache (~/.cache/ferry-test/ferry-cache; images are
+ * content-addressed, so sharing is safe), its log collected, and helpers that drive it the way a
+ * user does — the CLI, the control socket, and the host's real `nix-build` with the daemon as a
+ * remote builder through the ssh_config alias the daemon writes.
+ *
+ * `stop()` sends SIGTERM (the daemon powers the guest off) and, whatever happened, kills any qemu
+ * still using the temp dir, so nothing of a test keeps running.
+ */
+import { execa, type Result } from 'execa';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { homedir, tmpdir } from 'node:os';
+import path from 'node:path';
+import { resolvePaths, type FerryPaths } from '../../src/config/paths.js';
+import { callDaemon } from '../../src/daemon/control-client.js';
+import { BUILDER_ALIAS, daemonFiles } from '../../src/daemon/ssh-alias.js';
+import { freePort } from '../../src/vm/free-port.js';
+
+export const ROOT = path.resolve(import.meta.dirname, '../..');
+export const IMAGE_CACHE = path.join(homedir(), '.cache', 'ferry-test', 'ferry-cache');
+
+/** What `ferry status --json` answers (the parts the tests read). */
+export interface DaemonStatus {
+  daemon: { pid: number; listen: string; configFile: string; configError?: string; buildError?: string };
+  guest: {
+    state: 'stopped' | 'booting' | 'running' | 'stopping';
+    image: string;
+    previousImage?: string;
+    pendingImage?: string;
+    address?: string;
+    readyMs?: number;
+    boots: number;
+    crashes: number;
+    lastError?: string;
+    lastSwap?: { outcome: string; imageId: string; error?: string; at: string };
+  };
+  sessions: { open: number; total: number };
+  recentSessions: Array<{ command?: string; durationMs: number; exit: { kind: string; code?: number } }>;
+}
+
+export interface ConfigOptions {
+  maxJobs?: number | string;
+  idleTimeout?: string;
+  readyTimeout?: string;
+  /** Raw TOML appended at the end (e.g. `[[image.layers]]`). */
+  extra?: string;
+}
+
+/**
+ * The test config: the debian preset under tcg (KVM may misbehave on CI machines), a small
+ * guest, no substituters in the guest (no network), and no bzip2 of build logs in the guest,
+ * which under tcg is the slowest part of a build with a big log.
+ */
+export function configText(port: number, options: ConfigOptions = {}): string {
+  const maxJobs = options.maxJobs === undefined ? '' : `max-jobs = ${typeof options.maxJobs === 'string' ? JSON.stringify(options.maxJobs) : options.maxJobs}\n`;
+  return [
+    '[guest]',
+    'preset = "debian"',
+    'cpus = 2',
+    'memory = "1GiB"',
+    'state-disk-size = "4GiB"',
+    '',
+    '[guest.nix]',
+    maxJobs + 'extra-config = "substituters =\\ncompress-build-log = false"',
+    '',
+    '[vm]',
+    'accel = "tcg"',
+    '',
+    '[daemon]',
+    `port = ${port}`,
+    `idle-timeout = "${options.idleTimeout ?? '5m'}"`,
+    `ready-timeout = "${options.readyTimeout ?? '90s'}"`,
+    '',
+    options.extra ?? '',
+  ].join('\n');
+}
+
+export interface BuildOptions {
+  /** `ssh-ng` (nix-daemon --stdio) or `ssh` (nix-store --serve --write). */
+  proto?: 'ssh-ng' | 'ssh';
+  /** Where nix-build's stderr goes (a big log); otherwise it is kept in the result. */
+  stderrFile?: string;
+  timeoutMs?: number;
+}
+
+export interface BuildResult {
+  exitCode: number | undefined;
+  stdout: string;
+  stderr: string;
+  ms: number;
+  name: string;
+  exprFile: string;
+}
+
+export class TestDaemon {
+  readonly #child: ChildProcess;
+  readonly #output: string[] = [];
+  #exited: Promise<number | null>;
+
+  private constructor(
+    readonly work: string,
+    readonly env: Record<string, string>,
+    readonly paths: FerryPaths,
+    readonly port: number,
+    child: ChildProcess,
+  ) {
+    this.#child = child;
+    child.stdout!.setEncoding('utf8').on('data', (chunk: string) => this.#output.push(chunk));
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => this.#output.push(chunk));
+    this.#exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
+  }
+
+  /** Starts `ferry daemon` with `config(port)` and waits until its control socket answers. */
+  static async start(config: (port: number) => string, options: { readyTimeoutMs?: number } = {}): Promise<TestDaemon> {
+    const work = await mkdtemp(path.join(tmpdir(), 'ferry-daemon-'));
+    await mkdir(IMAGE_CACHE, { recursive: true });
+    const env: Record<string, string> = {
+      ...(process.env as Record<string, string>),
+      FERRY_STATE_DIR: path.join(work, 'state'),
+      FERRY_CACHE_DIR: IMAGE_CACHE,
+      FERRY_CONFIG: path.join(work, 'ferry.toml'),
+    };
+    const port = await freePort();
+    await writeFile(env.FERRY_CONFIG, config(port));
+    const child = spawn('node', ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'daemon', '--json-logs'], {
+      env,
+      cwd: ROOT,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    const daemon = new TestDaemon(work, env, resolvePaths({ env }), port, child);
+    const deadline = Date.now() + (options.readyTimeoutMs ?? 300_000);
+    let exitCode: number | null | undefined;
+    void daemon.#exited.then((code) => (exitCode = code));
+    for (;;) {
+      if (exitCode !== undefined) throw new Error(`ferry daemon exited (${exitCode}) before it was ready:\n${daemon.log()}`);
+      try {
+        await daemon.status();
+        return daemon;
+      } catch {
+        if (Date.now() > deadline) {
+          await daemon.stop();
+          throw new Error(`ferry daemon did not answer on its control socket in time:\n${daemon.log()}`);
+        }
+        await sleep(200);
+      }
+    }
+  }
+
+  /** Everything the daemon printed (JSON log lines). */
+  log(): string {
+    return this.#output.join('');
+  }
+
+  /** The daemon's log lines, parsed. */
+  logEntries(): Array<Record<string, unknown> & { msg?: string }> {
+    return this.log()
+      .split('\n')
+      .filter((line) => line.startsWith('{'))
+      .map((line) => JSON.parse(line) as Record<string, unknown>);
+  }
+
+  get pid(): number {
+    return this.#child.pid!;
+  }
+
+  status(): Promise<DaemonStatus> {
+    return callDaemon<DaemonStatus>(this.paths.controlSocket, 'GET', '/status', 5000);
+  }
+
+  /** Polls the status until `predicate` holds. */
+  async waitForStatus(predicate: (status: DaemonStatus) => boolean, timeoutMs: number, what: string): Promise<DaemonStatus> {
+    const deadline = Date.now() + timeoutMs;
+    let last: DaemonStatus | undefined;
+    for (;;) {
+      last = await this.status();
+      if (predicate(last)) return last;
+      if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}; status:\n${JSON.stringify(last, null, 2)}\nlog tail:\n${this.log().slice(-4000)}`);
+      await sleep(250);
+    }
+  }
+
+  /** The ferry CLI from source with this daemon's directories. */
+  ferry(args: string[], timeoutMs = 120_000): Promise<Result> {
+    return execa('node', ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), ...args], { env: this.env, cwd: ROOT, reject: false, timeout: timeoutMs });
+  }
+
+  writeConfig(options: ConfigOptions): Promise<void> {
+    return writeFile(this.env.FERRY_CONFIG, configText(this.port, options));
+  }
+
+  /** OpenSSH to the daemon's front through the alias it wrote, plus `extra` options. */
+  ssh(args: string[], options: { timeoutMs?: number; extra?: string[] } = {}): Promise<Result> {
+    return execa('ssh', ['-F', daemonFiles(this.paths).sshConfig, ...(options.extra ?? []), BUILDER_ALIAS, ...args], {
+      reject: false,
+      timeout: options.timeoutMs ?? 120_000,
+      stdin: 'ignore',
+    });
+  }
+
+  /**
+   * The host's real nix-build with the daemon as its only builder (`--max-jobs 0`): builds a
+   * derivation named `label-<nonce>` (so it is really built) whose builder runs `script` with
+   * /bin/sh in the guest and no PATH.
+   */
+  async nixBuild(label: string, script: string, options: BuildOptions = {}): Promise<BuildResult> {
+    const name = `ferry-e2e-${label}-${randomUUID().slice(0, 8)}`;
+    const exprFile = path.join(this.work, `${name}.nix`);
+    await writeFile(exprFile, derivationExpr(name, script));
+    const proto = options.proto ?? 'ssh-ng';
+    const started = performance.now();
+    const result = await execa(
+      'nix-build',
+      [
+        '--no-out-link',
+        '--max-jobs', '0',
+        '--option', 'substituters', '',
+        '--builders', `${proto}://${BUILDER_ALIAS} x86_64-linux ${this.paths.clientKey} 4`,
+        exprFile,
+      ],
+      {
+        env: { ...this.env, NIX_SSHOPTS: `-F ${daemonFiles(this.paths).sshConfig}` },
+        reject: false,
+        timeout: options.timeoutMs ?? 180_000,
+        stdin: 'ignore',
+        stderr: options.stderrFile ? { file: options.stderrFile } : 'pipe',
+      },
+    );
+    return {
+      exitCode: result.exitCode,
+      stdout: String(result.stdout ?? ''),
+      stderr: options.stderrFile ? '' : String(result.stderr ?? ''),
+      ms: Math.round(performance.now() - started),
+      name,
+      exprFile,
+    };
+  }
+
+  /** Stops the daemon (SIGTERM, then SIGKILL after `graceMs`) and removes its temp dir. */
+  async stop(graceMs = 60_000): Promise<number | null> {
+    let code: number | null = null;
+    if (this.#child.exitCode === null && this.#child.signalCode === null) {
+      this.#child.kill('SIGTERM');
+      const timer = setTimeout(() => this.#child.kill('SIGKILL'), graceMs);
+      code = await this.#exited;
+      clearTimeout(timer);
+    } else {
+      code = this.#child.exitCode;
+    }
+    for (const pid of await hypervisorsUsing(this.work)) process.kill(pid, 'SIGKILL');
+    await rm(this.work, { recursive: true, force: true });
+    return code;
+  }
+}
+
+/** A derivation whose builder is `/bin/sh -c script` (no `${` in scripts: Nix would interpolate it). */
+export function derivationExpr(name: string, script: string): string {
+  if (script.includes('${')) throw new Error('derivationExpr: the script must not contain "${"');
+  return `derivation { name = ${JSON.stringify(name)}; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" ${JSON.stringify(script)} ]; }\n`;
+}
+
+/** qemu processes whose command line mentions `dir`. */
+export async function hypervisorsUsing(dir: string): Promise<number[]> {
+  const found: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const cmdline = await readFile(`/proc/${entry}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.includes('qemu-system') && cmdline.includes(dir)) found.push(Number(entry));
+  }
+  return found;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
