@@ -2,6 +2,7 @@
  * Progress for long work. On a terminal: one line on stderr, redrawn in place, with a bar when
  * the total is known. Elsewhere (logs, CI, --json): a line per step, no redraws.
  */
+import { humanBytes } from '../format.js';
 
 export interface Progress {
   step(label: string): void;
@@ -46,18 +47,4 @@ export function createProgress(options: { stream?: NodeJS.WriteStream; quiet?: b
   };
 }
 
-export function formatDurationMs(ms: number): string {
-  return ms < 1000 ? `${Math.round(ms)} ms` : `${(ms / 1000).toFixed(1)} s`;
-}
-
-/** 1536 → "1.5 KiB": for people, not for round trips. */
-export function humanBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
-}
+export { formatDurationMs, humanBytes } from '../format.js';

@@ -22,6 +22,7 @@ import { ImageFile } from './image-file.js';
 import { deviceBlock, encodeInode, writeInodeFields } from './inode.js';
 import { computeGeometry, metadataBlocks, type Geometry } from './layout.js';
 import { planTree, type Plan } from './plan.js';
+import { humanBytes } from '../../format.js';
 import { encodeGroupDescriptors, encodeJournalSuperblock, encodeSuperblock, type GroupDescriptor } from './superblock.js';
 
 export interface Ext4Progress {
@@ -84,7 +85,7 @@ export async function writeExt4(tree: Tree, outputPath: string, options: Ext4Opt
     rmSync(tempPath, { force: true });
     if (error instanceof OutOfSpaceError) {
       throw new Ext4Error(
-        `the content does not fit in ${formatBytes(geometry.totalBlocks * c.BLOCK_SIZE)} (${error.message}); give a larger size or leave it automatic`,
+        `the content does not fit in ${humanBytes(geometry.totalBlocks * c.BLOCK_SIZE)} (${error.message}); give a larger size or leave it automatic`,
       );
     }
     throw error;
@@ -532,13 +533,3 @@ export function formatUuid(uuid: Buffer): string {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
-}
