@@ -4,6 +4,7 @@
  * initramfs, not in the system disk, so a config change never rewrites the base image.
  */
 import type { FerryConfig } from '../../config/types.js';
+import { BINFMT_PATH, binfmtScript } from './binfmt.js';
 import { BUILDER_USER, CONTROL_PATH, SHUTDOWN_PATH, STAGE2_PATH, controlScript, inittab, shutdownScript, stage2Script, udhcpcScript } from './stage2.js';
 
 export interface GeneratedFile {
@@ -61,6 +62,7 @@ Subsystem sftp internal-sftp
 }
 
 export function guestFiles(config: FerryConfig, keys: GuestKeys): GeneratedFile[] {
+  const binfmt = binfmtScript(config);
   return [
     { path: '/etc/hostname', mode: 0o644, content: `${config.guest.hostname}\n` },
     { path: '/etc/hosts', mode: 0o644, content: `127.0.0.1 localhost\n127.0.1.1 ${config.guest.hostname}\n` },
@@ -75,6 +77,7 @@ export function guestFiles(config: FerryConfig, keys: GuestKeys): GeneratedFile[
     { path: SHUTDOWN_PATH, mode: 0o755, content: shutdownScript() },
     { path: CONTROL_PATH, mode: 0o755, content: controlScript() },
     { path: '/usr/lib/ferry/udhcpc', mode: 0o755, content: udhcpcScript() },
+    ...(binfmt ? [{ path: BINFMT_PATH, mode: 0o755, content: binfmt }] : []),
   ];
 }
 

@@ -17,6 +17,10 @@ export const STAGE1_MODULES = [
   'virtio_console',
   'virtio_rng',
   'overlay',
+  // Loaded always, used only when the config asks for an interpreter (binfmt.ts): the modules
+  // live only in the initramfs, so stage 2 could not load them later.
+  'binfmt_misc',
+  'virtiofs',
 ] as const;
 
 /** Where stage 1 leaves the state disk mounted in the new root. */

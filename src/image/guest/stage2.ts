@@ -5,6 +5,7 @@
  * the daemon uses to power off and to set the clock.
  */
 import { nixRegistrationLoadScript } from '../layers/nix.js';
+import { BINFMT_PATH } from './binfmt.js';
 import { STATE_MOUNT } from './stage1.js';
 
 export const STAGE2_PATH = '/usr/lib/ferry/stage2';
@@ -75,6 +76,8 @@ mkdir -p /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per
 chown ${BUILDER_UID}:${BUILDER_UID} /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per-user/${BUILDER_USER}
 chgrp ${NIX_BUILD_GID} /nix/store && chmod 1775 /nix/store
 ${nixRegistrationLoadScript().trimEnd()}
+# Foreign builds (x86_64-linux on an aarch64 guest): present only when the config asks for an interpreter.
+[ -x ${BINFMT_PATH} ] && ${BINFMT_PATH}
 setsid nix-daemon </dev/null >/var/log/nix-daemon.log 2>&1 &
 mkdir -p /run/sshd && chmod 755 /run/sshd
 /usr/sbin/sshd -f /etc/ssh/sshd_config -E /var/log/sshd.log || echo "FERRY-FAILED: sshd did not start" > /dev/console

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { FerryError, ExitCode } from '../../errors.js';
 import { packageInfo, unpackedPackage, type DebianArch } from './apt.js';
+import { debianArm64RootfsTar, mmdebstrapArm64Argv, qemuX86_64ForArm64 } from './debian-arm64.js';
 import type { PresetInputs } from './preset.js';
 
 /** What the guest needs to be a Nix builder, on top of `--variant=essential`. */
@@ -21,6 +22,8 @@ export function debianArch(system: string): DebianArch {
 }
 
 export function mmdebstrapArgv(arch: DebianArch): string[] {
+  // arm64 on any host: unpacked without maintainer scripts, their work done by a hook (debian-arm64.ts).
+  if (arch === 'arm64') return mmdebstrapArm64Argv(DEBIAN_SUITE);
   return ['--variant=essential', `--include=${DEBIAN_PACKAGES.join(',')}`, `--architectures=${arch}`, DEBIAN_SUITE];
 }
 
@@ -105,8 +108,18 @@ async function resolveDebianPreset(downloadsDir: string, arch: DebianArch, onSte
   const kernel = await debianKernel(downloadsDir, arch);
   onStep?.(`fetching busybox-static:${arch}`);
   const busybox = await debianBusybox(downloadsDir, arch);
-  onStep?.(`making the Debian ${DEBIAN_SUITE} ${arch} root filesystem (mmdebstrap)`);
-  const rootfs = await debianRootfsTar(downloadsDir, arch);
+  let rootfs: string;
+  let extra = '';
+  if (arch === 'arm64') {
+    onStep?.('fetching qemu-x86_64-static from qemu-user-static:arm64');
+    const qemu = await qemuX86_64ForArm64(downloadsDir);
+    onStep?.(`making the Debian ${DEBIAN_SUITE} ${arch} root filesystem (mmdebstrap --variant=extract)`);
+    rootfs = await debianArm64RootfsTar(downloadsDir, DEBIAN_SUITE, qemu);
+    extra = `:${qemu.packageVersion}`;
+  } else {
+    onStep?.(`making the Debian ${DEBIAN_SUITE} ${arch} root filesystem (mmdebstrap)`);
+    rootfs = await debianRootfsTar(downloadsDir, arch);
+  }
   return {
     name: 'debian',
     rootfsTar: rootfs,
@@ -114,6 +127,6 @@ async function resolveDebianPreset(downloadsDir: string, arch: DebianArch, onSte
     modulesDir: kernel.modulesDir,
     kernelVersion: kernel.version,
     busybox: busybox.busybox,
-    identity: `debian:${DEBIAN_SUITE}:${arch}:${kernel.packageVersion}:${busybox.packageVersion}:${mmdebstrapArgv(arch).join(' ')}`,
+    identity: `debian:${DEBIAN_SUITE}:${arch}:${kernel.packageVersion}:${busybox.packageVersion}${extra}:${mmdebstrapArgv(arch).join(' ')}`,
   };
 }

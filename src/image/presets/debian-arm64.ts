@@ -1,0 +1,157 @@
+/**
+ * The `debian` preset for aarch64-linux guests, made on any host without binfmt or root-level
+ * emulation: mmdebstrap's `extract` variant unpacks the arm64 packages and runs none of their
+ * maintainer scripts (which would need to execute arm64 binaries). What those scripts would have
+ * made, and the guest needs, is made by an extract hook on the host instead (postinstHook):
+ *
+ *   base-passwd      /etc/passwd, /etc/group from its master files (passwords moved to shadow)
+ *   shadow, login    /etc/shadow, /etc/gshadow (every account locked: `*`)
+ *   openssh-server   the privilege-separation user `sshd` (sshd refuses to start without it)
+ *   base-files       /etc/profile, root's dot files, /var/run → /run, /var/lock → /run/lock
+ *   libc-bin         /etc/nsswitch.conf (its copy in /usr/share/libc-bin)
+ *   debianutils      /etc/shells
+ *   mawk             the awk alternative (/usr/bin/awk → mawk)
+ *
+ * dash ships /bin/sh itself in bookworm. nixbld and the builder user are made at boot by stage 2,
+ * as on amd64. ld.so.cache is not made: Debian's glibc searches the multiarch directories
+ * (/lib/aarch64-linux-gnu, /usr/lib/aarch64-linux-gnu) without it; stage 2 would only gain speed.
+ *
+ * The hook also installs qemu-user's x86_64 interpreter (the arm64 build of qemu-x86_64-static,
+ * from Debian's qemu-user-static:arm64) at /usr/libexec/ferry, whatever guest.interpreter says:
+ * the base stays the same when the interpreter changes, so switching between "none",
+ * "qemu-user" and "rosetta" only changes the generated config archive, never the system disk.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { ExitCode, FerryError } from '../../errors.js';
+import { QEMU_USER_DIR } from '../guest/binfmt.js';
+import { packageInfo } from './apt.js';
+
+/** What the guest needs to be a Nix builder; `?essential` stands in for the essential variant's base. */
+export const DEBIAN_ARM64_PACKAGES = ['openssh-server', 'nix-bin', 'busybox', 'iproute2', 'ca-certificates', 'e2fsprogs', 'mawk'] as const;
+
+/** The environment variable through which the hook finds the interpreter on the host. */
+const QEMU_ENV = 'FERRY_QEMU_X86_64';
+
+/**
+ * The extract hook (`sh -c HOOK exec ROOTFS`; mmdebstrap runs no customize hooks for `extract`), run on the host with $1 = the unpacked rootfs):
+ * what the skipped maintainer scripts would have made. Idempotent, so a package that does ship
+ * one of these files wins.
+ */
+export function postinstHook(): string {
+  return `set -eu
+r="$1"
+if [ ! -e "$r/etc/passwd" ]; then
+  sed 's/^\\([^:]*\\):\\*:/\\1:x:/' "$r/usr/share/base-passwd/passwd.master" > "$r/etc/passwd"
+  echo 'sshd:x:100:65534::/run/sshd:/usr/sbin/nologin' >> "$r/etc/passwd"
+fi
+if [ ! -e "$r/etc/group" ]; then
+  sed 's/^\\([^:]*\\):\\*:/\\1:x:/' "$r/usr/share/base-passwd/group.master" > "$r/etc/group"
+fi
+[ -e "$r/etc/shadow" ] || sed 's/:.*/:*:19000:0:99999:7:::/' "$r/etc/passwd" > "$r/etc/shadow"
+[ -e "$r/etc/gshadow" ] || sed 's/:.*/:*::/' "$r/etc/group" > "$r/etc/gshadow"
+chown 0:42 "$r/etc/shadow" "$r/etc/gshadow"; chmod 640 "$r/etc/shadow" "$r/etc/gshadow"
+[ -e "$r/etc/nsswitch.conf" ] || cp "$r/usr/share/libc-bin/nsswitch.conf" "$r/etc/nsswitch.conf"
+if [ ! -e "$r/etc/shells" ]; then
+  echo '# /etc/shells: valid login shells' > "$r/etc/shells"
+  for s in /bin/sh /usr/bin/sh /bin/bash /usr/bin/bash /bin/rbash /usr/bin/rbash /bin/dash /usr/bin/dash; do
+    if [ -e "$r$s" ]; then echo "$s" >> "$r/etc/shells"; fi
+  done
+fi
+[ -e "$r/etc/profile" ] || cp "$r/usr/share/base-files/profile" "$r/etc/profile"
+[ -e "$r/root/.profile" ] || cp "$r/usr/share/base-files/dot.profile" "$r/root/.profile"
+[ -e "$r/root/.bashrc" ] || cp "$r/usr/share/base-files/dot.bashrc" "$r/root/.bashrc"
+[ -L "$r/var/run" ] || { rmdir "$r/var/run" 2>/dev/null || true; ln -s /run "$r/var/run"; }
+[ -L "$r/var/lock" ] || { rmdir "$r/var/lock" 2>/dev/null || true; ln -s /run/lock "$r/var/lock"; }
+[ -e "$r/usr/bin/awk" ] || ln -s mawk "$r/usr/bin/awk"
+mkdir -p "$r/var/empty" "$r${QEMU_USER_DIR}"
+cp "$${QEMU_ENV}" "$r${QEMU_USER_DIR}/qemu-x86_64-static"
+chmod 755 "$r${QEMU_USER_DIR}/qemu-x86_64-static"
+`;
+}
+
+export function mmdebstrapArm64Argv(suite: string): string[] {
+  return [
+    '--variant=extract',
+    '--include=?essential',
+    `--include=${DEBIAN_ARM64_PACKAGES.join(',')}`,
+    '--architectures=arm64',
+    `--extract-hook=${postinstHook()}`,
+    suite,
+  ];
+}
+
+/**
+ * qemu-x86_64-static for arm64, the one file taken from qemu-user-static:arm64 (the package
+ * holds every target, ~375 MB unpacked; only this one is extracted). Cached per version.
+ */
+export async function qemuX86_64ForArm64(downloadsDir: string): Promise<{ path: string; packageVersion: string }> {
+  const info = await packageInfo('qemu-user-static', 'arm64');
+  const root = join(downloadsDir, 'qemu-user-static');
+  const dir = join(root, `${info.name}_${info.arch}_${info.version.replaceAll(':', '%3a')}`);
+  const binary = join(dir, 'qemu-x86_64-static');
+  const packageVersion = `${info.name}:arm64=${info.version}`;
+  if (existsSync(binary)) return { path: binary, packageVersion };
+  await mkdir(root, { recursive: true });
+  const work = await mkdtemp(join(root, '.download-'));
+  try {
+    const spec = `${info.name}:arm64=${info.version}`;
+    const result = await execa('apt-get', ['download', '-q', spec], { cwd: work, reject: false });
+    if (result.exitCode !== 0) throw new FerryError(`apt-get download ${spec} failed:\n${result.stderr}`, { exitCode: ExitCode.Unavailable });
+    const deb = (await readdir(work)).find((f) => f.endsWith('.deb'));
+    if (!deb) throw new FerryError(`apt-get download ${spec} left no .deb in ${work}`);
+    const member = './usr/bin/qemu-x86_64-static';
+    await execa('sh', ['-c', 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" "$3"', 'sh', join(work, deb), work, member]);
+    const extracted = join(work, member);
+    if (!existsSync(extracted)) throw new FerryError(`${spec} has no ${member.slice(1)}`);
+    const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+    await mkdir(staging);
+    await rename(extracted, join(staging, 'qemu-x86_64-static'));
+    try {
+      await rename(staging, dir);
+    } catch (error) {
+      await rm(staging, { recursive: true, force: true });
+      if (!existsSync(binary)) throw error;
+    }
+    return { path: binary, packageVersion };
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** The arm64 rootfs tarball, cached by the mmdebstrap argv (hook included) and the interpreter's version. */
+export async function debianArm64RootfsTar(downloadsDir: string, suite: string, qemu: { path: string; packageVersion: string }): Promise<string> {
+  const argv = mmdebstrapArm64Argv(suite);
+  const key = createHash('sha256').update(JSON.stringify(['mmdebstrap', ...argv, qemu.packageVersion])).digest('hex').slice(0, 16);
+  const dir = join(downloadsDir, 'rootfs', key);
+  const tar = join(dir, 'rootfs.tar');
+  if (existsSync(tar)) return tar;
+  await mkdir(join(downloadsDir, 'rootfs'), { recursive: true });
+  const staging = join(downloadsDir, 'rootfs', `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await mkdir(staging);
+  try {
+    const result = await execa('mmdebstrap', ['--quiet', ...argv, join(staging, 'rootfs.tar')], {
+      reject: false,
+      all: true,
+      env: { [QEMU_ENV]: qemu.path },
+    });
+    if (result.exitCode !== 0) {
+      const missing = (result as { code?: string }).code === 'ENOENT';
+      throw new FerryError(
+        missing ? 'mmdebstrap is not installed' : `mmdebstrap --variant=extract --architectures=arm64 … ${suite} failed (exit ${result.exitCode}):\n${result.all}`,
+        { exitCode: ExitCode.Unavailable, hint: missing ? 'apt-get install mmdebstrap' : undefined },
+      );
+    }
+    try {
+      await rename(staging, dir);
+    } catch (error) {
+      if (!existsSync(tar)) throw error;
+    }
+    return tar;
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+}
