@@ -66,7 +66,7 @@ fi
 [ -e "$r/root/.bashrc" ] || cp "$r/usr/share/base-files/dot.bashrc" "$r/root/.bashrc"
 [ -L "$r/var/run" ] || { rmdir "$r/var/run" 2>/dev/null || true; ln -s /run "$r/var/run"; }
 [ -L "$r/var/lock" ] || { rmdir "$r/var/lock" 2>/dev/null || true; ln -s /run/lock "$r/var/lock"; }
-[ -e "$r/usr/bin/awk" ] || ln -s mawk "$r/usr/bin/awk"
+[ -e "$r/usr/bin/awk" ] || [ -L "$r/usr/bin/awk" ] || ln -s mawk "$r/usr/bin/awk"
 mkdir -p "$r/var/empty" "$r${QEMU_USER_DIR}"
 cp "$${QEMU_ENV}" "$r${QEMU_USER_DIR}/qemu-x86_64-static"
 chmod 755 "$r${QEMU_USER_DIR}/qemu-x86_64-static"
