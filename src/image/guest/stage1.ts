@@ -4,6 +4,11 @@
  * it (with the image's own /nix as the lower layer), copies in the generated config files that
  * the config archive appended to the initramfs, and hands over to busybox init in the new root.
  *
+ * `ferry.init=PATH` on the kernel command line hands over to PATH instead (an absolute path that
+ * must exist in the new root). ferry itself never sets it: it exists so that bench/boot.ts can
+ * boot the same Debian rootfs with its own systemd (`ferry.init=/lib/systemd/systemd`) through
+ * exactly the same kernel, initramfs and disks, for a like-for-like boot-time comparison.
+ *
  * Anything that goes wrong prints `FERRY-FAILED: reason` on the console (the daemon reports it)
  * and powers the guest off instead of leaving it hung.
  */
@@ -36,6 +41,8 @@ fail() { echo "FERRY-FAILED: $*" > /dev/console; sleep 1; poweroff -f; }
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+init=''
+for word in $(cat /proc/cmdline); do case "$word" in ferry.init=*) init="\${word#ferry.init=}";; esac; done
 while read -r module; do insmod "$module" 2>/dev/null; done < /lib/modules/load-order
 i=0
 while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; do
@@ -55,11 +62,19 @@ else
   mount --bind /state/nix/upper /newroot/nix || fail "cannot mount /nix"
 fi
 cp -a /${OVERLAY_DIR}/. /newroot/ || fail "cannot install the generated files"
+if [ -n "$init" ]; then
+  case "$init" in /*) ;; *) fail "ferry.init=$init: expected an absolute path" ;; esac
+  # Checked through the new root's own symlinks only as far as they are relative (Debian's /lib → usr/lib is).
+  [ -x "/newroot$init" ] || fail "ferry.init=$init: no such executable in the new root"
+  set -- "$init"
+else
+  set -- /bin/busybox init
+fi
 mkdir -p /newroot${STATE_MOUNT}
 mount --move /state /newroot${STATE_MOUNT}
 mount --move /dev /newroot/dev
 umount /proc /sys
-exec switch_root /newroot /bin/busybox init
+exec switch_root /newroot "$@"
 fail "switch_root failed"
 `;
 }
