@@ -250,7 +250,9 @@ export class TestDaemon {
       code = this.#child.exitCode;
     }
     for (const pid of await hypervisorsUsing(this.work)) process.kill(pid, 'SIGKILL');
-    await rm(this.work, { recursive: true, force: true });
+    // FERRY_E2E_KEEP=1 keeps the state dir (console log, daemon log) to look at after a failure.
+    if (process.env.FERRY_E2E_KEEP) console.log(`kept ${this.work}`);
+    else await rm(this.work, { recursive: true, force: true });
     return code;
   }
 }
