@@ -27,7 +27,7 @@ interface Status {
     lastSwap?: { outcome: string; imageId: string; error?: string; at: string };
   };
   sessions: { open: number; total: number };
-  recentSessions: Array<{ command?: string; kind: string; durationMs: number; bytesIn: number; bytesOut: number; exit: { kind: string; code?: number; signal?: string; message?: string }; startedAt: string }>;
+  recentSessions: Array<{ command?: string; kind: string; durationMs: number; bytesIn: number; bytesOut: number; bytesErr: number; exit: { kind: string; code?: number; signal?: string; message?: string }; startedAt: string }>;
 }
 
 export function registerDaemonCommands(program: Command): void {
@@ -148,7 +148,7 @@ function renderStatus(s: Status): string {
     lines.push('recent');
     for (const r of s.recentSessions.slice(0, 10)) {
       const exit = r.exit.kind === 'status' ? `exit ${r.exit.code}` : r.exit.kind === 'signal' ? `signal ${r.exit.signal}` : `error: ${r.exit.message}`;
-      lines.push(`  ${r.startedAt}  ${(r.command ?? r.kind).slice(0, 40).padEnd(40)} ${formatDurationMs(r.durationMs).padStart(8)}  in ${humanBytes(r.bytesIn)}, out ${humanBytes(r.bytesOut)}  ${exit}`);
+      lines.push(`  ${r.startedAt}  ${(r.command ?? r.kind).slice(0, 40).padEnd(40)} ${formatDurationMs(r.durationMs).padStart(8)}  in ${humanBytes(r.bytesIn)}, out ${humanBytes(r.bytesOut)}, err ${humanBytes(r.bytesErr)}  ${exit}`);
     }
   }
   return `${lines.join('\n')}\n`;

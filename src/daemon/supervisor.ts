@@ -61,7 +61,10 @@ export class Supervisor extends EventEmitter {
   #swapGate: Promise<void> | undefined;
   #pendingImage: ImageManifest | undefined;
   #crashes = 0;
-  #lastCrashAt = 0;
+  /** Crashes and failed boots in a row (a guest that stays up a minute resets it): drives the backoff. */
+  #failuresInARow = 0;
+  #lastFailureAt = 0;
+  #bootedAt = 0;
   #lastError: string | undefined;
   #lastSwap: (SwapResult & { at: string }) | undefined;
   #boots = 0;
@@ -232,6 +235,7 @@ export class Supervisor extends EventEmitter {
       const guest = await this.deps.boot(manifest);
       this.#guest = guest;
       this.#boots += 1;
+      this.#bootedAt = Date.now();
       this.#lastError = undefined;
       this.#transition('running');
       this.deps.logger.info({ image: manifest.id, readyMs: guest.record.readyMs, address: `${guest.endpoint.host}:${guest.endpoint.port}` }, 'guest ready');
@@ -244,6 +248,8 @@ export class Supervisor extends EventEmitter {
       await booting;
     } catch (error) {
       this.#lastError = `boot failed: ${(error as Error).message}`;
+      this.#noteFailure();
+      this.#bootedAt = 0;
       this.deps.logger.error({ err: error, image: manifest.id }, 'the guest did not boot');
       this.#guest = undefined;
       this.#transition('stopped');
@@ -257,7 +263,7 @@ export class Supervisor extends EventEmitter {
     void guest.vm.exited.then((status) => {
       if (this.#guest !== guest || this.#state !== 'running') return;
       this.#crashes += 1;
-      this.#lastCrashAt = Date.now();
+      this.#noteFailure();
       this.#lastError = `the guest exited unexpectedly (exit code ${status.code ?? '-'}, signal ${status.signal ?? '-'})`;
       this.deps.logger.error({ status, crashes: this.#crashes }, 'the guest crashed; it restarts with the next session');
       this.#guest = undefined;
@@ -268,13 +274,23 @@ export class Supervisor extends EventEmitter {
     });
   }
 
-  /** After crashes in quick succession, wait 1 s, 2 s, 4 s … (at most 60 s) before booting again. */
+  #noteFailure(): void {
+    // A guest that ran for a minute before it failed starts the count again.
+    if (this.#bootedAt && Date.now() - this.#bootedAt > 60_000) this.#failuresInARow = 0;
+    this.#failuresInARow += 1;
+    this.#lastFailureAt = Date.now();
+  }
+
+  /**
+   * After crashes or failed boots in quick succession, wait 1 s, 2 s, 4 s … (at most 60 s)
+   * before booting again, so a broken image is not booted once per connection attempt.
+   */
   async #backoff(): Promise<void> {
-    if (this.#crashes === 0 || Date.now() - this.#lastCrashAt > 5 * 60_000) return;
-    const delay = Math.min(60_000, 1000 * 2 ** Math.min(this.#crashes - 1, 6));
-    const wait = this.#lastCrashAt + delay - Date.now();
+    if (this.#failuresInARow === 0 || Date.now() - this.#lastFailureAt > 5 * 60_000) return;
+    const delay = Math.min(60_000, 1000 * 2 ** Math.min(this.#failuresInARow - 1, 6));
+    const wait = this.#lastFailureAt + delay - Date.now();
     if (wait > 0) {
-      this.deps.logger.info({ waitMs: wait, crashes: this.#crashes }, 'waiting before booting the guest again');
+      this.deps.logger.info({ waitMs: wait, failuresInARow: this.#failuresInARow }, 'waiting before booting the guest again');
       await new Promise((resolve) => setTimeout(resolve, wait));
     }
   }

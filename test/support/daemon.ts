@@ -8,7 +8,17 @@
  * `stop()` sends SIGTERM (the daemon powers the guest off) and, whatever happened, kills any qemu
  * still using the temp dir, so nothing of a test keeps running.
  */
-import { execa, type Result } from 'execa';
+import { execa } from 'execa';
+
+/** What the tests read of a finished command (execa's result, with string output). */
+export interface Result {
+  exitCode?: number;
+  signal?: string;
+  stdout: string;
+  stderr: string;
+  failed: boolean;
+  timedOut: boolean;
+}
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -184,7 +194,7 @@ export class TestDaemon {
 
   /** The ferry CLI from source with this daemon's directories. */
   ferry(args: string[], timeoutMs = 120_000): Promise<Result> {
-    return execa('node', ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), ...args], { env: this.env, cwd: ROOT, reject: false, timeout: timeoutMs });
+    return execa('node', ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), ...args], { env: this.env, cwd: ROOT, reject: false, timeout: timeoutMs }) as Promise<Result>;
   }
 
   writeConfig(options: ConfigOptions): Promise<void> {

@@ -121,6 +121,8 @@ describe('Supervisor', () => {
     expect(supervisor.state).toBe('running');
     expect(supervisor.status().lastError).toBeUndefined();
     expect(vms.boots).toHaveLength(2);
+    // A broken image is not booted once per connection attempt: the retry waited for the backoff.
+    expect(vms.boots[1].at - vms.boots[0].at).toBeGreaterThanOrEqual(950);
   });
 
   it('a swap waits for open sessions to end, holds new sessions meanwhile, then runs the new image', async () => {
