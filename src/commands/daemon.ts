@@ -14,6 +14,9 @@ interface Status {
   daemon: { pid: number; version: string; uptimeMs: number; listen: string; configFile: string; logFile: string; configError?: string; buildError?: string };
   guest: {
     state: string;
+    system: string;
+    extraSystems: string[];
+    interpreter: string;
     uptimeMs: number;
     image: string;
     previousImage?: string;
@@ -140,6 +143,8 @@ function renderStatus(s: Status): string {
   if (s.daemon.buildError) lines.push(`         image build failed (the guest keeps its previous image):\n${indent(s.daemon.buildError)}`);
   const uptime = g.state === 'running' ? `, up ${formatDurationMs(g.uptimeMs)}` : '';
   lines.push(`guest    ${g.state}${uptime}${g.address ? ` at ${g.address}` : ''}${g.backend ? ` (${g.backend})` : ''}${g.readyMs ? `, ready in ${formatDurationMs(g.readyMs)}` : ''}`);
+  const extra = g.extraSystems.length ? ` + ${g.extraSystems.join(', ')} (through ${g.interpreter})` : '';
+  lines.push(`systems  ${g.system}${extra}`);
   lines.push(`image    ${g.image}${g.previousImage ? ` (previous ${g.previousImage})` : ''}${g.pendingImage ? `, swapping to ${g.pendingImage} when sessions end` : ''}`);
   if (g.lastSwap) lines.push(`swap     ${g.lastSwap.outcome} → ${g.lastSwap.imageId} at ${g.lastSwap.at}${g.lastSwap.error ? `: ${g.lastSwap.error}` : ''}`);
   if (g.lastError) lines.push(`problem  ${g.lastError}`);

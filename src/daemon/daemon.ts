@@ -146,7 +146,12 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
       buildError: status.buildError,
       lastReloadAt: status.lastReloadAt,
     },
-    guest: supervisor.status(),
+    guest: {
+      ...supervisor.status(),
+      system: config.guest.system,
+      extraSystems: config.guest.extraSystems,
+      interpreter: config.guest.interpreter,
+    },
     sessions: { open: front.openSessions, total: status.sessionsTotal },
     recentSessions: status.recent.slice().reverse(),
   });

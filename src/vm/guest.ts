@@ -85,6 +85,8 @@ export function guestVmSpec(input: GuestSpecInput): VmSpec {
       { path: paths.stateDisk, readOnly: false },
     ],
     sshPortOnHost: input.net === 'user' ? input.sshPort : undefined,
+    // vfkit shares Rosetta with the guest (virtiofs tag `rosetta`); stage 2 registers it with binfmt_misc.
+    rosetta: config.guest.interpreter === 'rosetta',
     consoleLog: paths.consoleLog,
     runDir: paths.vmDir,
   };

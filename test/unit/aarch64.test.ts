@@ -53,8 +53,8 @@ describe('vfkit argv for an aarch64 guest with Rosetta (crc-org/vfkit doc/usage.
     const config = parseConfigText(`${rosettaToml}cpus = 4\nmemory = "3GiB"\n[vm]\nbackend = "vfkit"\n`, '/u/ferry.toml', { host: appleSilicon });
     const paths = resolvePaths({ env: { FERRY_STATE_DIR: '/u/state', FERRY_CACHE_DIR: '/u/cache', HOME: '/u' } });
     const manifest = { cmdline: 'console=hvc0 panic=-1 loglevel=4 ferry.system=abcd', kernel: { path: '/u/cache/vmlinuz', version: 'v' }, initrd: { path: '/u/cache/initrd.img' }, systemDisk: { path: '/u/cache/system.img' } } as unknown as ImageManifest;
-    // guest.ts does not derive `rosetta` from guest.interpreter yet: set here as the daemon must.
-    const spec = { ...guestVmSpec({ manifest, config, paths, net: 'dhcp', now: 1700000000 }), rosetta: config.guest.interpreter === 'rosetta' };
+    const spec = guestVmSpec({ manifest, config, paths, net: 'dhcp', now: 1700000000 });
+    expect(spec.rosetta).toBe(true);
     const argv = buildVfkitArgv(spec, { restSocket: '/u/state/vm/vfkit.sock', kernel: '/u/cache/Image' });
     const pairs: Array<[string, string]> = [];
     for (let i = 0; i < argv.length; i += 2) pairs.push([argv[i]!, argv[i + 1]!]);
