@@ -54,7 +54,9 @@ export async function doctor(options: DoctorOptions = {}): Promise<Check[]> {
   let config: FerryConfig | undefined;
   try {
     config = await loadConfig(paths.configFile, { host: ctx.host });
-    add({ name: 'config', status: 'ok', detail: config.source ? `${paths.configFile}` : `no ${paths.configFile}; the defaults apply` });
+    const systems = [config.guest.system, ...config.guest.extraSystems].join(', ');
+    const through = config.guest.extraSystems.length ? ` (extra systems through ${config.guest.interpreter})` : '';
+    add({ name: 'config', status: 'ok', detail: `${config.source ? paths.configFile : `no ${paths.configFile}; the defaults apply`}; guest systems ${systems}${through}` });
   } catch (error) {
     add({ name: 'config', status: 'fail', detail: (error as Error).message, fix: `edit ${paths.configFile}` });
   }
@@ -162,7 +164,8 @@ function checkMachines(ctx: HostContext, config: FerryConfig | undefined): Check
   const problems: string[] = [];
   if (fields[0] !== `ssh-ng://${BUILDER_ALIAS}`) problems.push(`the URI is ${fields[0]}, expected ssh-ng://${BUILDER_ALIAS}`);
   if (fields.length < 8) problems.push(`${fields.length} fields, expected 8`);
-  if (config && !(fields[1] ?? '').split(',').includes(config.guest.system)) problems.push(`systems ${fields[1]} lack ${config.guest.system}`);
+  const lacking = config ? [config.guest.system, ...config.guest.extraSystems].filter((system) => !(fields[1] ?? '').split(',').includes(system)) : [];
+  if (lacking.length > 0) problems.push(`systems ${fields[1]} lack ${lacking.join(', ')}`);
   if (fields[2] !== ctx.layout.paths.clientKey) problems.push(`the key is ${fields[2]}, expected ${ctx.layout.paths.clientKey}`);
   else if (!existsSync(fields[2])) problems.push(`the key ${fields[2]} does not exist`);
   const hostKey = daemonPublicKey(ctx);
