@@ -21,7 +21,7 @@
  * the base stays the same when the interpreter changes, so switching between "none",
  * "qemu-user" and "rosetta" only changes the generated config archive, never the system disk.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -29,6 +29,7 @@ import { execa } from 'execa';
 import { ExitCode, FerryError } from '../../errors.js';
 import { QEMU_USER_DIR } from '../guest/binfmt.js';
 import { packageInfo } from './apt.js';
+import { cachedMmdebstrap } from './mmdebstrap.js';
 
 /** What the guest needs to be a Nix builder; `?essential` stands in for the essential variant's base. */
 export const DEBIAN_ARM64_PACKAGES = ['openssh-server', 'nix-bin', 'busybox', 'iproute2', 'ca-certificates', 'e2fsprogs', 'mawk'] as const;
@@ -124,34 +125,5 @@ export async function qemuX86_64ForArm64(downloadsDir: string): Promise<{ path: 
 
 /** The arm64 rootfs tarball, cached by the mmdebstrap argv (hook included) and the interpreter's version. */
 export async function debianArm64RootfsTar(downloadsDir: string, suite: string, qemu: { path: string; packageVersion: string }): Promise<string> {
-  const argv = mmdebstrapArm64Argv(suite);
-  const key = createHash('sha256').update(JSON.stringify(['mmdebstrap', ...argv, qemu.packageVersion])).digest('hex').slice(0, 16);
-  const dir = join(downloadsDir, 'rootfs', key);
-  const tar = join(dir, 'rootfs.tar');
-  if (existsSync(tar)) return tar;
-  await mkdir(join(downloadsDir, 'rootfs'), { recursive: true });
-  const staging = join(downloadsDir, 'rootfs', `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
-  await mkdir(staging);
-  try {
-    const result = await execa('mmdebstrap', ['--quiet', ...argv, join(staging, 'rootfs.tar')], {
-      reject: false,
-      all: true,
-      env: { [QEMU_ENV]: qemu.path },
-    });
-    if (result.exitCode !== 0) {
-      const missing = (result as { code?: string }).code === 'ENOENT';
-      throw new FerryError(
-        missing ? 'mmdebstrap is not installed' : `mmdebstrap --variant=extract --architectures=arm64 … ${suite} failed (exit ${result.exitCode}):\n${result.all}`,
-        { exitCode: ExitCode.Unavailable, hint: missing ? 'apt-get install mmdebstrap' : undefined },
-      );
-    }
-    try {
-      await rename(staging, dir);
-    } catch (error) {
-      if (!existsSync(tar)) throw error;
-    }
-    return tar;
-  } finally {
-    await rm(staging, { recursive: true, force: true });
-  }
+  return cachedMmdebstrap(downloadsDir, mmdebstrapArm64Argv(suite), { keyExtra: [qemu.packageVersion], env: { [QEMU_ENV]: qemu.path } });
 }

@@ -3,13 +3,11 @@
  * mmdebstrap with openssh-server and nix-bin, the kernel from linux-image-cloud-<arch>, busybox
  * from busybox-static. Everything is fetched once into the download cache.
  */
-import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { execa } from 'execa';
-import { FerryError, ExitCode } from '../../errors.js';
+import { FerryError } from '../../errors.js';
 import { packageInfo, unpackedPackage, type DebianArch } from './apt.js';
+import { cachedMmdebstrap } from './mmdebstrap.js';
 import { debianArm64RootfsTar, mmdebstrapArm64Argv, qemuX86_64ForArm64 } from './debian-arm64.js';
 import type { PresetInputs } from './preset.js';
 
@@ -28,32 +26,7 @@ export function mmdebstrapArgv(arch: DebianArch): string[] {
 }
 
 export async function debianRootfsTar(downloadsDir: string, arch: DebianArch): Promise<string> {
-  const argv = mmdebstrapArgv(arch);
-  const key = createHash('sha256').update(JSON.stringify(['mmdebstrap', ...argv])).digest('hex').slice(0, 16);
-  const dir = join(downloadsDir, 'rootfs', key);
-  const tar = join(dir, 'rootfs.tar');
-  if (existsSync(tar)) return tar;
-  await mkdir(join(downloadsDir, 'rootfs'), { recursive: true });
-  const staging = join(downloadsDir, 'rootfs', `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
-  await mkdir(staging);
-  try {
-    const result = await execa('mmdebstrap', ['--quiet', ...argv, join(staging, 'rootfs.tar')], { reject: false, all: true });
-    if (result.exitCode !== 0) {
-      const missing = (result as { code?: string }).code === 'ENOENT';
-      throw new FerryError(
-        missing ? 'mmdebstrap is not installed' : `mmdebstrap ${argv.join(' ')} failed (exit ${result.exitCode}):\n${result.all}`,
-        { exitCode: ExitCode.Unavailable, hint: missing ? 'apt-get install mmdebstrap' : undefined },
-      );
-    }
-    try {
-      await rename(staging, dir);
-    } catch (error) {
-      if (!existsSync(tar)) throw error;
-    }
-    return tar;
-  } finally {
-    await rm(staging, { recursive: true, force: true });
-  }
+  return cachedMmdebstrap(downloadsDir, mmdebstrapArgv(arch));
 }
 
 export async function debianKernel(downloadsDir: string, arch: DebianArch) {

@@ -1,0 +1,48 @@
+/**
+ * Runs mmdebstrap into the download cache: one tarball per key (a hash of everything that makes
+ * it), built in a staging directory and renamed into place, so an interrupted run never leaves
+ * a half-written rootfs where a build would trust it.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, rename, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { execa } from 'execa';
+import { ExitCode, FerryError } from '../../errors.js';
+
+export async function cachedMmdebstrap(
+  downloadsDir: string,
+  argv: readonly string[],
+  options: { keyExtra?: readonly string[]; env?: Record<string, string> } = {},
+): Promise<string> {
+  const key = createHash('sha256')
+    .update(JSON.stringify(['mmdebstrap', ...argv, ...(options.keyExtra ?? [])]))
+    .digest('hex')
+    .slice(0, 16);
+  const root = join(downloadsDir, 'rootfs');
+  const dir = join(root, key);
+  const tar = join(dir, 'rootfs.tar');
+  if (existsSync(tar)) return tar;
+  await mkdir(root, { recursive: true });
+  const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+  await mkdir(staging);
+  try {
+    const result = await execa('mmdebstrap', ['--quiet', ...argv, join(staging, 'rootfs.tar')], { reject: false, all: true, env: options.env });
+    if (result.exitCode !== 0) {
+      const missing = (result as { code?: string }).code === 'ENOENT';
+      throw new FerryError(missing ? 'mmdebstrap is not installed' : `mmdebstrap ${argv.join(' ')} failed (exit ${result.exitCode}):\n${result.all}`, {
+        exitCode: ExitCode.Unavailable,
+        hint: missing ? 'apt-get install mmdebstrap' : undefined,
+      });
+    }
+    try {
+      await rename(staging, dir);
+    } catch (error) {
+      // Another process made the same rootfs first: use theirs.
+      if (!existsSync(tar)) throw error;
+    }
+    return tar;
+  } finally {
+    await rm(staging, { recursive: true, force: true });
+  }
+}
