@@ -4,9 +4,10 @@
  * reported line by line. In a dry run the same decisions are made and reported, and nothing is
  * written.
  */
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { ExitCode, FerryError } from '../errors.js';
+import type { SystemWrites } from './privileged.js';
 import { noteDir, noteFile, sha256, type InstallRecord } from './record.js';
 
 export type Report = (line: string) => void;
@@ -21,6 +22,8 @@ export class FileWriter {
     private readonly record: InstallRecord,
     private readonly dryRun: boolean,
     private readonly report: Report,
+    /** Does the writing: directly, or through sudo for root's files when ferry runs as a user. */
+    private readonly system: SystemWrites,
   ) {}
 
   private get verb() {
@@ -28,17 +31,17 @@ export class FileWriter {
   }
 
   /** mkdir -p, noting each directory it creates. */
-  ensureDir(dir: string, mode = 0o755): void {
+  async ensureDir(dir: string, mode = 0o755): Promise<void> {
     const missing: string[] = [];
     for (let current = dir; !existsSync(current); current = path.dirname(current)) missing.unshift(current);
     for (const created of missing) {
-      if (!this.dryRun) guardFs(created, () => mkdirSync(created, { mode }));
+      await this.system.makeDir(created, mode);
       noteDir(this.record, created);
       this.changes += 1;
     }
   }
 
-  write(file: string, content: string | Buffer, mode = 0o644, what = ''): WriteOutcome {
+  async write(file: string, content: string | Buffer, mode = 0o644, what = ''): Promise<WriteOutcome> {
     const data = typeof content === 'string' ? Buffer.from(content) : content;
     const before = existsSync(file) || isSymlink(file) ? guardFs(file, () => readFileSync(file)) : undefined;
     const beforeMode = before ? lstatSync(file).mode & 0o7777 : undefined;
@@ -55,18 +58,10 @@ export class FileWriter {
       sha256: sha256(data),
     });
     this.changes += 1;
-    if (!this.dryRun) {
-      this.ensureDir(path.dirname(file));
-      const temp = `${file}.ferry-tmp-${process.pid}`;
-      guardFs(file, () => {
-        writeFileSync(temp, data, { mode });
-        chmodSync(temp, mode); // the umask must not loosen or tighten what was asked for
-        renameSync(temp, file);
-      });
-    } else {
-      this.ensureDir(path.dirname(file));
-    }
+    // Reported first, so a sudo command that follows reads as the way this change is made.
     this.report(`${this.verb}${before ? 'update' : 'create'} ${file}${label}`);
+    await this.ensureDir(path.dirname(file));
+    await this.system.writeFile(file, data, mode);
     return before ? 'updated' : 'created';
   }
 
@@ -108,7 +103,7 @@ export function guardFs<T>(file: string, work: () => T): T {
     if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
       throw new FerryError(`cannot write ${file}: ${code === 'EROFS' ? 'read-only file system' : 'permission denied'}`, {
         exitCode: ExitCode.CantCreate,
-        hint: 'the Nix wiring edits files under /etc: run the command again with sudo (or see `ferry install --dry-run` for the changes)',
+        hint: 'run ferry as the user the install is for (not with sudo): it asks sudo itself for the files under /etc; `ferry install --dry-run` lists the changes',
         cause: error,
       });
     }

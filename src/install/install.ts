@@ -20,6 +20,7 @@ import type { Progress } from '../ui/progress.js';
 import { RecordingRunner, type Runner } from '../vm/runner.js';
 import { createExecaRunner } from '../vm/runner.js';
 import { FileWriter, readIfExists, type Report } from './files.js';
+import { SystemWrites } from './privileged.js';
 import { installLayout, LAUNCHD_LABEL, SYSTEMD_UNIT, type InstallLayout } from './layout.js';
 import {
   builderFields,
@@ -45,6 +46,12 @@ export interface HostOptions {
   homeDir?: string;
   /** For launchd's gui/UID domain. Default: the current uid. */
   uid?: number;
+  /**
+   * ferry runs as a user, not root: changes to root's files (under /etc …) go through sudo.
+   * Default: the effective uid is not 0 — or FERRY_AS_USER=1 in `env` (tests: a --root tree
+   * behaves as the real system does for a user). Under --root otherwise false.
+   */
+  asUser?: boolean;
   /** Runs launchctl/systemctl (and doctor's probes). Default: execa, or a recorder under --root. */
   runner?: Runner;
   /** Where lines for the user go (default: stdout). */
@@ -85,6 +92,8 @@ export interface HostContext {
   layout: InstallLayout;
   /** True when commands only get recorded (a root prefix other than '/'). */
   recordOnly: boolean;
+  /** ferry runs as a user: root's files are changed through sudo (see privileged.ts). */
+  asUser: boolean;
 }
 
 export function hostContext(options: HostOptions): HostContext {
@@ -95,6 +104,8 @@ export function hostContext(options: HostOptions): HostContext {
   const system = options.system ?? false;
   const recordOnly = root !== '/';
   const out = options.out ?? ((line: string) => process.stdout.write(`${line}\n`));
+  const euid = process.geteuid?.() ?? 0;
+  const asUser = options.asUser ?? (env.FERRY_AS_USER === '1' || (!recordOnly && euid !== 0));
   return {
     platform,
     system,
@@ -107,26 +118,50 @@ export function hostContext(options: HostOptions): HostContext {
     host: { ...currentHost(), platform, homeDir },
     layout: installLayout({ platform, system, root, homeDir, env }),
     recordOnly,
+    asUser,
   };
+}
+
+/**
+ * Who runs ferry must fit the install: a system-wide one is root's in every file (/etc/ferry,
+ * /var/lib/ferry, the LaunchDaemon), so it runs as root; a per-user one runs as that user (under
+ * sudo, HOME, the state dir, the gui/UID domain and every file's owner would be root's).
+ */
+export function checkInvoker(ctx: HostContext, command: 'install' | 'uninstall'): void {
+  if (ctx.system && ctx.asUser) {
+    throw new FerryError(`ferry ${command} --system changes only root's files (the ${ctx.layout.serviceKind === 'launchd' ? 'LaunchDaemon' : 'system unit'}, /etc/ferry, /var/lib/ferry): it must run as root`, {
+      exitCode: ExitCode.Usage,
+      hint: `sudo ferry ${command} --system — or, for your user only, \`ferry ${command}\` without --system (it asks sudo itself for the files under /etc)`,
+    });
+  }
+  const sudoUser = ctx.env.SUDO_USER;
+  if (command === 'install' && !ctx.system && !ctx.asUser && !ctx.recordOnly && sudoUser && sudoUser !== 'root') {
+    throw new FerryError(`ferry install is running under sudo, so it would install for root, not for ${sudoUser} (HOME, the state dir and the ${ctx.layout.serviceKind === 'launchd' ? 'LaunchAgent' : 'user unit'} would all be root's)`, {
+      exitCode: ExitCode.Usage,
+      hint: `run \`ferry install\` as ${sudoUser}, without sudo: it asks sudo itself for the files under /etc; or \`sudo ferry install --system\` for a system-wide daemon`,
+    });
+  }
 }
 
 export async function install(options: InstallOptions = {}): Promise<InstallResult> {
   const ctx = hostContext(options);
+  checkInvoker(ctx, 'install');
   const { layout, out } = ctx;
   const { paths } = layout;
   const dryRun = options.dryRun ?? false;
   const record = readRecord(paths.installRecord) ?? emptyRecord(ctx.platform, ctx.system, ctx.root);
-  const writer = new FileWriter(record, dryRun, out);
+  const system = new SystemWrites({ runner: ctx.runner, root: ctx.root, escalate: ctx.asUser, dryRun, report: out, recordOnly: ctx.recordOnly });
+  const writer = new FileWriter(record, dryRun, out, system);
   const commands: ServiceCommand[] = [];
   let snippet: string | undefined;
   out(`${dryRun ? 'ferry install --dry-run: the plan (nothing is changed)' : 'ferry install'} — ${ctx.system ? 'system-wide' : 'for this user'}, ${ctx.platform === 'darwin' ? 'launchd' : 'systemd'}${ctx.recordOnly ? `, under ${ctx.root}` : ''}`);
 
   try {
     // 1. Keys: the one the host's nix-daemon logs in with, and the daemon's host key that Nix pins.
-    const hostKeyLine = ensureKeys(writer, paths, dryRun);
+    const hostKeyLine = await ensureKeys(writer, paths, dryRun);
 
     // 2. ferry.toml, with defaults if absent (and the port, if asked for).
-    const config = writeConfig(writer, ctx, options.port, dryRun);
+    const config = await writeConfig(writer, ctx, options.port, dryRun);
     const port = config.daemon.port;
 
     // 3. The image, so the first build does not wait for it.
@@ -135,18 +170,18 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
     else await buildWithProgress(writer, config, paths, options.progress, out);
 
     // 4. The service.
-    writer.ensureDir(paths.logDir);
+    await writer.ensureDir(paths.logDir);
     const argv = options.daemonArgv ?? daemonArgv(options.nodePath);
     const environment = daemonEnvironment(paths, ctx.env, options.nodePath);
     const serviceText = layout.serviceKind === 'launchd' ? renderPlist(argv, environment, paths) : renderUnit(argv, environment, paths, ctx.system);
-    const serviceOutcome = writer.write(layout.serviceFile, serviceText, 0o644, layout.serviceKind === 'launchd' ? `launchd ${ctx.system ? 'daemon' : 'agent'} ${LAUNCHD_LABEL}` : `systemd ${ctx.system ? 'system' : 'user'} unit`);
+    const serviceOutcome = await writer.write(layout.serviceFile, serviceText, 0o644, layout.serviceKind === 'launchd' ? `launchd ${ctx.system ? 'daemon' : 'agent'} ${LAUNCHD_LABEL}` : `systemd ${ctx.system ? 'system' : 'user'} unit`);
     record.service = { kind: layout.serviceKind, file: layout.serviceFile, label: layout.serviceKind === 'launchd' ? LAUNCHD_LABEL : SYSTEMD_UNIT };
 
     // 5. Nix wiring: the alias (with the port) and its known_hosts, then the machines line.
-    writer.write(layout.aliasKnownHosts, `${BUILDER_ALIAS} ${hostKeyLine.split(/\s+/).slice(0, 2).join(' ')}\n`, 0o644, "the daemon's host key, for the alias");
+    await writer.write(layout.aliasKnownHosts, `${BUILDER_ALIAS} ${hostKeyLine.split(/\s+/).slice(0, 2).join(' ')}\n`, 0o644, "the daemon's host key, for the alias");
     const aliasManaged = managedByNixStore(layout.sshAlias, ctx.root);
     if (aliasManaged) out(`leave ${layout.sshAlias} alone: it is managed by Nix (${aliasManaged}); add the alias from \`ferry doctor\` to your configuration`);
-    else writer.write(layout.sshAlias, sshAliasText(port, paths.clientKey, layout.aliasKnownHosts), 0o644, `ssh alias ${BUILDER_ALIAS} → 127.0.0.1:${port}`);
+    else await writer.write(layout.sshAlias, sshAliasText(port, paths.clientKey, layout.aliasKnownHosts), 0o644, `ssh alias ${BUILDER_ALIAS} → 127.0.0.1:${port}`);
 
     const fields = builderFields(config, paths.clientKey, hostKeyLine);
     const managed = managedByNixStore(layout.nixConf, ctx.root) ?? managedByNixStore(layout.machinesFile, ctx.root);
@@ -155,7 +190,7 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
       out(`leave ${layout.nixConf} and ${layout.machinesFile} alone: managed by nix-darwin (${managed}). Add this to your nix-darwin configuration and run \`darwin-rebuild switch\`:\n${snippet}`);
     } else {
       const current = readIfExists(layout.machinesFile)?.toString('utf8') ?? '';
-      writer.write(layout.machinesFile, withFerryLine(current, machinesLine(fields)), 0o644, `Nix builder ssh-ng://${BUILDER_ALIAS} for ${fields.systems.join(', ')}`);
+      await writer.write(layout.machinesFile, withFerryLine(current, machinesLine(fields)), 0o644, `Nix builder ssh-ng://${BUILDER_ALIAS} for ${fields.systems.join(', ')}`);
       // `builders` defaults to @/etc/nix/machines: nix.conf is only a problem if it overrides that.
       const override = buildersOverride(readIfExists(layout.nixConf)?.toString('utf8'));
       if (override) out(`note: ${layout.nixConf} has \`${override}\`, so Nix ignores /etc/nix/machines; add @/etc/nix/machines to that setting (ferry does not edit nix.conf)`);
@@ -185,7 +220,7 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
   return { layout, record, changes: writer.changes, commands, nixDarwinSnippet: snippet };
 }
 
-function ensureKeys(writer: FileWriter, paths: InstallLayout['paths'], dryRun: boolean): string {
+async function ensureKeys(writer: FileWriter, paths: InstallLayout['paths'], dryRun: boolean): Promise<string> {
   let hostKeyLine = 'ssh-ed25519 AAAA…(generated on install) ferry daemon host key';
   for (const [file, comment, what] of [
     [paths.clientKey, 'ferry-client', "client key the host's nix-daemon logs in with"],
@@ -200,7 +235,7 @@ function ensureKeys(writer: FileWriter, paths: InstallLayout['paths'], dryRun: b
       continue;
     }
     const hadPublic = existsSync(`${file}.pub`);
-    writer.ensureDir(path.dirname(file), 0o700);
+    await writer.ensureDir(path.dirname(file), 0o700);
     const pair = ensureKeyPair(file, comment);
     if (!existed) writer.noteCreated(file, `${what}, mode 600`);
     if (!hadPublic) writer.noteCreated(`${file}.pub`);
@@ -209,14 +244,14 @@ function ensureKeys(writer: FileWriter, paths: InstallLayout['paths'], dryRun: b
   return hostKeyLine;
 }
 
-function writeConfig(writer: FileWriter, ctx: HostContext, port: number | undefined, dryRun: boolean): FerryConfig {
+async function writeConfig(writer: FileWriter, ctx: HostContext, port: number | undefined, dryRun: boolean): Promise<FerryConfig> {
   const file = ctx.layout.paths.configFile;
   const existing = readIfExists(file)?.toString('utf8');
   let text = existing ?? renderDefaultConfig(ctx.host);
   if (port !== undefined) text = withPort(text, port);
   // Check before writing: a bad --port or a broken existing file must not be half-applied.
   const config = parseConfigText(text, file, { host: ctx.host });
-  if (text !== existing) writer.write(file, text, 0o644, existing === undefined ? 'defaults' : `port ${port}`);
+  if (text !== existing) await writer.write(file, text, 0o644, existing === undefined ? 'defaults' : `port ${port}`);
   else if (!dryRun) ctx.out(`unchanged ${file}`);
   return config;
 }

@@ -5,10 +5,11 @@
  * edited afterwards only loses ferry's line; any other changed file is left and reported.
  * The state disk and the images stay unless `--purge`.
  */
-import { chmodSync, existsSync, readdirSync, rmdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 import { guardFs, readIfExists, removeFile } from './files.js';
-import { hostContext, saveRecord, type HostOptions } from './install.js';
+import { checkInvoker, hostContext, saveRecord, type HostOptions } from './install.js';
 import { withoutFerryLine, MACHINES_MARKER } from './nix-wiring.js';
+import { SystemWrites } from './privileged.js';
 import { readRecord, sha256 } from './record.js';
 import { unloadCommands, type ServiceCommand } from './service.js';
 
@@ -27,12 +28,15 @@ export interface UninstallResult {
 
 export async function uninstall(options: UninstallOptions = {}): Promise<UninstallResult> {
   const ctx = hostContext(options);
+  checkInvoker(ctx, 'uninstall');
   const { out, layout } = ctx;
   const { paths } = layout;
   const dryRun = options.dryRun ?? false;
   const would = dryRun ? 'would ' : '';
   const result: UninstallResult = { removed: [], restored: [], kept: [], commands: [] };
   const record = readRecord(paths.installRecord);
+  // Restores and removals of root's files (the Nix wiring under /etc) go through sudo as a user.
+  const system = new SystemWrites({ runner: ctx.runner, root: ctx.root, escalate: ctx.asUser, dryRun, report: out, recordOnly: ctx.recordOnly });
   if (!record) out(`no install record at ${paths.installRecord}: nothing that install wrote to undo`);
 
   // The service first, so nothing restarts the daemon while its files go.
@@ -57,8 +61,8 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
     if (current === undefined) {
       if (file.action === 'modified' && file.previous !== undefined) {
         // Gone since install: put the old content back, it is what the user had.
-        if (!dryRun) guardFs(file.path, () => writeFileSync(file.path, Buffer.from(file.previous!, 'base64'), { mode: file.previousMode ?? 0o644 }));
         out(`${would}restore ${file.path} (it was deleted after install)`);
+        await system.writeFile(file.path, Buffer.from(file.previous, 'base64'), file.previousMode ?? 0o644);
         result.restored.push(file.path);
       }
       continue;
@@ -66,8 +70,8 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
     const unchanged = sha256(current) === file.sha256;
     if (file.action === 'created') {
       if (unchanged || isKeyOrGenerated(file.path, paths.keysDir)) {
-        if (!dryRun) removeFile(file.path);
         out(`${would}remove ${file.path}`);
+        await system.removeFile(file.path);
         result.removed.push(file.path);
       } else {
         out(`keep ${file.path}: changed since ferry install wrote it`);
@@ -77,16 +81,12 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
     }
     // Modified by install.
     if (unchanged) {
-      if (!dryRun)
-        guardFs(file.path, () => {
-          writeFileSync(file.path, Buffer.from(file.previous ?? '', 'base64'));
-          chmodSync(file.path, file.previousMode ?? 0o644);
-        });
       out(`${would}restore ${file.path} (byte for byte as before install)`);
+      await system.writeFile(file.path, Buffer.from(file.previous ?? '', 'base64'), file.previousMode ?? 0o644);
       result.restored.push(file.path);
     } else if (current.toString('utf8').includes(MACHINES_MARKER)) {
-      if (!dryRun) guardFs(file.path, () => writeFileSync(file.path, withoutFerryLine(current.toString('utf8'))));
       out(`${would}remove ferry's line from ${file.path} (other changes made since install are kept)`);
+      await system.writeFile(file.path, Buffer.from(withoutFerryLine(current.toString('utf8'))), lstatSync(file.path).mode & 0o7777);
       result.restored.push(file.path);
     } else {
       out(`keep ${file.path}: changed since install, and ferry's part is no longer there`);
@@ -112,8 +112,8 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
   for (const dir of [...(record?.dirs ?? [])].sort((a, b) => b.length - a.length)) {
     if (!existsSync(dir)) continue;
     if (dryRun || readdirSync(dir).length > 0) continue;
-    guardFs(dir, () => rmdirSync(dir));
     out(`remove ${dir}/`);
+    await system.removeDir(dir);
   }
 
   // What stays (state disk, images) still sits in directories install created: a slim record
