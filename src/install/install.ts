@@ -135,7 +135,7 @@ export function checkInvoker(ctx: HostContext, command: 'install' | 'uninstall')
     });
   }
   const sudoUser = ctx.env.SUDO_USER;
-  if (command === 'install' && !ctx.system && !ctx.asUser && !ctx.recordOnly && sudoUser && sudoUser !== 'root') {
+  if (command === 'install' && !ctx.system && !ctx.asUser && sudoUser && sudoUser !== 'root') {
     throw new FerryError(`ferry install is running under sudo, so it would install for root, not for ${sudoUser} (HOME, the state dir and the ${ctx.layout.serviceKind === 'launchd' ? 'LaunchAgent' : 'user unit'} would all be root's)`, {
       exitCode: ExitCode.Usage,
       hint: `run \`ferry install\` as ${sudoUser}, without sudo: it asks sudo itself for the files under /etc; or \`sudo ferry install --system\` for a system-wide daemon`,

@@ -3,13 +3,16 @@
  * it): the files written, checked field by field (the plist through the plist library, the
  * machines line, the ssh alias, the systemd unit), the launchctl/systemctl commands issued
  * through the runner in order, the tree back byte for byte after uninstall, idempotence, dry run,
- * nix-darwin, and doctor reporting each broken piece with its fix.
+ * nix-darwin, and doctor reporting each broken piece with its fix. As a user (FERRY_AS_USER=1):
+ * each change under /etc is a `sudo …` argv through the runner (executed here as the plain command)
+ * and nothing else touches root's directories.
  */
 import { createHash } from 'node:crypto';
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { execa } from 'execa';
 import plist from 'plist';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -18,7 +21,7 @@ import { install, type InstallOptions } from '../../src/install/install.js';
 import { MACHINES_MARKER } from '../../src/install/nix-wiring.js';
 import { daemonArgv, parseUnit } from '../../src/install/service.js';
 import { uninstall, type UninstallOptions } from '../../src/install/uninstall.js';
-import { findOnPath, RecordingRunner } from '../../src/vm/runner.js';
+import { findOnPath, RecordingRunner, type RunResult } from '../../src/vm/runner.js';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
 const OTHER_BUILDER = 'ssh://mac-mini.lan aarch64-darwin /etc/nix/id_builder 4 2 big-parallel - -\n';
@@ -256,6 +259,141 @@ describe('ferry install on macOS (LaunchAgent)', () => {
     expect(parsed.StandardOutPath).toBe(path.join(root, 'Library/Logs/ferry/daemon.out.log'));
     expect(readFileSync(machinesFile(), 'utf8')).toContain(path.join(root, 'var/lib/ferry/keys/client_ed25519'));
     expect(commandsOf(runner)).toEqual(['launchctl bootout system/dev.ferry.daemon', `launchctl bootstrap system ${file}`]);
+  });
+});
+
+/**
+ * A runner for ferry running as a user: `sudo …` is executed as the plain command (this test is
+ * the only one allowed to touch root's files), everything else (launchctl) just answers 0. Between
+ * two sudo commands root's directories must not change — so nothing was written there directly.
+ */
+class SudoRunner extends RecordingRunner {
+  readonly temps: string[] = [];
+
+  constructor(guarded: () => string[]) {
+    const snapshot = () => guarded().map((dir) => (existsSync(dir) ? treeHash(dir) : '-')).join(' ');
+    let expected = snapshot();
+    super([], (file, args): RunResult => {
+      const ok: RunResult = { exitCode: 0, signal: undefined, stdout: '', stderr: '', timedOut: false };
+      if (file !== 'sudo') return ok;
+      expect(snapshot(), `root's files changed without sudo before \`sudo ${args.join(' ')}\``).toBe(expected);
+      if (args[0] === 'install') this.temps.push(args.at(-2)!);
+      const ran = spawnSync(args[0], args.slice(1), { encoding: 'utf8' });
+      expected = snapshot();
+      return { ...ok, exitCode: ran.status ?? undefined, stderr: ran.stderr };
+    });
+    this.check = () => expect(snapshot(), "root's files changed without sudo after the last sudo command").toBe(expected);
+  }
+
+  /** Nothing changed under root's directories since the last sudo command. */
+  check: () => void;
+}
+
+describe('ferry install as a user (not root): root\'s files through sudo', () => {
+  const etc = () => [path.join(root, 'etc'), path.join(root, 'Library')];
+  /** The sudo commands issued, the user's temp copy shown as TEMP. */
+  const sudoCommands = (r: RecordingRunner) =>
+    commandsOf(r)
+      .filter((line) => line.startsWith('sudo '))
+      .map((line) => line.replace(/ \S*\/ferry-sudo-[^/ ]+\/[^ ]+ /, ' TEMP '));
+  const asUser = (extra: Partial<InstallOptions & UninstallOptions> = {}) =>
+    options({ platform: 'darwin', env: { HOME: home, PATH: process.env.PATH, FERRY_AS_USER: '1' }, ...extra });
+
+  it('install: sudo mkdir/install for each file under /etc, in order, then launchctl as the user; uninstall: the matching restores, byte for byte', async () => {
+    chmodSync(machinesFile(), 0o640); // a mode other than the one install writes: the restore must bring it back
+    const before = treeHash(root);
+    const sudo = new SudoRunner(etc);
+    runner = sudo;
+    await install(asUser({ port: 31999 }));
+    sudo.check();
+
+    const alias = aliasFile();
+    expect(sudoCommands(runner)).toEqual([
+      `sudo mkdir -m 0755 ${path.join(root, 'etc/ssh')}`,
+      `sudo mkdir -m 0755 ${path.dirname(alias)}`,
+      `sudo install -m 0644 TEMP ${alias}`,
+      `sudo install -m 0644 TEMP ${machinesFile()}`,
+    ]);
+    // The launchd agent stays the user's: gui/UID, the plist in HOME, never through sudo.
+    expect(commandsOf(runner).filter((line) => !line.startsWith('sudo '))).toEqual([`launchctl bootout gui/${UID}/dev.ferry.daemon`, `launchctl bootstrap gui/${UID} ${plistFile()}`]);
+    // sudo copied the user's private temp copies, removed afterwards.
+    expect(sudo.temps.map((temp) => path.basename(temp))).toEqual(['ferry.conf', 'machines']);
+    for (const temp of sudo.temps) {
+      expect(path.basename(path.dirname(temp))).toMatch(/^ferry-sudo-/);
+      expect(existsSync(path.dirname(temp))).toBe(false);
+    }
+    expect(readFileSync(alias, 'utf8')).toMatch(/^\s+Port 31999$/m);
+    expect(readFileSync(machinesFile(), 'utf8').startsWith(OTHER_BUILDER + MACHINES_MARKER)).toBe(true);
+    expect(statSync(machinesFile()).mode & 0o777).toBe(0o644);
+    const text = out.join('\n');
+    expect(text).toMatch(/^record \(not run, --root\): sudo install -m 0644 \S+\/ferry-sudo-\w+\/machines /m);
+    expect(text).toMatch(/sudo, which may ask for your password once/);
+
+    // A second run changes nothing, so asks sudo for nothing.
+    runner = new SudoRunner(etc);
+    expect((await install(asUser())).changes).toBe(0);
+    expect(sudoCommands(runner)).toEqual([]);
+
+    const undo = new SudoRunner(etc);
+    runner = undo;
+    await uninstall(asUser());
+    undo.check();
+    expect(sudoCommands(runner)).toEqual([
+      `sudo install -m 0640 TEMP ${machinesFile()}`,
+      `sudo rm -f ${alias}`,
+      `sudo rmdir ${path.dirname(alias)}`,
+      `sudo rmdir ${path.join(root, 'etc/ssh')}`,
+    ]);
+    expect(commandsOf(runner)[0]).toBe(`launchctl bootout gui/${UID}/dev.ferry.daemon`);
+    expect(treeHash(root)).toBe(before);
+  });
+
+  it('uninstall of a machines file edited after install: ferry\'s line removed through sudo, the mode kept', async () => {
+    runner = new SudoRunner(etc);
+    await install(asUser());
+    const added = 'ssh://linux-box x86_64-linux /k 8 1 - - -\n';
+    writeFileSync(machinesFile(), readFileSync(machinesFile(), 'utf8') + added);
+    const undo = new SudoRunner(etc);
+    runner = undo;
+    await uninstall(asUser());
+    undo.check();
+    expect(sudoCommands(runner)[0]).toBe(`sudo install -m 0644 TEMP ${machinesFile()}`);
+    expect(readFileSync(machinesFile(), 'utf8')).toBe(OTHER_BUILDER + added);
+  });
+
+  it('--dry-run prints each sudo command in the plan and runs nothing', async () => {
+    const before = treeHash(root);
+    await install(asUser({ dryRun: true }));
+    expect(runner.commands).toEqual([]);
+    expect(treeHash(root)).toBe(before);
+    const text = out.join('\n');
+    expect(text).toContain(`would update ${machinesFile()}`);
+    expect(text).toContain(`as root: sudo install -m 0644 TEMP ${machinesFile()}`);
+    expect(text).toContain(`as root: sudo mkdir -m 0755 ${path.join(root, 'etc/ssh')}`);
+    expect(text).toContain(`as root: sudo install -m 0644 TEMP ${aliasFile()}`);
+  });
+
+  it('a sudo that fails (no password) stops the install naming the command; uninstall still restores everything', async () => {
+    const before = treeHash(root);
+    runner = new RecordingRunner([], (file) => ({ exitCode: file === 'sudo' ? 1 : 0, signal: undefined, stdout: '', stderr: 'sudo: a terminal is required to read the password', timedOut: false }));
+    await expect(install(asUser())).rejects.toThrow(/`sudo mkdir -m 0755 \S+\/etc\/ssh` failed \(exit 1\): sudo: a terminal is required/);
+    runner = new SudoRunner(etc);
+    await uninstall(asUser());
+    expect(treeHash(root)).toBe(before);
+  });
+
+  it('--system as a user is refused (all its files are root\'s); a per-user install under sudo is refused', async () => {
+    const before = treeHash(root);
+    await expect(install(asUser({ system: true }))).rejects.toThrow(/--system changes only root's files .* it must run as root/);
+    await expect(uninstall(asUser({ system: true }))).rejects.toThrow(/must run as root/);
+    await expect(install(options({ platform: 'darwin', env: { HOME: home, PATH: process.env.PATH, SUDO_USER: 'alice' } }))).rejects.toThrow(
+      /running under sudo, so it would install for root, not for alice/,
+    );
+    // As root, --system needs no sudo at all.
+    await install(options({ platform: 'darwin', system: true }));
+    expect(commandsOf(runner).filter((line) => line.startsWith('sudo'))).toEqual([]);
+    expect(treeHash(root)).not.toBe(before);
+    expect(runner.commands).toHaveLength(2);
   });
 });
 
