@@ -30,6 +30,7 @@ import { NixLayer } from './layers/nix.js';
 import { TarLayer } from './layers/tar.js';
 import { guard } from './mkfs.js';
 import { debianPreset } from './presets/debian.js';
+import { nixpkgsPreset } from './presets/nixpkgs.js';
 import type { PresetInputs } from './presets/preset.js';
 import { Tree } from './tree.js';
 
@@ -123,16 +124,14 @@ function consoleDevice(config: FerryConfig): string {
 
 async function resolvePreset(config: FerryConfig, paths: FerryPaths, onStep?: (label: string) => void, refresh = false): Promise<PresetInputs> {
   if (config.guest.preset === 'debian') return debianPreset(paths.downloadsDir, config.guest.system, onStep, refresh);
-  throw new FerryError('the nixpkgs preset is not available in this version of ferry', {
-    exitCode: ExitCode.Unavailable,
-    hint: `set preset = "debian" under [guest] in ${config.source ?? 'ferry.toml'}`,
-  });
+  return nixpkgsPreset(paths.downloadsDir, config.guest.system, { onStep, refresh });
 }
 
 function baseLayers(config: FerryConfig, preset: PresetInputs): Layer[] {
   const layers: Layer[] = [];
   if (preset.rootfsTar) layers.push(new TarLayer(preset.rootfsTar, { keepOwners: true }));
   if (preset.storePaths?.length) layers.push(new NixLayer({ paths: preset.storePaths }));
+  if (preset.layers) layers.push(...preset.layers);
   for (const layer of config.image.layers) {
     if (layer.type === 'tar') layers.push(new TarLayer(layer.path, { keepOwners: true }));
     else if (layer.type === 'dir') layers.push(new DirLayer(layer.path));
