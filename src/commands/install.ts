@@ -21,13 +21,19 @@ export function registerInstallCommands(program: Command): void {
   program
     .command('install')
     .description('keys, ferry.toml, the image, the launchd agent (systemd unit on Linux) and the Nix wiring; prints every change')
-    .option('--system', 'a system-wide LaunchDaemon / system unit instead of a per-user one')
+    .option('--system', 'a system-wide LaunchDaemon / system unit instead of a per-user one (run as root)')
     .option('--port <port>', 'the SSH port of the daemon (written to ferry.toml)', (value) => Number(value))
     .option('--dry-run', 'print the plan and change nothing')
     .option('-y, --yes', 'do not ask before changing files')
     .option('--no-build', 'do not build the image now (the daemon builds it when it starts)')
     .addOption(rootOption())
-    .addHelpText('after', '\nA second run changes nothing. `ferry uninstall` undoes exactly what install recorded.')
+    .addHelpText(
+      'after',
+      '\nRun it as yourself, not with sudo: only the changes under /etc (the Nix wiring) go through sudo, each\n' +
+        'shown in the plan as the command it runs (`sudo install -m 0644 TEMP /etc/nix/machines`). `--system`\n' +
+        'installs for the whole machine and runs as root (`sudo ferry install --system`).\n' +
+        'A second run changes nothing. `ferry uninstall` undoes exactly what install recorded.',
+    )
     .action(async (opts: { system?: boolean; port?: number; dryRun?: boolean; yes?: boolean; build: boolean; root?: string }) => {
       const common = { system: opts.system, root: opts.root, platform: platformOverride(), port: opts.port, build: opts.build };
       if (!opts.dryRun && !opts.yes && process.stdin.isTTY && process.stdout.isTTY) {

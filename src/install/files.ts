@@ -59,7 +59,7 @@ export class FileWriter {
     });
     this.changes += 1;
     // Reported first, so a sudo command that follows reads as the way this change is made.
-    this.report(`${this.verb}${before ? 'update' : 'create'} ${file}${label}`);
+    this.system.say(file, `${this.verb}${before ? 'update' : 'create'} ${file}${label}`);
     await this.ensureDir(path.dirname(file));
     await this.system.writeFile(file, data, mode);
     return before ? 'updated' : 'created';

@@ -20,8 +20,11 @@ import type { Runner } from '../vm/runner.js';
 import { guardFs, type Report } from './files.js';
 import { underRoot } from './layout.js';
 
-/** Root's directories: a user cannot write there, so changes under them go through sudo. */
-export const SYSTEM_DIRS = ['/etc', '/Library', '/usr', '/var', '/opt', '/nix'] as const;
+/**
+ * Root's directories that install writes into: /etc (the Nix wiring) and /Library (a --system
+ * LaunchDaemon). Only these — not all of /var, say, where macOS keeps the user's own TMPDIR.
+ */
+export const SYSTEM_DIRS = ['/etc', '/Library'] as const;
 
 /** Long enough for the user to type a password at sudo's prompt. */
 const SUDO_TIMEOUT_MS = 10 * 60_000;
@@ -54,6 +57,21 @@ export class SystemWrites {
       const base = underRoot(this.options.root, dir);
       return file === base || file.startsWith(`${base}${path.sep}`);
     });
+  }
+
+  /**
+   * Reports a change to `file`; before the first one to root's files, says once that sudo may
+   * ask for a password (so the prompt does not come out of nowhere).
+   */
+  say(file: string, line: string): void {
+    if (this.escalated(file)) this.announce();
+    this.options.report(line);
+  }
+
+  private announce(): void {
+    if (this.announced || this.options.dryRun) return;
+    this.options.report("the next changes are root's files: ferry runs them through sudo, which may ask for your password once");
+    this.announced = true;
   }
 
   /** The sudo command that would install `file`, as shown in the plan (TEMP: the user's temp copy). */
@@ -122,10 +140,7 @@ export class SystemWrites {
       report(`  as root: ${shown}`);
       return;
     }
-    if (!this.announced) {
-      report('the next changes are root\'s files: ferry runs them through sudo, which may ask for your password once');
-      this.announced = true;
-    }
+    this.announce();
     const result = await runner.run(argv[0], argv.slice(1), { timeoutMs: SUDO_TIMEOUT_MS });
     report(`${recordOnly ? 'record (not run, --root)' : 'ran'}: ${shown}`);
     if (result.exitCode !== 0) {

@@ -61,7 +61,7 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
     if (current === undefined) {
       if (file.action === 'modified' && file.previous !== undefined) {
         // Gone since install: put the old content back, it is what the user had.
-        out(`${would}restore ${file.path} (it was deleted after install)`);
+        system.say(file.path, `${would}restore ${file.path} (it was deleted after install)`);
         await system.writeFile(file.path, Buffer.from(file.previous, 'base64'), file.previousMode ?? 0o644);
         result.restored.push(file.path);
       }
@@ -70,7 +70,7 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
     const unchanged = sha256(current) === file.sha256;
     if (file.action === 'created') {
       if (unchanged || isKeyOrGenerated(file.path, paths.keysDir)) {
-        out(`${would}remove ${file.path}`);
+        system.say(file.path, `${would}remove ${file.path}`);
         await system.removeFile(file.path);
         result.removed.push(file.path);
       } else {
@@ -81,11 +81,11 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
     }
     // Modified by install.
     if (unchanged) {
-      out(`${would}restore ${file.path} (byte for byte as before install)`);
+      system.say(file.path, `${would}restore ${file.path} (byte for byte as before install)`);
       await system.writeFile(file.path, Buffer.from(file.previous ?? '', 'base64'), file.previousMode ?? 0o644);
       result.restored.push(file.path);
     } else if (current.toString('utf8').includes(MACHINES_MARKER)) {
-      out(`${would}remove ferry's line from ${file.path} (other changes made since install are kept)`);
+      system.say(file.path, `${would}remove ferry's line from ${file.path} (other changes made since install are kept)`);
       await system.writeFile(file.path, Buffer.from(withoutFerryLine(current.toString('utf8'))), lstatSync(file.path).mode & 0o7777);
       result.restored.push(file.path);
     } else {
@@ -112,7 +112,7 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
   for (const dir of [...(record?.dirs ?? [])].sort((a, b) => b.length - a.length)) {
     if (!existsSync(dir)) continue;
     if (dryRun || readdirSync(dir).length > 0) continue;
-    out(`remove ${dir}/`);
+    system.say(dir, `remove ${dir}/`);
     await system.removeDir(dir);
   }
 

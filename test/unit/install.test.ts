@@ -327,7 +327,10 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
     expect(statSync(machinesFile()).mode & 0o777).toBe(0o644);
     const text = out.join('\n');
     expect(text).toMatch(/^record \(not run, --root\): sudo install -m 0644 \S+\/ferry-sudo-\w+\/machines /m);
-    expect(text).toMatch(/sudo, which may ask for your password once/);
+    // Said before the first change to root's files, so sudo's prompt does not come out of nowhere.
+    const announced = out.findIndex((line) => /sudo, which may ask for your password once/.test(line));
+    expect(announced).toBeGreaterThan(0);
+    expect(announced).toBeLessThan(out.findIndex((line) => line.startsWith(`create ${alias}`)));
 
     // A second run changes nothing, so asks sudo for nothing.
     runner = new SudoRunner(etc);
