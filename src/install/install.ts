@@ -138,7 +138,7 @@ export function checkInvoker(ctx: HostContext, command: 'install' | 'uninstall')
   if (command === 'install' && !ctx.system && !ctx.asUser && sudoUser && sudoUser !== 'root') {
     throw new FerryError(`ferry install is running under sudo, so it would install for root, not for ${sudoUser} (HOME, the state dir and the ${ctx.layout.serviceKind === 'launchd' ? 'LaunchAgent' : 'user unit'} would all be root's)`, {
       exitCode: ExitCode.Usage,
-      hint: `run \`ferry install\` as ${sudoUser}, without sudo: it asks sudo itself for the files under /etc; or \`sudo ferry install --system\` for a system-wide daemon`,
+      hint: `run \`ferry install\` as ${sudoUser}, without sudo: it asks sudo itself for the files under /etc; or \`sudo ferry install --system\` for a system-wide daemon (to install for root itself: \`env -u SUDO_USER ferry install\`)`,
     });
   }
 }

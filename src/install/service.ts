@@ -43,13 +43,16 @@ export function daemonArgv(nodePath = process.execPath): string[] {
   return [nodePath, '--import', tsx, source, 'daemon'];
 }
 
+const INSTALL_ONLY_VARS = ['FERRY_PLATFORM', 'FERRY_AS_USER'];
+
 export function daemonEnvironment(paths: FerryPaths, env: Readonly<Record<string, string | undefined>>, nodePath = process.execPath): Record<string, string> {
   const dirs = [...SERVICE_PATH_DIRS];
   const nodeDir = path.dirname(nodePath);
   if (!dirs.includes(nodeDir)) dirs.push(nodeDir);
   const vars: Record<string, string> = { PATH: dirs.join(':') };
   // Any other FERRY_* setting the user runs with (e.g. FERRY_DEBUG) goes along.
-  for (const [name, value] of Object.entries(env)) if (name.startsWith('FERRY_') && name !== 'FERRY_PLATFORM' && value) vars[name] = value;
+  // Not the install-time test hooks: they describe who runs `ferry install`, not the daemon.
+  for (const [name, value] of Object.entries(env)) if (name.startsWith('FERRY_') && !INSTALL_ONLY_VARS.includes(name) && value) vars[name] = value;
   vars.FERRY_CONFIG = paths.configFile;
   vars.FERRY_STATE_DIR = paths.stateDir;
   vars.FERRY_CACHE_DIR = paths.cacheDir;

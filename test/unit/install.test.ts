@@ -315,6 +315,7 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
       `sudo install -m 0644 TEMP ${machinesFile()}`,
     ]);
     // The launchd agent stays the user's: gui/UID, the plist in HOME, never through sudo.
+    expect((plist.parse(readFileSync(plistFile(), 'utf8')) as { EnvironmentVariables: Record<string, string> }).EnvironmentVariables.FERRY_AS_USER).toBeUndefined();
     expect(commandsOf(runner).filter((line) => !line.startsWith('sudo '))).toEqual([`launchctl bootout gui/${UID}/dev.ferry.daemon`, `launchctl bootstrap gui/${UID} ${plistFile()}`]);
     // sudo copied the user's private temp copies, removed afterwards.
     expect(sudo.temps.map((temp) => path.basename(temp))).toEqual(['ferry.conf', 'machines']);
@@ -482,7 +483,7 @@ describe('ferry doctor', () => {
 
   it('the CLI prints each failing check with its fix and exits non-zero (--json too)', async () => {
     const run = (args: string[]) =>
-      execa('node', ['--import', 'tsx', path.join(REPO, 'src/cli.ts'), ...args], { cwd: REPO, reject: false, env: { HOME: home, PATH: process.env.PATH, FERRY_PLATFORM: 'linux' } });
+      execa('node', ['--import', 'tsx', path.join(REPO, 'src/cli.ts'), ...args], { cwd: REPO, reject: false, extendEnv: false, env: { HOME: home, PATH: process.env.PATH, FERRY_PLATFORM: 'linux' } });
     const installed = await run(['install', '--root', root, '--no-build', '--yes']);
     expect(installed.exitCode, installed.stderr).toBe(0);
     expect(installed.stdout).toContain('record (not run, --root): systemctl --user enable --now ferry.service');
