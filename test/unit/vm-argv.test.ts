@@ -115,7 +115,7 @@ describe('qemu argv', () => {
     expect(argv.slice(argv.indexOf('-machine'), argv.indexOf('-smp'))).toEqual(['-machine', 'virt', '-accel', 'hvf', '-cpu', 'host']);
     expect(qemuConsoleDevice('aarch64-linux')).toBe('ttyAMA0');
     const single = buildQemuArgv({ ...arm, cpus: 1 }, { accelerator: 'tcg', qmpSocket: '/q', pidfile: '/p' });
-    expect(single.slice(single.indexOf('-accel'), single.indexOf('-accel') + 4)).toEqual(['-accel', 'tcg', '-cpu', 'max']);
+    expect(single.slice(single.indexOf('-accel'), single.indexOf('-accel') + 4)).toEqual(['-accel', 'tcg', '-cpu', 'max,pauth-impdef=on']);
   });
 
   it("doubles commas in paths (qemu's escape) and leaves out networking without a port", () => {
