@@ -15,8 +15,25 @@ export type Content =
   | { kind: 'bytes'; data: Buffer }
   /** `length` bytes of a host file starting at `offset` (an uncompressed tar member, or a whole file). */
   | { kind: 'file'; path: string; offset: number; length: number }
+  /**
+   * A whole host file, named by its directory (one object shared by its siblings) and its name
+   * (the same string the tree keys it by): no path string per file, which on trees of hundreds
+   * of thousands of files is tens of megabytes.
+   */
+  | { kind: 'hostFile'; dir: HostDir; name: string }
   /** A member of a stream that can only be read in order (a compressed tarball). */
   | { kind: 'stream'; source: StreamSource; index: number };
+
+export interface HostDir {
+  readonly path: string;
+}
+
+/** The host path of a file's content, for the kinds that have one. */
+export function hostPathOf(content: Content): string | undefined {
+  if (content.kind === 'file') return content.path;
+  if (content.kind === 'hostFile') return `${content.dir.path}/${content.name}`;
+  return undefined;
+}
 
 /**
  * A source whose members must be read in order, such as a compressed tarball. The writer asks it

@@ -6,7 +6,8 @@
 import { BLOCK_SIZE } from './constants.js';
 
 export interface DirEntry {
-  name: Buffer;
+  /** The name as a string (UTF-8 on disk), so no buffer is made per entry. */
+  name: string;
   inode: number;
   fileType: number;
 }
@@ -30,36 +31,43 @@ export function directoryBlocks(nameLengths: Iterable<number>): number {
   return blocks;
 }
 
-/** Encodes entries into whole blocks; the last record of each block spans to its end. */
-export function encodeDirectory(entries: DirEntry[], minBlocks = 1): Buffer[] {
-  const blocks: Buffer[] = [];
-  let block = Buffer.alloc(BLOCK_SIZE);
+/**
+ * Encodes entries into whole blocks, handing each block to `emit` as soon as it is full (one
+ * block buffer is reused); the last record of each block spans to its end. Returns the number
+ * of blocks.
+ */
+export function encodeDirectory(entries: Iterable<DirEntry>, emit: (block: Buffer) => void, minBlocks = 1): number {
+  const block = Buffer.alloc(BLOCK_SIZE);
+  let blocks = 0;
   let used = 0;
   let lastOffset = -1;
   const finishBlock = () => {
     if (lastOffset >= 0) block.writeUInt16LE(BLOCK_SIZE - lastOffset, lastOffset + 4);
-    blocks.push(block);
-    block = Buffer.alloc(BLOCK_SIZE);
+    emit(block);
+    block.fill(0);
+    blocks += 1;
     used = 0;
     lastOffset = -1;
   };
   for (const entry of entries) {
-    const rec = recordLength(entry.name.length);
+    const nameLength = Buffer.byteLength(entry.name);
+    const rec = recordLength(nameLength);
     if (used + rec > BLOCK_SIZE) finishBlock();
     block.writeUInt32LE(entry.inode, used);
     block.writeUInt16LE(rec, used + 4);
-    block.writeUInt8(entry.name.length, used + 6);
+    block.writeUInt8(nameLength, used + 6);
     block.writeUInt8(entry.fileType, used + 7);
-    entry.name.copy(block, used + 8);
+    block.write(entry.name, used + 8, 'utf8');
     lastOffset = used;
     used += rec;
   }
   finishBlock();
-  while (blocks.length < minBlocks) {
+  while (blocks < minBlocks) {
     // An empty block: one unused record covering all of it.
-    const empty = Buffer.alloc(BLOCK_SIZE);
-    empty.writeUInt16LE(BLOCK_SIZE, 4);
-    blocks.push(empty);
+    block.writeUInt16LE(BLOCK_SIZE, 4);
+    emit(block);
+    block.fill(0);
+    blocks += 1;
   }
   return blocks;
 }

@@ -16,7 +16,7 @@ import type { Inode, StreamSource, Tree } from '../tree.js';
 import { BlockAllocator, OutOfSpaceError } from './allocator.js';
 import * as c from './constants.js';
 import { DataSink } from './data-sink.js';
-import { encodeDirectory } from './directory.js';
+import { encodeDirectory, type DirEntry } from './directory.js';
 import { encodeExtentTree, treeBlocksFor, writeExtentRoot as writeExtentRootList, type Extent } from './extents.js';
 import { ImageFile } from './image-file.js';
 import { deviceBlock, encodeInode, writeInodeFields } from './inode.js';
@@ -237,9 +237,11 @@ async function writeFileContents(plan: Plan, sink: DataSink, progress: (bytes: n
         finish(plan, ino, extents, sink.end());
         break;
       }
-      case 'file': {
+      case 'file':
+      case 'hostFile': {
         const extents = sink.begin();
-        copyHostFile(content.path, content.offset, node.size, sink);
+        if (content.kind === 'file') copyHostFile(content.path, content.offset, node.size, sink);
+        else copyHostFile(`${content.dir.path}/${content.name}`, 0, node.size, sink);
         finish(plan, ino, extents, sink.end());
         break;
       }
@@ -320,21 +322,18 @@ function writeDirectories(plan: Plan, sink: DataSink): void {
   for (let ino = 1; ino < plan.end; ino++) {
     const node = plan.nodes[ino];
     if (!node || node.kind !== 'dir') continue;
-    const entries = [
-      { name: DOT, inode: ino, fileType: c.FT_DIR },
-      { name: DOTDOT, inode: plan.parent[ino], fileType: c.FT_DIR },
-    ];
-    for (const [name, child] of plan.entries(ino)) entries.push({ name: Buffer.from(name), inode: child.ino, fileType: fileType(child.kind) });
-    const blocks = encodeDirectory(entries, plan.minDirBlocks(ino));
     const extents = sink.begin(false);
-    for (const block of blocks) sink.write(block);
+    const blocks = encodeDirectory(directoryEntries(plan, ino), (block) => sink.write(block), plan.minDirBlocks(ino));
     finish(plan, ino, extents, sink.end());
-    plan.sizes[ino] = blocks.length * c.BLOCK_SIZE;
+    plan.sizes[ino] = blocks * c.BLOCK_SIZE;
   }
 }
 
-const DOT = Buffer.from('.');
-const DOTDOT = Buffer.from('..');
+function* directoryEntries(plan: Plan, ino: number): Generator<DirEntry> {
+  yield { name: '.', inode: ino, fileType: c.FT_DIR };
+  yield { name: '..', inode: plan.parent[ino], fileType: c.FT_DIR };
+  for (const [name, child] of plan.entries(ino)) yield { name, inode: child.ino, fileType: fileType(child.kind) };
+}
 
 /** Writes extent tree blocks for nodes with more than four extents; returns their i_block and tree block counts. */
 function writeExtentTrees(plan: Plan, allocator: BlockAllocator, image: ImageFile): Map<number, { root: Buffer; treeBlocks: number }> {

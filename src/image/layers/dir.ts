@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import { accessSync, constants, lstatSync, readdirSync, readlinkSync, statSync, type Stats } from 'node:fs';
 import { resolve } from 'node:path';
-import { TreeError, type InodeInit, type Tree } from '../tree.js';
+import { TreeError, type HostDir, type InodeInit, type Tree } from '../tree.js';
 import { LayerError, type Layer } from './layer.js';
 
 export interface DirLayerOptions {
@@ -25,6 +25,9 @@ interface HostEntry {
   rel: string;
   host: string;
   st: Stats;
+  /** The directory it is in (one object per directory) and its name there. */
+  dir: HostDir;
+  name: string;
 }
 
 // Bump when the tree this layer produces changes for the same directory, to invalidate caches.
@@ -61,7 +64,7 @@ export class DirLayer implements Layer {
   async apply(tree: Tree): Promise<void> {
     // Host files with several names: (dev, ino) → the first path given to the tree.
     const linked = new Map<string, string>();
-    this.walk(({ rel, host, st }) => {
+    this.walk(({ rel, host, st, dir, name }) => {
       if (!st.isDirectory() && st.nlink > 1) {
         // Precise inode numbers: plain Stats numbers lose bits above 2^53 on some filesystems.
         const exact = lstatSync(host, { bigint: true });
@@ -73,12 +76,12 @@ export class DirLayer implements Layer {
         }
         linked.set(key, rel);
       }
-      const init = this.inodeFor(rel, host, st);
+      const init = this.inodeFor(rel, host, st, dir, name);
       this.intoTree(rel, () => tree.add(rel, init));
     });
   }
 
-  private inodeFor(rel: string, host: string, st: Stats): InodeInit {
+  private inodeFor(rel: string, host: string, st: Stats, dir: HostDir, name: string): InodeInit {
     const common = {
       perm: st.mode & 0o7777,
       uid: this.keepOwners ? st.uid : 0,
@@ -98,7 +101,7 @@ export class DirLayer implements Layer {
         kind: 'file',
         ...common,
         size: st.size,
-        content: st.size === 0 ? { kind: 'empty' } : { kind: 'file', path: host, offset: 0, length: st.size },
+        content: st.size === 0 ? { kind: 'empty' } : { kind: 'hostFile', dir, name },
       };
     }
     if (st.isDirectory()) return { kind: 'dir', ...common };
@@ -141,6 +144,7 @@ export class DirLayer implements Layer {
         throw new LayerError(this.description, `cannot list ${dir.host}: ${(err as Error).message}`, { cause: err });
       }
       names.sort(compareUtf8);
+      const hostDir: HostDir = { path: dir.host };
       const subdirs: Array<{ rel: string; host: string }> = [];
       for (const name of names) {
         const rel = dir.rel === '' ? name : `${dir.rel}/${name}`;
@@ -155,7 +159,7 @@ export class DirLayer implements Layer {
           }
           throw new LayerError(this.description, `cannot read ${host}: ${(err as Error).message}`, { cause: err });
         }
-        visit({ rel, host, st });
+        visit({ rel, host, st, dir: hostDir, name });
         if (st.isDirectory()) subdirs.push({ rel, host });
       }
       // Reversed so that directories are walked in name order (not required, but easier to follow).
