@@ -31,13 +31,13 @@ export class Plan {
   readonly extentLists = new Map<number, Extent[]>();
   /** The synthesized lost+found, when the tree has none. */
   readonly lostFound: Inode | undefined;
+  /** Upper bound of the data blocks (contents, directories, long symlinks, extent trees). */
+  estimatedBlocks = 0;
 
   constructor(
     readonly root: Inode,
     nodes: Array<Inode | undefined>,
     lostFound: Inode | undefined,
-    /** Upper bound of the data blocks (contents, directories, long symlinks, extent trees). */
-    readonly estimatedBlocks: number,
     readonly totalFileBytes: number,
     readonly maxMtime: number,
     /** A hash of all metadata (names, modes, owners, sizes, times, targets): seeds the UUID. */
@@ -131,32 +131,28 @@ export function planTree(tree: Tree): Plan {
   }
   seen.clear();
 
-  const plan = new Plan(tree.root, nodes, lostFound, 0, totalFileBytes, maxMtime, hash.digest());
-  // Links, subdirectory counts and parents, from the directories' entries.
+  const plan = new Plan(tree.root, nodes, lostFound, totalFileBytes, maxMtime, hash.digest());
+  plan.estimatedBlocks = estimatedBlocks;
+  // Links, subdirectory counts and parents, from the directories' entries ("/.." is "/").
   plan.links[c.ROOT_INO] = 1;
+  plan.parent[c.ROOT_INO] = c.ROOT_INO;
   if (lostFound) plan.links[c.FIRST_INO] = 1;
   for (let ino = 1; ino < plan.end; ino++) {
     const node = nodes[ino];
     if (!node || node.kind !== 'dir') continue;
-    let nameBytes = 0;
     const lengths: number[] = [1, 2];
     for (const [name, child] of plan.entries(ino)) {
-      const length = Buffer.byteLength(name);
-      lengths.push(length);
-      nameBytes += length;
+      lengths.push(Buffer.byteLength(name));
       if (child !== lostFound) plan.links[child.ino] += 1;
       if (child.kind === 'dir') {
         plan.subdirs[ino] += 1;
         plan.parent[child.ino] = ino;
       }
     }
-    plan.parent[c.ROOT_INO] = c.ROOT_INO;
-    if (ino === c.FIRST_INO) plan.parent[ino] = c.ROOT_INO;
     // Directory blocks, plus a margin for an extent tree block once they are fragmented.
-    estimatedBlocks += Math.max(directoryBlocks(lengths), plan.minDirBlocks(ino)) + 1;
-    void nameBytes;
+    plan.estimatedBlocks += Math.max(directoryBlocks(lengths), plan.minDirBlocks(ino)) + 1;
   }
-  return Object.assign(plan, { estimatedBlocks }) as Plan;
+  return plan;
 }
 
 function syntheticLostFound(mtime: number): Inode {
