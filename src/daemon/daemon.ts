@@ -4,7 +4,7 @@
  * down in reverse order on SIGTERM.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { watch, type FSWatcher } from 'chokidar';
 import { loadConfig } from '../config/load.js';
@@ -24,6 +24,7 @@ import type { SessionRecord } from './session-log.js';
 import { writeDaemonSshConfig } from './ssh-alias.js';
 import { SshFront } from './ssh-front.js';
 import { Supervisor, type GuestTarget } from './supervisor.js';
+import { writeFileAtomic } from '../atomic-file.js';
 
 const VERSION = '0.1.0';
 const RECENT_SESSIONS = 20;
@@ -267,8 +268,7 @@ async function loadSavedImages(paths: FerryPaths): Promise<{ current?: ImageMani
 
 async function saveImages(paths: FerryPaths, current: ImageManifest, previous: ImageManifest | undefined): Promise<void> {
   const saved: SavedImages = { current: current.manifestPath, previous: previous?.manifestPath };
-  await writeFile(`${paths.currentImage}.tmp`, `${JSON.stringify(saved, null, 2)}\n`);
-  await rename(`${paths.currentImage}.tmp`, paths.currentImage);
+  await writeFileAtomic(paths.currentImage, `${JSON.stringify(saved, null, 2)}\n`);
 }
 
 function authorizedKeys(config: FerryConfig, clientPublicKey: string, log: Logger): string[] {

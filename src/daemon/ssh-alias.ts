@@ -3,8 +3,9 @@
  * front: an ssh_config alias carrying the port (Nix 2.8 takes no port in the URI, and never uses
  * SSH for the host name `localhost`) and a known_hosts line pinning the daemon's host key.
  */
-import { readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { writeFileAtomicSync } from '../atomic-file.js';
 import type { FerryPaths } from '../config/paths.js';
 
 /** The host name Nix and `ferry ssh` use; it must not be `localhost`. */
@@ -45,12 +46,7 @@ export function aliasConfig(options: { alias?: string; port: number; identityFil
 /** Writes the alias config and known_hosts under the state dir; returns the config's path. */
 export function writeDaemonSshConfig(paths: FerryPaths, port: number): string {
   const files = daemonFiles(paths);
-  writeAtomically(files.knownHosts, `${BUILDER_ALIAS} ${daemonHostPublicKey(paths)}\n`);
-  writeAtomically(files.sshConfig, aliasConfig({ port, identityFile: paths.clientKey, knownHostsFile: files.knownHosts }));
+  writeFileAtomicSync(files.knownHosts, `${BUILDER_ALIAS} ${daemonHostPublicKey(paths)}\n`);
+  writeFileAtomicSync(files.sshConfig, aliasConfig({ port, identityFile: paths.clientKey, knownHostsFile: files.knownHosts }));
   return files.sshConfig;
-}
-
-function writeAtomically(path: string, text: string): void {
-  writeFileSync(`${path}.tmp`, text, { mode: 0o644 });
-  renameSync(`${path}.tmp`, path);
 }

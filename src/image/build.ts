@@ -18,6 +18,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FerryConfig } from '../config/types.js';
 import type { FerryPaths } from '../config/paths.js';
+import { writeFileAtomic } from '../atomic-file.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { ensureKeyPair } from '../keys/ssh-keys.js';
 import { writeExt4, type Ext4Progress } from './ext4/index.js';
@@ -105,8 +106,8 @@ export async function buildImage(options: BuildImageOptions): Promise<ImageManif
     manifestPath,
     timings,
   };
-  await writeAtomically(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
-  await writeAtomically(join(paths.imagesDir, 'latest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+  await writeFileAtomic(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
+  await writeFileAtomic(join(paths.imagesDir, 'latest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
   return manifest;
 }
 
@@ -227,12 +228,6 @@ async function concatenate(initramfs: BuiltPart, configArchive: BuiltPart, paths
     throw error;
   }
   return { path, key, sizeBytes: (await stat(path)).size, cacheHit: false };
-}
-
-async function writeAtomically(path: string, text: string): Promise<void> {
-  const temp = `${path}.tmp-${process.pid}`;
-  await writeFile(temp, text);
-  await rename(temp, path);
 }
 
 function sha256(text: string): string {

@@ -5,7 +5,7 @@
  * `--dry-run` reports the same decisions and writes nothing. The state disk is never touched, so
  * an upgrade (install again with a newer ferry) keeps the guest's /nix.
  */
-import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { currentHost, type HostInfo } from '../config/host.js';
@@ -33,6 +33,7 @@ import {
 } from './nix-wiring.js';
 import { emptyRecord, readRecord, type InstallRecord } from './record.js';
 import { daemonArgv, daemonEnvironment, isLoadedCommand, loadCommands, renderPlist, renderUnit, type ServiceCommand } from './service.js';
+import { writeFileAtomicSync } from '../atomic-file.js';
 
 export interface HostOptions {
   /** System-wide install (`--system`). */
@@ -311,7 +312,5 @@ async function runCommand(ctx: HostContext, command: ServiceCommand, log: Servic
 
 export function saveRecord(file: string, record: InstallRecord): void {
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  const temp = `${file}.tmp-${process.pid}`;
-  writeFileSync(temp, `${JSON.stringify(record, null, 2)}\n`, { mode: 0o600 });
-  renameSync(temp, file);
+  writeFileAtomicSync(file, `${JSON.stringify(record, null, 2)}\n`, 0o600);
 }

@@ -3,9 +3,10 @@
  * private halves mode 600 in a mode 700 directory, never overwritten once they exist, so the
  * host keys that Nix and known_hosts pin stay valid across upgrades.
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import ssh2 from 'ssh2';
+import { writeFileAtomicSync } from '../atomic-file.js';
 
 export interface KeyPair {
   privatePath: string;
@@ -20,9 +21,7 @@ export function ensureKeyPair(privatePath: string, comment: string): KeyPair {
   if (!existsSync(privatePath)) {
     mkdirSync(dirname(privatePath), { recursive: true, mode: 0o700 });
     const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment });
-    const temp = `${privatePath}.tmp-${process.pid}`;
-    writeFileSync(temp, pair.private, { mode: 0o600 });
-    renameSync(temp, privatePath);
+    writeFileAtomicSync(privatePath, pair.private, 0o600);
     writeFileSync(publicPath, `${pair.public}\n`, { mode: 0o644 });
   }
   chmodSync(privatePath, 0o600);

@@ -9,11 +9,12 @@
  */
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
-import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
 import type { FerryConfig } from '../config/types.js';
 import type { FerryPaths } from '../config/paths.js';
+import { writeFileAtomic } from '../atomic-file.js';
 import { ExitCode, FerryError } from '../errors.js';
 import type { ImageManifest } from '../image/build.js';
 import type { ExitStatus, GuestEndpoint, RunningVm, VmBackend, VmSpec } from './backend.js';
@@ -204,7 +205,7 @@ export async function bootGuest(options: BootOptions): Promise<BootedGuest> {
     readyMs: Math.round(performance.now() - started),
   };
   await writeSshConfig(paths, record);
-  await writeAtomically(files.record, `${JSON.stringify(record, null, 2)}\n`);
+  await writeFileAtomic(files.record, `${JSON.stringify(record, null, 2)}\n`, 0o600);
   return { vm, endpoint, record };
 }
 
@@ -260,8 +261,8 @@ export function sshConfigText(paths: FerryPaths, record: Pick<GuestRecord, 'sshH
 
 export async function writeSshConfig(paths: FerryPaths, record: Pick<GuestRecord, 'sshHost' | 'sshPort'>): Promise<void> {
   const hostKey = (await readFile(`${paths.guestHostKey}.pub`, 'utf8')).trim().split(/\s+/).slice(0, 2).join(' ');
-  await writeAtomically(guestFilesOf(paths).knownHosts, `${SSH_HOST} ${hostKey}\n`);
-  await writeAtomically(paths.sshConfig, sshConfigText(paths, record));
+  await writeFileAtomic(guestFilesOf(paths).knownHosts, `${SSH_HOST} ${hostKey}\n`, 0o600);
+  await writeFileAtomic(paths.sshConfig, sshConfigText(paths, record), 0o600);
 }
 
 /** argv for OpenSSH to run `command` (words, quoted for the remote shell) as the builder. */
@@ -369,12 +370,6 @@ async function isZombie(pid: number): Promise<boolean> {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
-}
-
-async function writeAtomically(path: string, text: string): Promise<void> {
-  const temp = `${path}.tmp-${process.pid}`;
-  await writeFile(temp, text, { mode: 0o600 });
-  await rename(temp, path);
 }
 
 export function requireRunning(record: GuestRecord | undefined): GuestRecord {

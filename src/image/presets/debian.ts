@@ -3,7 +3,8 @@
  * mmdebstrap with openssh-server and nix-bin, the kernel from linux-image-cloud-<arch>, busybox
  * from busybox-static. Everything is fetched once into the download cache.
  */
-import { existsSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
+import { writeFileAtomicSync } from '../../atomic-file.js';
 import { join } from 'node:path';
 import { FerryError } from '../../errors.js';
 import { packageInfo, unpackedPackage, type DebianArch } from './apt.js';
@@ -71,8 +72,7 @@ export async function debianPreset(
     if (samePackages && [saved.rootfsTar!, saved.kernel, saved.modulesDir, saved.busybox].every((p) => existsSync(p))) return saved;
   }
   const inputs = await resolveDebianPreset(downloadsDir, arch, onStep);
-  writeFileSync(`${record}.tmp`, JSON.stringify(inputs, null, 2));
-  renameSync(`${record}.tmp`, record);
+  writeFileAtomicSync(record, JSON.stringify(inputs, null, 2));
   return inputs;
 }
 

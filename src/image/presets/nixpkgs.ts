@@ -49,13 +49,14 @@
  * the resulting guest boots.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { ExitCode, FerryError } from '../../errors.js';
 import { execaRunner, NixLayer, type CommandRunner } from '../layers/nix.js';
 import type { Layer } from '../layers/layer.js';
 import type { InodeInit, Tree } from '../tree.js';
 import type { PresetInputs } from './preset.js';
+import { writeFileAtomicSync } from '../../atomic-file.js';
 
 /** The nixpkgs attribute (below legacyPackages.<system>) and output for each input. */
 export const NIXPKGS_ATTRIBUTES = {
@@ -261,8 +262,7 @@ export async function nixpkgsPreset(downloadsDir: string, system: string, option
     options.onStep?.(`substituting kernel, busybox, openssh, nix, cacert and e2fsprogs for ${system} from ${flake} (nix build --max-jobs 0)`);
     paths = await resolveNixpkgsPaths(system, { ...options, flake });
     const saved: NixpkgsRecord = { flake, attributes, paths };
-    writeFileSync(`${record}.tmp`, `${JSON.stringify(saved, null, 2)}\n`);
-    renameSync(`${record}.tmp`, record);
+    writeFileAtomicSync(record, `${JSON.stringify(saved, null, 2)}\n`);
   }
   return nixpkgsPresetInputs(paths, system, flake);
 }
