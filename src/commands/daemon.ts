@@ -9,29 +9,7 @@ import { ExitCode } from '../errors.js';
 import { callDaemon, DaemonNotRunning } from '../daemon/control-client.js';
 import { formatDurationMs, humanBytes } from '../ui/progress.js';
 import { FerryError } from '../errors.js';
-
-interface Status {
-  daemon: { pid: number; version: string; uptimeMs: number; listen: string; configFile: string; logFile: string; configError?: string; buildError?: string };
-  guest: {
-    state: string;
-    system: string;
-    extraSystems: string[];
-    interpreter: string;
-    uptimeMs: number;
-    image: string;
-    previousImage?: string;
-    pendingImage?: string;
-    backend?: string;
-    address?: string;
-    readyMs?: number;
-    boots: number;
-    crashes: number;
-    lastError?: string;
-    lastSwap?: { outcome: string; imageId: string; error?: string; at: string };
-  };
-  sessions: { open: number; total: number };
-  recentSessions: Array<{ command?: string; kind: string; durationMs: number; bytesIn: number; bytesOut: number; bytesErr: number; exit: { kind: string; code?: number; signal?: string; message?: string }; startedAt: string }>;
-}
+import type { DaemonStatus } from '../daemon/status.js';
 
 export function registerDaemonCommands(program: Command): void {
   program
@@ -52,9 +30,9 @@ export function registerDaemonCommands(program: Command): void {
     .addHelpText('after', '\nExit codes: 0 the daemon runs, 69 it does not.')
     .action(async (opts: { json?: boolean }) => {
       const paths = resolvePaths();
-      let status: Status;
+      let status: DaemonStatus;
       try {
-        status = await callDaemon<Status>(paths.controlSocket, 'GET', '/status', 5000);
+        status = await callDaemon<DaemonStatus>(paths.controlSocket, 'GET', '/status', 5000);
       } catch (error) {
         if (error instanceof DaemonNotRunning && opts.json) {
           process.stdout.write(`${JSON.stringify({ daemon: null, error: error.message }, null, 2)}\n`);
@@ -79,7 +57,7 @@ export function registerDaemonCommands(program: Command): void {
     if (name === 'stop') command.option('--hard', 'kill the guest instead of powering it off');
     command.action(async (opts: { json?: boolean; hard?: boolean }) => {
       const paths = resolvePaths();
-      const status = await callDaemon<Status>(paths.controlSocket, 'POST', `${path}${opts.hard ? '?hard=1' : ''}`);
+      const status = await callDaemon<DaemonStatus>(paths.controlSocket, 'POST', `${path}${opts.hard ? '?hard=1' : ''}`);
       if (opts.json) process.stdout.write(`${JSON.stringify(status, null, 2)}\n`);
       else process.stdout.write(renderStatus(status));
     });
@@ -135,7 +113,7 @@ export function registerDaemonCommands(program: Command): void {
     });
 }
 
-function renderStatus(s: Status): string {
+function renderStatus(s: DaemonStatus): string {
   const lines: string[] = [];
   const g = s.guest;
   lines.push(`daemon   running (pid ${s.daemon.pid}, up ${formatDurationMs(s.daemon.uptimeMs)}), SSH front on ${s.daemon.listen}`);

@@ -22,6 +22,7 @@ import { GuestPool, type GuestChannelRequest } from './guest-pool.js';
 import { createDaemonLogger } from './logger.js';
 import type { SessionRecord } from './session-log.js';
 import { writeDaemonSshConfig } from './ssh-alias.js';
+import type { DaemonStatus } from './status.js';
 import { SshFront } from './ssh-front.js';
 import { Supervisor, type GuestTarget } from './supervisor.js';
 import { writeFileAtomic } from '../atomic-file.js';
@@ -134,7 +135,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   writeDaemonSshConfig(paths, listening.port);
   log.info({ address: `${listening.host}:${listening.port}` }, 'SSH front listening');
 
-  const statusReport = () => ({
+  const statusReport = (): DaemonStatus => ({
     daemon: {
       pid: process.pid,
       version: VERSION,

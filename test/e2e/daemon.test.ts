@@ -93,7 +93,7 @@ describe('one daemon: on-demand boot, ssh-ng and ssh, 8 builds at once, a 100 MB
     expect(after.guest.boots).toBe(1);
     timings.bootReadyMs = after.guest.readyMs!;
     // The session's record lands when the channel closes, a moment after nix-build exits.
-    await daemon.waitForStatus((s) => s.recentSessions.some((r) => r.command === 'nix-daemon --stdio' && r.exit.code === 0), 10_000, 'the session record');
+    await daemon.waitForStatus((s) => s.recentSessions.some((r) => r.command === 'nix-daemon --stdio' && r.exit.kind === 'status' && r.exit.code === 0), 10_000, 'the session record');
 
     // The guest really built it: its own store has the path, and its uname is Linux on the guest kernel.
     const inGuest = await daemon.ssh([`test -s ${out} && cat ${out}`]);
@@ -107,7 +107,7 @@ describe('one daemon: on-demand boot, ssh-ng and ssh, 8 builds at once, a 100 MB
     const warm = await daemon.nixBuild('warm', 'echo warm > $out');
     expectBuilt(warm, daemon);
     timings.warmBuildSshNgMs = warm.ms;
-    await daemon.waitForStatus((s) => s.recentSessions.some((r) => r.command === 'nix-store --serve --write' && r.exit.code === 0), 10_000, 'the ssh:// session record');
+    await daemon.waitForStatus((s) => s.recentSessions.some((r) => r.command === 'nix-store --serve --write' && r.exit.kind === 'status' && r.exit.code === 0), 10_000, 'the ssh:// session record');
   }, 180_000);
 
   it('8 nix builds at once all succeed', async () => {

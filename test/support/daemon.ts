@@ -33,23 +33,9 @@ export const ROOT = path.resolve(import.meta.dirname, '../..');
 export const IMAGE_CACHE = path.join(homedir(), '.cache', 'ferry-test', 'ferry-cache');
 
 /** What `ferry status --json` answers (the parts the tests read). */
-export interface DaemonStatus {
-  daemon: { pid: number; listen: string; configFile: string; configError?: string; buildError?: string };
-  guest: {
-    state: 'stopped' | 'booting' | 'running' | 'stopping';
-    image: string;
-    previousImage?: string;
-    pendingImage?: string;
-    address?: string;
-    readyMs?: number;
-    boots: number;
-    crashes: number;
-    lastError?: string;
-    lastSwap?: { outcome: string; imageId: string; error?: string; at: string };
-  };
-  sessions: { open: number; total: number };
-  recentSessions: Array<{ command?: string; durationMs: number; exit: { kind: string; code?: number } }>;
-}
+import type { DaemonStatus } from '../../src/daemon/status.js';
+
+export type { DaemonStatus };
 
 export interface ConfigOptions {
   maxJobs?: number | string;

@@ -1,0 +1,33 @@
+/**
+ * What `GET /status` on the control socket returns: built by the daemon, read by `ferry status`
+ * and by anything scripting `ferry status --json`. One type for both sides.
+ */
+import type { Interpreter, ExtraSystem, GuestSystem } from '../config/types.js';
+import type { SessionRecord } from './session-log.js';
+import type { Supervisor } from './supervisor.js';
+
+export interface DaemonStatus {
+  daemon: {
+    pid: number;
+    version: string;
+    startedAt: string;
+    uptimeMs: number;
+    /** host:port of the SSH front. */
+    listen: string;
+    configFile: string;
+    logFile: string;
+    /** Why the last change of ferry.toml was refused (the guest keeps its previous config). */
+    configError?: string;
+    /** Why the last image build failed (the guest keeps its previous image). */
+    buildError?: string;
+    lastReloadAt?: string;
+  };
+  guest: ReturnType<Supervisor['status']> & {
+    system: GuestSystem;
+    extraSystems: readonly ExtraSystem[];
+    interpreter: Interpreter;
+  };
+  sessions: { open: number; total: number };
+  /** Newest first; in JSON, `startedAt` is an ISO date string. */
+  recentSessions: Array<Omit<SessionRecord, 'startedAt'> & { startedAt: string | Date }>;
+}
