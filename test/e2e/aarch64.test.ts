@@ -21,7 +21,6 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { daemonFiles, BUILDER_ALIAS } from '../../src/daemon/ssh-alias.js';
 import { hypervisorsUsing, IMAGE_CACHE, ROOT, TestDaemon } from '../support/daemon.js';
 
 const timings: Record<string, number> = {};
@@ -63,19 +62,8 @@ interface Build {
 async function hostNixBuild(daemon: TestDaemon, expression: string): Promise<Build> {
   const file = path.join(daemon.work, `${randomUUID().slice(0, 8)}.nix`);
   await writeFile(file, expression);
-  const started = performance.now();
-  const result = await execa(
-    'nix-build',
-    [
-      '--no-out-link',
-      '--max-jobs', '0',
-      '--option', 'substituters', '',
-      '--builders', `ssh-ng://${BUILDER_ALIAS} aarch64-linux,x86_64-linux ${daemon.paths.clientKey} 1`,
-      file,
-    ],
-    { env: { ...daemon.env, NIX_SSHOPTS: `-F ${daemonFiles(daemon.paths).sshConfig}` }, reject: false, timeout: 400_000, stdin: 'ignore' },
-  );
-  return { exitCode: result.exitCode, stdout: String(result.stdout).trim(), stderr: String(result.stderr), ms: Math.round(performance.now() - started) };
+  const build = await daemon.nixBuildFile(file, { systems: 'aarch64-linux,x86_64-linux', maxJobs: 1, timeoutMs: 400_000 });
+  return { ...build, stdout: build.stdout.trim() };
 }
 
 function expectBuilt(build: Build, daemon: TestDaemon): string {

@@ -205,6 +205,11 @@ export class TestDaemon {
     const name = `ferry-e2e-${label}-${randomUUID().slice(0, 8)}`;
     const exprFile = path.join(this.work, `${name}.nix`);
     await writeFile(exprFile, derivationExpr(name, script));
+    return { ...(await this.nixBuildFile(exprFile, options)), name, exprFile };
+  }
+
+  /** The host's real nix-build of the expression in `exprFile`, with the daemon as its only builder. */
+  async nixBuildFile(exprFile: string, options: BuildOptions & { systems?: string; maxJobs?: number } = {}): Promise<Omit<BuildResult, 'name' | 'exprFile'>> {
     const proto = options.proto ?? 'ssh-ng';
     const started = performance.now();
     const result = await execa(
@@ -213,7 +218,7 @@ export class TestDaemon {
         '--no-out-link',
         '--max-jobs', '0',
         '--option', 'substituters', '',
-        '--builders', `${proto}://${BUILDER_ALIAS} x86_64-linux ${this.paths.clientKey} 4`,
+        '--builders', `${proto}://${BUILDER_ALIAS} ${options.systems ?? 'x86_64-linux'} ${this.paths.clientKey} ${options.maxJobs ?? 4}`,
         exprFile,
       ],
       {
@@ -229,8 +234,6 @@ export class TestDaemon {
       stdout: String(result.stdout ?? ''),
       stderr: options.stderrFile ? '' : String(result.stderr ?? ''),
       ms: Math.round(performance.now() - started),
-      name,
-      exprFile,
     };
   }
 
