@@ -24,7 +24,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { copyFile, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { cpus, homedir, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -44,6 +44,7 @@ import { FileTail } from '../src/vm/console.js';
 import { freePort } from '../src/vm/free-port.js';
 import { guestCmdline } from '../src/vm/guest.js';
 import { buildQemuArgv, type QemuAccelerator } from '../src/vm/qemu.js';
+import { readContent } from '../test/support/tree-content.js';
 
 const TARGET_RATIO = 0.4;
 const CACHE = process.env.FERRY_TEST_CACHE ?? join(homedir(), '.cache', 'ferry-test');
@@ -188,18 +189,7 @@ async function readTreeFile(tree: Tree, path: string): Promise<Buffer> {
   const node = tree.lookup(path);
   if (!node || node.kind !== 'file') throw new Error(`the systemd rootfs has no regular file /${path}`);
   const content = node.content;
-  if (content.kind === 'empty') return Buffer.alloc(0);
-  if (content.kind === 'bytes') return content.data;
-  if (content.kind === 'file') {
-    const handle = await open(content.path, 'r');
-    try {
-      const buffer = Buffer.alloc(content.length);
-      await handle.read(buffer, 0, content.length, content.offset);
-      return buffer;
-    } finally {
-      await handle.close();
-    }
-  }
+  if (content.kind !== 'stream') return readContent(content);
   throw new Error(`/${path} is in a compressed stream; the bench expects mmdebstrap's plain tarball`);
 }
 

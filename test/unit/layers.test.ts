@@ -17,7 +17,7 @@ import {
   utimesSync,
   writeFileSync,
 } from 'node:fs';
-import { open } from 'node:fs/promises';
+import { readContent } from '../support/tree-content.js';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -146,21 +146,10 @@ async function contentOf(tree: Tree, path: string): Promise<Buffer> {
   const content = inode.content;
   switch (content.kind) {
     case 'empty':
-      return Buffer.alloc(0);
     case 'bytes':
-      return content.data;
     case 'hostFile':
-      return readFileSync(`${content.dir.path}/${content.name}`);
-    case 'file': {
-      const handle = await open(content.path, 'r');
-      try {
-        const buffer = Buffer.alloc(content.length);
-        await handle.read(buffer, 0, content.length, content.offset);
-        return buffer;
-      } finally {
-        await handle.close();
-      }
-    }
+    case 'file':
+      return readContent(content);
     case 'stream': {
       let data: Buffer | undefined;
       await content.source.replay(new Set([content.index]), async (index, chunks) => {
