@@ -29,7 +29,7 @@ import { DirLayer } from './layers/dir.js';
 import type { Layer } from './layers/layer.js';
 import { NixLayer } from './layers/nix.js';
 import { TarLayer } from './layers/tar.js';
-import { guard } from './mkfs.js';
+import { guard } from './user-errors.js';
 import { debianPreset } from './presets/debian.js';
 import { nixpkgsPreset } from './presets/nixpkgs.js';
 import type { PresetInputs } from './presets/preset.js';

@@ -4,10 +4,10 @@
  */
 import { stat } from 'node:fs/promises';
 import { FerryError, ExitCode } from '../errors.js';
-import { Ext4Error, writeExt4, type Ext4Progress, type Ext4Result } from './ext4/index.js';
-import { LayoutError } from './ext4/layout.js';
-import { layerFromPath, LayerError, type Layer } from './layers/index.js';
-import { Tree, TreeError } from './tree.js';
+import { writeExt4, type Ext4Progress, type Ext4Result } from './ext4/index.js';
+import { guard } from './user-errors.js';
+import { layerFromPath, type Layer } from './layers/index.js';
+import { Tree } from './tree.js';
 
 export interface MkfsOptions {
   sources: string[];
@@ -50,24 +50,4 @@ export async function mkfs(options: MkfsOptions): Promise<MkfsResult> {
 async function checkOutputDirectory(output: string): Promise<void> {
   const st = await stat(output).catch(() => undefined);
   if (st?.isDirectory()) throw new FerryError(`output ${output} is a directory; expected an image file path`, { exitCode: ExitCode.CantCreate });
-}
-
-/** Turns the image code's errors into errors for people, with exit codes that tell them apart. */
-export async function guard<T>(work: () => Promise<T>): Promise<T> {
-  try {
-    return await work();
-  } catch (error) {
-    if (error instanceof FerryError) throw error;
-    if (error instanceof LayerError) {
-      const missing = /ENOENT|no such file/i.test(error.message);
-      throw new FerryError(error.message, { exitCode: missing ? ExitCode.NoInput : ExitCode.DataError, cause: error });
-    }
-    if (error instanceof TreeError) throw new FerryError(error.message, { exitCode: ExitCode.DataError, cause: error });
-    if (error instanceof Ext4Error || error instanceof LayoutError) throw new FerryError(error.message, { exitCode: ExitCode.DataError, cause: error });
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'EACCES' || code === 'ENOSPC' || code === 'EROFS') {
-      throw new FerryError((error as Error).message, { exitCode: code === 'ENOENT' ? ExitCode.NoInput : ExitCode.CantCreate, cause: error });
-    }
-    throw error;
-  }
 }
