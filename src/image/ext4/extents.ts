@@ -20,21 +20,28 @@ export function appendBlock(extents: Extent[], logical: number, physical: number
   }
 }
 
+/** ext4_extent_header: magic, entries in use, capacity, depth (0 = leaves). */
+export function writeExtentHeader(out: Buffer, offset: number, entries: number, max: number, depth: number): void {
+  out.writeUInt16LE(EXTENT_MAGIC, offset);
+  out.writeUInt16LE(entries, offset + 2);
+  out.writeUInt16LE(max, offset + 4);
+  out.writeUInt16LE(depth, offset + 6);
+  out.writeUInt32LE(0, offset + 8);
+}
+
+/** ext4_extent: a run of `length` blocks at logical block `logical`, on disk at `physical`. */
+export function writeExtent(out: Buffer, offset: number, logical: number, length: number, physical: number): void {
+  out.writeUInt32LE(logical, offset);
+  out.writeUInt16LE(length, offset + 4);
+  out.writeUInt16LE(Math.floor(physical / 2 ** 32), offset + 6);
+  out.writeUInt32LE(physical % 2 ** 32, offset + 8);
+}
+
 /** Writes up to four extents as the in-inode root (depth 0) at `offset` (the inode's i_block). */
 export function writeExtentRoot(extents: Extent[], out: Buffer, offset: number): void {
   if (extents.length > EXTENTS_IN_INODE) throw new Error('internal: more than four extents need a tree');
-  out.writeUInt16LE(EXTENT_MAGIC, offset);
-  out.writeUInt16LE(extents.length, offset + 2);
-  out.writeUInt16LE(EXTENTS_IN_INODE, offset + 4);
-  out.writeUInt16LE(0, offset + 6);
-  out.writeUInt32LE(0, offset + 8);
-  extents.forEach((e, i) => {
-    const o = offset + 12 + i * 12;
-    out.writeUInt32LE(e.logical, o);
-    out.writeUInt16LE(e.length, o + 4);
-    out.writeUInt16LE(Math.floor(e.physical / 2 ** 32), o + 6);
-    out.writeUInt32LE(e.physical % 2 ** 32, o + 8);
-  });
+  writeExtentHeader(out, offset, extents.length, EXTENTS_IN_INODE, 0);
+  extents.forEach((e, i) => writeExtent(out, offset + 12 + i * 12, e.logical, e.length, e.physical));
 }
 
 /** How many tree blocks (beyond the inode) `count` extents need. */
@@ -66,12 +73,7 @@ export function encodeExtentTree(extents: Extent[], allocBlock: () => number): E
   type Entry = { firstLogical: number; write: (buf: Buffer, offset: number) => void };
   let entries: Entry[] = extents.map((e) => ({
     firstLogical: e.logical,
-    write: (buf, off) => {
-      buf.writeUInt32LE(e.logical, off);
-      buf.writeUInt16LE(e.length, off + 4);
-      buf.writeUInt16LE(Math.floor(e.physical / 2 ** 32), off + 6);
-      buf.writeUInt32LE(e.physical % 2 ** 32, off + 8);
-    },
+    write: (buf, off) => writeExtent(buf, off, e.logical, e.length, e.physical),
   }));
   let depth = 0;
   while (entries.length > EXTENTS_IN_INODE) {
@@ -100,11 +102,7 @@ export function encodeExtentTree(extents: Extent[], allocBlock: () => number): E
   return { root, blocks };
 
   function writeNode(buf: Buffer, chunk: Entry[], max: number, nodeDepth: number): void {
-    buf.writeUInt16LE(EXTENT_MAGIC, 0);
-    buf.writeUInt16LE(chunk.length, 2);
-    buf.writeUInt16LE(max, 4);
-    buf.writeUInt16LE(nodeDepth, 6);
-    buf.writeUInt32LE(0, 8);
+    writeExtentHeader(buf, 0, chunk.length, max, nodeDepth);
     chunk.forEach((entry, i) => entry.write(buf, 12 + i * 12));
   }
 }

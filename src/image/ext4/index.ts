@@ -17,7 +17,7 @@ import { BlockAllocator, OutOfSpaceError } from './allocator.js';
 import * as c from './constants.js';
 import { DataSink } from './data-sink.js';
 import { encodeDirectory, type DirEntry } from './directory.js';
-import { encodeExtentTree, treeBlocksFor, writeExtentRoot as writeExtentRootList, type Extent } from './extents.js';
+import { encodeExtentTree, treeBlocksFor, writeExtent, writeExtentHeader, writeExtentRoot as writeExtentRootList, type Extent } from './extents.js';
 import { ImageFile } from './image-file.js';
 import { deviceBlock, encodeInode, writeInodeFields } from './inode.js';
 import { computeGeometry, metadataBlocks, type Geometry } from './layout.js';
@@ -447,15 +447,8 @@ function writeExtentRoot(plan: Plan, ino: number, out: Buffer, o: number): void 
   const list = plan.extentLists.get(ino);
   if (list) return writeExtentRootList(list, out, o);
   const length = plan.singleLength[ino];
-  out.writeUInt16LE(c.EXTENT_MAGIC, o);
-  out.writeUInt16LE(length > 0 ? 1 : 0, o + 2);
-  out.writeUInt16LE(c.EXTENTS_IN_INODE, o + 4);
-  if (length === 0) return;
-  const physical = plan.singlePhysical[ino];
-  out.writeUInt32LE(0, o + 12);
-  out.writeUInt16LE(length, o + 16);
-  out.writeUInt16LE(Math.floor(physical / 2 ** 32), o + 18);
-  out.writeUInt32LE(physical % 2 ** 32, o + 20);
+  writeExtentHeader(out, o, length > 0 ? 1 : 0, c.EXTENTS_IN_INODE, 0);
+  if (length > 0) writeExtent(out, o + 12, 0, length, plan.singlePhysical[ino]);
 }
 
 function fileType(kind: Inode['kind']): number {
