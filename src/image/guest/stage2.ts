@@ -81,6 +81,9 @@ ${nixRegistrationLoadScript().trimEnd()}
 setsid nix-daemon </dev/null >/var/log/nix-daemon.log 2>&1 &
 mkdir -p /run/sshd && chmod 755 /run/sshd
 /usr/sbin/sshd -f /etc/ssh/sshd_config -E /var/log/sshd.log || echo "FERRY-FAILED: sshd did not start" > /dev/console
+# sshd forks into the background before it binds port 22, and FERRY-READY promises a listening
+# sshd: wait for the socket in LISTEN state (0A) in /proc/net/tcp{,6}, and for nix-daemon's.
+i=0; while ! grep -qs ':0016 [0-9A-F]*:0000 0A ' /proc/net/tcp /proc/net/tcp6 && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
 i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
 read -r uptime _ < /proc/uptime
 echo "FERRY-READY ip=\${address:-unknown} uptime=\${uptime}" > /dev/console
