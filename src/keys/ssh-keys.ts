@@ -16,11 +16,24 @@ export interface KeyPair {
   privateKey: string;
 }
 
+/**
+ * A new ed25519 pair in OpenSSH format that ssh2 (and so the daemon) can read back. ssh2 1.17's
+ * generator strips a public key's leading zero byte, so about 1 pair in 256 is malformed
+ * (mscdex/ssh2#1513): such a pair is thrown away and another one made.
+ */
+export function generateKeyPair(comment: string): { private: string; public: string } {
+  for (let attempt = 0; attempt < 32; attempt++) {
+    const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment });
+    if (!(ssh2.utils.parseKey(pair.private) instanceof Error) && !(ssh2.utils.parseKey(pair.public) instanceof Error)) return pair;
+  }
+  throw new Error('internal: ssh2 made no readable ed25519 key pair in 32 attempts');
+}
+
 export function ensureKeyPair(privatePath: string, comment: string): KeyPair {
   const publicPath = `${privatePath}.pub`;
   if (!existsSync(privatePath)) {
     mkdirSync(dirname(privatePath), { recursive: true, mode: 0o700 });
-    const pair = ssh2.utils.generateKeyPairSync('ed25519', { comment });
+    const pair = generateKeyPair(comment);
     writeFileAtomicSync(privatePath, pair.private, 0o600);
     writeFileSync(publicPath, `${pair.public}\n`, { mode: 0o644 });
   }
