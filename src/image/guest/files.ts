@@ -52,6 +52,11 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 UseDNS no
+# Classical curve25519 only. OpenSSH clients prefer the post-quantum hybrid (sntrup761x25519),
+# which costs the guest ~160 ms of CPU per login under emulation; every connection to this sshd
+# comes from the host itself (qemu's loopback port forward, or the host-only NAT of vfkit and
+# hyperkit), and ferry's daemon (ssh2) negotiates curve25519 anyway.
+KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
 PrintMotd no
 # Nix opens one session per build; the daemon pools connections and opens more at this limit.
 MaxSessions 64

@@ -2,7 +2,8 @@
  * Stage 1: the /init of ferry's initramfs (busybox sh). It loads the virtio modules, mounts the
  * system disk read-only under a tmpfs-backed overlay root, mounts the state disk and /nix from
  * it (with the image's own /nix as the lower layer), copies in the generated config files that
- * the config archive appended to the initramfs, and hands over to busybox init in the new root.
+ * the config archive appended to the initramfs, copies its own static busybox into the new root
+ * (GUEST_BUSYBOX) and hands over to that busybox's init.
  *
  * `ferry.init=PATH` on the kernel command line hands over to PATH instead (an absolute path that
  * must exist in the new root). ferry itself never sets it: it exists so that bench/boot.ts can
@@ -12,6 +13,8 @@
  * Anything that goes wrong prints `FERRY-FAILED: reason` on the console (the daemon reports it)
  * and powers the guest off instead of leaving it hung.
  */
+
+import { posix } from 'node:path';
 
 /** Kernel modules stage 1 loads (their dependencies are added when the initramfs is built). */
 export const STAGE1_MODULES = [
@@ -30,6 +33,13 @@ export const STAGE1_MODULES = [
 
 /** Where stage 1 leaves the state disk mounted in the new root. */
 export const STATE_MOUNT = '/var/lib/ferry/state';
+/**
+ * Where stage 1 leaves a copy of the initramfs's static busybox in the new root: init, stage 2
+ * and the other generated scripts run on it whatever the base's own busybox is (Debian's is
+ * dynamically linked). Its shell runs its applets without an exec — under emulation each exec
+ * of a dynamically linked tool costs tens of milliseconds, and stage 2 is on the boot's critical path.
+ */
+export const GUEST_BUSYBOX = '/usr/lib/ferry/busybox';
 /** Where the config archive puts the generated files, relative to the initramfs root. */
 export const OVERLAY_DIR = 'ferry/overlay';
 
@@ -62,13 +72,14 @@ else
   mount --bind /state/nix/upper /newroot/nix || fail "cannot mount /nix"
 fi
 cp -a /${OVERLAY_DIR}/. /newroot/ || fail "cannot install the generated files"
+mkdir -p /newroot${posix.dirname(GUEST_BUSYBOX)} && cp /bin/busybox /newroot${GUEST_BUSYBOX} || fail "cannot install ${GUEST_BUSYBOX}"
 if [ -n "$init" ]; then
   case "$init" in /*) ;; *) fail "ferry.init=$init: expected an absolute path" ;; esac
   # Checked through the new root's own symlinks only as far as they are relative (Debian's /lib → usr/lib is).
   [ -x "/newroot$init" ] || fail "ferry.init=$init: no such executable in the new root"
   set -- "$init"
 else
-  set -- /bin/busybox init
+  set -- ${GUEST_BUSYBOX} init
 fi
 mkdir -p /newroot${STATE_MOUNT}
 mount --move /state /newroot${STATE_MOUNT}

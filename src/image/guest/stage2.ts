@@ -6,7 +6,7 @@
  */
 import { nixRegistrationLoadScript } from '../layers/nix.js';
 import { BINFMT_PATH } from './binfmt.js';
-import { STATE_MOUNT } from './stage1.js';
+import { GUEST_BUSYBOX, STATE_MOUNT } from './stage1.js';
 
 export const STAGE2_PATH = '/usr/lib/ferry/stage2';
 export const SHUTDOWN_PATH = '/usr/lib/ferry/shutdown';
@@ -21,38 +21,55 @@ export const NIX_BUILD_UID_BASE = 30000;
 /** busybox init's table: stage 2 once, clean shutdown on ctrl-alt-del or a signal. */
 export function inittab(): string {
   return `::sysinit:${STAGE2_PATH}
-::ctrlaltdel:/bin/busybox poweroff
+::ctrlaltdel:${GUEST_BUSYBOX} poweroff
 ::shutdown:${SHUTDOWN_PATH}
 `;
 }
 
+/** Where stage 2 records the state disk's size after growing its filesystem to fill it. */
+export const STATE_SIZE_STAMP = `${STATE_MOUNT}/.ferry-resized-sectors`;
+
+/**
+ * Stage 2 is on the critical path of every boot, and under emulation (tcg) each step costs: it
+ * runs on the static busybox (applets without an exec), starts the two slow dynamically linked
+ * daemons — sshd, then nix-daemon — as soon as what they need is in place, and does the rest
+ * (network, growing the state disk) while they load. FERRY-READY still waits for all of it.
+ */
 export function stage2Script(): string {
-  return `#!/bin/sh
+  return `#!${GUEST_BUSYBOX} sh
 # ferry stage 2 (generated)
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin
-param() { for word in $cmdline; do case "$word" in "$1="*) echo "\${word#*=}";; esac; done; }
-# Debian's essential set has no mount(8): busybox's applets do it.
-busybox mount -t proc proc /proc 2>/dev/null
-cmdline=$(cat /proc/cmdline)
-busybox mount -t sysfs sysfs /sys
+# By its full path: busybox runs applets that need an exec through /proc/self/exe.
+${GUEST_BUSYBOX} mount -t proc proc /proc
+read -r cmdline < /proc/cmdline
+time='' net=''
+for word in $cmdline; do
+  case "$word" in ferry.time=*) time=\${word#*=} ;; ferry.net=*) net=\${word#*=} ;; esac
+done
+mount -t sysfs sysfs /sys
 mkdir -p /dev/pts /dev/shm
-busybox mount -t devpts -o gid=5,mode=620 devpts /dev/pts
-busybox mount -t tmpfs -o mode=1777 tmpfs /dev/shm
-busybox mount -t tmpfs -o mode=755 tmpfs /run
-busybox mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t devpts -o gid=5,mode=620 devpts /dev/pts
+mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mount -t tmpfs -o mode=755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
 ln -sf /proc/self/mounts /etc/mtab
 hostname -F /etc/hostname
 # The clock: from the host, on the kernel command line (the guest has no RTC it can trust).
-t=$(param ferry.time); [ -n "$t" ] && date -s "@$t" >/dev/null
-# Network: static for qemu user networking, DHCP behind a NAT (vfkit, hyperkit).
+[ -n "$time" ] && date -s "@$time" >/dev/null
+# Network first: static for qemu user networking, DHCP behind a NAT (vfkit, hyperkit). A client
+# that connects before the address is up has its SYN dropped and waits out TCP's retransmission
+# (seconds); with the address up it gets a reset and retries at once until sshd listens.
 ip link set lo up
 ip link set eth0 up
-case "$(param ferry.net)" in
-  dhcp) busybox udhcpc -i eth0 -q -f -s /usr/lib/ferry/udhcpc >/dev/null 2>&1 ;;
-  *) ip addr add 10.0.2.15/24 dev eth0; ip route add default via 10.0.2.2; echo "nameserver 10.0.2.3" > /etc/resolv.conf ;;
+case "$net" in
+  dhcp)
+    udhcpc -i eth0 -q -f -s /usr/lib/ferry/udhcpc >/dev/null 2>&1
+    address=$(ip -4 -o addr show dev eth0 | sed -n 's/.* inet \\([0-9.]*\\).*/\\1/p' | head -n 1) ;;
+  *)
+    address=10.0.2.15
+    ip addr add $address/24 dev eth0; ip route add default via 10.0.2.2; echo "nameserver 10.0.2.3" > /etc/resolv.conf ;;
 esac
-address=$(ip -4 -o addr show dev eth0 | sed -n 's/.* inet \\([0-9.]*\\).*/\\1/p' | head -n 1)
-# The builder's home and the Nix state the daemon needs.
+# The builder, the build users and the store: what sshd and nix-daemon need before they start.
 grep -q '^${BUILDER_USER}:' /etc/passwd || echo '${BUILDER_USER}:x:${BUILDER_UID}:${BUILDER_UID}:ferry builder:/home/${BUILDER_USER}:/bin/sh' >> /etc/passwd
 grep -q '^${BUILDER_USER}:' /etc/group || echo '${BUILDER_USER}:x:${BUILDER_UID}:' >> /etc/group
 grep -q '^${BUILDER_USER}:' /etc/shadow || echo '${BUILDER_USER}:*:19000:0:99999:7:::' >> /etc/shadow
@@ -68,9 +85,6 @@ if ! grep -q '^nixbld:' /etc/group; then
   done
   echo "nixbld:x:${NIX_BUILD_GID}:$members" >> /etc/group
 fi
-# The state disk grows when its configured size grows: the file was extended on the host,
-# the filesystem follows here, online (resize2fs says "Nothing to do" otherwise).
-resize2fs /dev/vdb >/var/log/resize2fs.log 2>&1 || echo "ferry: resize2fs /dev/vdb failed, see /var/log/resize2fs.log" > /dev/console
 mkdir -p /nix/store /nix/var/nix/daemon-socket /nix/var/nix/profiles/per-user /nix/var/nix/gcroots/per-user /nix/var/log/nix
 mkdir -p /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per-user/${BUILDER_USER}
 chown ${BUILDER_UID}:${BUILDER_UID} /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per-user/${BUILDER_USER}
@@ -78,13 +92,28 @@ chgrp ${NIX_BUILD_GID} /nix/store && chmod 1775 /nix/store
 ${nixRegistrationLoadScript().trimEnd()}
 # Foreign builds (x86_64-linux on an aarch64 guest): present only when the config asks for an interpreter.
 [ -x ${BINFMT_PATH} ] && ${BINFMT_PATH}
+# The two daemons: dynamically linked and slow to load under emulation, they load side by side
+# while the rest of stage 2 runs.
 setsid nix-daemon </dev/null >/var/log/nix-daemon.log 2>&1 &
-mkdir -p /run/sshd && chmod 755 /run/sshd
-/usr/sbin/sshd -f /etc/ssh/sshd_config -E /var/log/sshd.log || echo "FERRY-FAILED: sshd did not start" > /dev/console
+mkdir -p -m 755 /run/sshd
+{ /usr/sbin/sshd -f /etc/ssh/sshd_config -E /var/log/sshd.log || echo "FERRY-FAILED: sshd did not start" > /dev/console; } &
+# The state disk grows when its configured size grows: the file was extended on the host, the
+# filesystem follows here, online. The size it was grown to is stamped on the disk, so an
+# unchanged disk costs no resize2fs.
+read -r sectors < /sys/block/vdb/size
+resized='' resize=''
+read -r resized 2>/dev/null < ${STATE_SIZE_STAMP}
+if [ "$sectors" != "$resized" ]; then
+  { resize2fs /dev/vdb >/var/log/resize2fs.log 2>&1 && echo "$sectors" > ${STATE_SIZE_STAMP} ||
+    echo "ferry: resize2fs /dev/vdb failed, see /var/log/resize2fs.log" > /dev/console; } &
+  resize=$!
+fi
 # sshd forks into the background before it binds port 22, and FERRY-READY promises a listening
-# sshd: wait for the socket in LISTEN state (0A) in /proc/net/tcp{,6}, and for nix-daemon's.
-i=0; while ! grep -qs ':0016 [0-9A-F]*:0000 0A ' /proc/net/tcp /proc/net/tcp6 && [ $i -lt 200 ]; do sleep 0.05; i=$((i + 1)); done
-i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i + 1)); done
+# sshd: wait for the socket in LISTEN state (0A) in /proc/net/tcp{,6}, for nix-daemon's, and
+# for the resize.
+i=0; while ! grep -qs ':0016 [0-9A-F]*:0000 0A ' /proc/net/tcp /proc/net/tcp6 && [ $i -lt 500 ]; do sleep 0.02; i=$((i + 1)); done
+i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i + 1)); done
+[ -n "$resize" ] && wait $resize
 read -r uptime _ < /proc/uptime
 echo "FERRY-READY ip=\${address:-unknown} uptime=\${uptime}" > /dev/console
 `;
