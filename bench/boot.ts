@@ -52,6 +52,8 @@ const QEMU = 'qemu-system-x86_64';
 const BUILDER_UID = 1000;
 /** A boot that has not answered ssh by then is a failure, not a slow sample. */
 const BOOT_TIMEOUT_MS = 300_000;
+/** Early attempts hang (see firstSsh); this many may be under way at once. */
+const MAX_SSH_IN_FLIGHT = 8;
 /** After the first ssh, how long to wait for readiness lines that come later (systemd's targets). */
 const MARKER_GRACE_MS = 30_000;
 
@@ -269,10 +271,10 @@ function sshArgs(keyPath: string, knownHosts: string, port: number): string[] {
 
 /**
  * The first `ssh … true` that succeeds, in ms from qemu's start. A new attempt starts 100 ms after
- * the last one failed — or, while it still hangs, 1 s after it started: before the guest has its
- * address, qemu's user networking accepts the connection on the host and retries the SYN into the
- * guest with TCP backoff, so one early attempt can hang for seconds after sshd is up. Up to 4 run
- * at once; the first success counts, the rest are killed.
+ * the latest one failed, and 1 s after the latest one started if it still hangs: before the
+ * guest has its address, qemu's user networking accepts the connection on the host and retries
+ * the SYN into the guest with TCP backoff, so an early attempt can hang for seconds after sshd is
+ * up. Up to MAX_SSH_IN_FLIGHT run at once; the first success counts, the rest are killed.
  */
 async function firstSsh(args: string[], since: () => number, gone: () => boolean, qemuStderr: () => string): Promise<{ ms: number; attempts: SshAttempt[] }> {
   const inFlight = new Set<ChildProcess>();
@@ -286,8 +288,11 @@ async function firstSsh(args: string[], since: () => number, gone: () => boolean
       if (gone()) throw new Error(`qemu exited before ssh answered: ${qemuStderr().trim()}`);
       if (since() > BOOT_TIMEOUT_MS) throw new Error(`no successful ssh after ${BOOT_TIMEOUT_MS / 1000} s (last: ${lastError})`);
       const now = since();
-      const due = inFlight.size === 0 ? now - lastEnd >= 100 : now - lastStart >= 1000;
-      if (due && inFlight.size < 4) {
+      // Retry 100 ms after a failure even while earlier attempts still hang: once the guest's
+      // address is up a refused connection fails fast, and waiting out the hung ones would
+      // measure this loop's pacing instead of the guest.
+      const due = (lastEnd >= lastStart && now - lastEnd >= 100) || now - lastStart >= 1000;
+      if (due && inFlight.size < MAX_SSH_IN_FLIGHT) {
         const attempt: SshAttempt = { startMs: now, endMs: null, result: 'running' };
         attempts.push(attempt);
         lastStart = now;
