@@ -66,7 +66,9 @@ export function buildQemuArgv(spec: VmSpec, options: QemuArgvOptions): string[] 
       '-netdev',
       `user,id=net0,hostfwd=tcp:127.0.0.1:${spec.sshPortOnHost}-:22`,
       '-device',
-      'virtio-net-pci,netdev=net0',
+      // No iPXE option ROM: the kernel is booted directly, and the firmware would run the ROM's
+      // initialisation (emulated, under tcg) on every boot.
+      'virtio-net-pci,netdev=net0,romfile=',
     );
   }
   argv.push('-device', 'virtio-rng-pci');

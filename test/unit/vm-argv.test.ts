@@ -97,7 +97,7 @@ describe('qemu argv', () => {
       ['-drive', `file=${spec.disks[0].path},if=virtio,format=raw,id=disk0,readonly=on,cache=writeback`],
       ['-drive', `file=${spec.disks[1].path},if=virtio,format=raw,id=disk1,readonly=off,cache=writeback,discard=unmap`],
       ['-netdev', 'user,id=net0,hostfwd=tcp:127.0.0.1:31022-:22'],
-      ['-device', 'virtio-net-pci,netdev=net0'],
+      ['-device', 'virtio-net-pci,netdev=net0,romfile='],
       ['-device', 'virtio-rng-pci'],
       ['-chardev', `file,id=console0,path=${spec.consoleLog}`],
       ['-serial', 'chardev:console0'],

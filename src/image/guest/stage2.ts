@@ -31,9 +31,9 @@ export const STATE_SIZE_STAMP = `${STATE_MOUNT}/.ferry-resized-sectors`;
 
 /**
  * Stage 2 is on the critical path of every boot, and under emulation (tcg) each step costs: it
- * runs on the static busybox (applets without an exec), starts the two slow dynamically linked
- * daemons — sshd, then nix-daemon — as soon as what they need is in place, and does the rest
- * (network, growing the state disk) while they load. FERRY-READY still waits for all of it.
+ * runs on the static busybox (applets without an exec), brings the network up first, starts
+ * sshd as soon as the builder exists and nix-daemon once the store is in place, and does the rest
+ * while they load. FERRY-READY waits for all of it.
  */
 export function stage2Script(): string {
   return `#!${GUEST_BUSYBOX} sh
@@ -69,11 +69,15 @@ case "$net" in
     address=10.0.2.15
     ip addr add $address/24 dev eth0; ip route add default via 10.0.2.2; echo "nameserver 10.0.2.3" > /etc/resolv.conf ;;
 esac
-# The builder, the build users and the store: what sshd and nix-daemon need before they start.
+# The builder, then sshd; the build users and the store, then nix-daemon.
 grep -q '^${BUILDER_USER}:' /etc/passwd || echo '${BUILDER_USER}:x:${BUILDER_UID}:${BUILDER_UID}:ferry builder:/home/${BUILDER_USER}:/bin/sh' >> /etc/passwd
 grep -q '^${BUILDER_USER}:' /etc/group || echo '${BUILDER_USER}:x:${BUILDER_UID}:' >> /etc/group
 grep -q '^${BUILDER_USER}:' /etc/shadow || echo '${BUILDER_USER}:*:19000:0:99999:7:::' >> /etc/shadow
 mkdir -p /home/${BUILDER_USER} && chown ${BUILDER_UID}:${BUILDER_UID} /home/${BUILDER_USER}
+# sshd and nix-daemon are dynamically linked and slow to load under emulation: they load while
+# the rest of stage 2 runs, sshd first (a login needs nothing else).
+mkdir -p -m 755 /run/sshd
+{ /usr/sbin/sshd -f /etc/ssh/sshd_config -E /var/log/sshd.log || echo "FERRY-FAILED: sshd did not start" > /dev/console; } &
 # Build users: nix.conf names the group; Debian's nix-bin creates neither group nor users.
 if ! grep -q '^nixbld:' /etc/group; then
   members=''
@@ -92,11 +96,7 @@ chgrp ${NIX_BUILD_GID} /nix/store && chmod 1775 /nix/store
 ${nixRegistrationLoadScript().trimEnd()}
 # Foreign builds (x86_64-linux on an aarch64 guest): present only when the config asks for an interpreter.
 [ -x ${BINFMT_PATH} ] && ${BINFMT_PATH}
-# The two daemons: dynamically linked and slow to load under emulation, they load side by side
-# while the rest of stage 2 runs.
 setsid nix-daemon </dev/null >/var/log/nix-daemon.log 2>&1 &
-mkdir -p -m 755 /run/sshd
-{ /usr/sbin/sshd -f /etc/ssh/sshd_config -E /var/log/sshd.log || echo "FERRY-FAILED: sshd did not start" > /dev/console; } &
 # The state disk grows when its configured size grows: the file was extended on the host, the
 # filesystem follows here, online. The size it was grown to is stamped on the disk, so an
 # unchanged disk costs no resize2fs.
@@ -109,8 +109,8 @@ if [ "$sectors" != "$resized" ]; then
   resize=$!
 fi
 # sshd forks into the background before it binds port 22, and FERRY-READY promises a listening
-# sshd: wait for the socket in LISTEN state (0A) in /proc/net/tcp{,6}, for nix-daemon's, and
-# for the resize.
+# sshd: wait for the socket in LISTEN state (0A) in /proc/net/tcp{,6}, for nix-daemon's, and for
+# the resize.
 i=0; while ! grep -qs ':0016 [0-9A-F]*:0000 0A ' /proc/net/tcp /proc/net/tcp6 && [ $i -lt 500 ]; do sleep 0.02; i=$((i + 1)); done
 i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i + 1)); done
 [ -n "$resize" ] && wait $resize
