@@ -10,8 +10,10 @@
  * guest, so that session simply waits until the guest is up.
  */
 import { EventEmitter } from 'node:events';
+import net from 'node:net';
 import ssh2 from 'ssh2';
 import type { ClientChannel, ParsedKey, PseudoTtyOptions } from 'ssh2';
+import { coalesceWrites } from './coalesce-writes.js';
 import { silentLogger, type FrontLogger } from './session-log.js';
 
 const { Client } = ssh2;
@@ -207,6 +209,7 @@ export class GuestPool extends EventEmitter {
       client.connect({
         host: target.host,
         port: target.port,
+        sock: coalesceWrites(net.connect({ host: target.host, port: target.port })),
         username: this.#options.username,
         privateKey: this.#options.privateKey,
         readyTimeout: this.#options.readyTimeoutMs,

@@ -5,11 +5,12 @@
  * Whatever login name the client uses, sessions run as the guest's builder user.
  */
 import { EventEmitter } from 'node:events';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import ssh2 from 'ssh2';
 import type { Connection, PublicKeyAuthContext } from 'ssh2';
 import { ExitCode, FerryError } from '../errors.js';
 import { ensureKeyPair } from '../keys/ssh-keys.js';
+import { coalesceWrites } from './coalesce-writes.js';
 import { decideAuth, parseAllowedKeys, type AllowedKey } from './authorized-keys.js';
 import { forwardSession, type GuestChannelSource } from './forward.js';
 import { logSession, silentLogger, type FrontLogger, type SessionMeter, type SessionRecord, type SessionSink } from './session-log.js';
@@ -52,6 +53,8 @@ export interface SshFrontOptions {
 export class SshFront extends EventEmitter {
   readonly #options: SshFrontOptions;
   readonly #server: InstanceType<typeof ssh2.Server>;
+  /** The TCP listener: ours, so each client socket gets coalesced writes before ssh2 takes it. */
+  readonly #listener: net.Server;
   readonly #logger: FrontLogger;
   readonly #connections = new Set<Connection>();
   #allowed: AllowedKey[];
@@ -79,6 +82,7 @@ export class SshFront extends EventEmitter {
     this.#server = new ssh2.Server({ hostKeys: [hostKey.privateKey], ident: 'ferry', algorithms: { cipher: [...FRONT_CIPHERS] } }, (connection, info) =>
       this.#accept(connection, info.ip),
     );
+    this.#listener = net.createServer((socket) => this.#server.injectSocket(coalesceWrites(socket)));
   }
 
   /** Sessions running now (waiting for the guest counts as running). */
@@ -102,10 +106,10 @@ export class SshFront extends EventEmitter {
         const why = error.code === 'EADDRINUSE' ? 'the port is in use (is another ferry daemon running?)' : error.message;
         reject(new FerryError(`cannot listen on ${FRONT_HOST}:${this.#options.port}: ${why}`, { exitCode: ExitCode.Unavailable, cause: error }));
       };
-      this.#server.once('error', onError);
-      this.#server.listen(this.#options.port, FRONT_HOST, () => {
-        this.#server.off('error', onError);
-        this.#port = (this.#server.address() as AddressInfo).port;
+      this.#listener.once('error', onError);
+      this.#listener.listen(this.#options.port, FRONT_HOST, () => {
+        this.#listener.off('error', onError);
+        this.#port = (this.#listener.address() as AddressInfo).port;
         this.#logger.info({ host: FRONT_HOST, port: this.#port }, `SSH front listening on ${FRONT_HOST}:${this.#port}`);
         resolve({ host: FRONT_HOST, port: this.#port });
       });
@@ -115,7 +119,7 @@ export class SshFront extends EventEmitter {
   /** Stop listening and drop every client connection. */
   close(): Promise<void> {
     for (const connection of this.#connections) connection.end();
-    return new Promise((resolve) => this.#server.close(() => resolve()));
+    return new Promise((resolve) => this.#listener.close(() => resolve()));
   }
 
   #accept(connection: Connection, ip: string): void {
