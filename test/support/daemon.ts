@@ -158,6 +158,20 @@ export class TestDaemon {
       .map((line) => JSON.parse(line) as Record<string, unknown>);
   }
 
+  /**
+   * Waits until a log line matches. The daemon's status can answer before the line written in the
+   * same tick has come through its stdout pipe, so a check right after a status wait must poll.
+   */
+  async waitForLog(predicate: (entry: Record<string, unknown> & { msg?: string }) => boolean, timeoutMs: number, what: string): Promise<Record<string, unknown> & { msg?: string }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = this.logEntries().find(predicate);
+      if (found) return found;
+      if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for the log line: ${what}\nlog tail:\n${this.log().slice(-4000)}`);
+      await sleep(100);
+    }
+  }
+
   get pid(): number {
     return this.#child.pid!;
   }
