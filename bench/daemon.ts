@@ -26,6 +26,7 @@ import { BUILDER_ALIAS, daemonFiles } from '../src/daemon/ssh-alias.js';
 import { freePort } from '../src/vm/free-port.js';
 import { SSH_HOST } from '../src/vm/guest.js';
 import { configText, derivationExpr, IMAGE_CACHE, ROOT } from '../test/support/daemon.js';
+import { DAEMON_NODE_FLAGS } from '../src/daemon/node-flags.js';
 
 const { values } = parseArgs({
   options: {
@@ -54,7 +55,8 @@ const paths = resolvePaths({ env });
 const port = await freePort();
 await writeFile(env.FERRY_CONFIG, configText(port, { idleTimeout: '0' }));
 await execa('npx', ['tsc', '-p', '.'], { cwd: ROOT });
-const daemon = spawn('node', [path.join(ROOT, 'dist/cli.js'), 'daemon', '--json-logs'], { env, stdio: 'ignore' });
+// With the flags the installed service runs it with (src/daemon/node-flags.ts).
+const daemon = spawn('node', [...DAEMON_NODE_FLAGS, path.join(ROOT, 'dist/cli.js'), 'daemon', '--json-logs'], { env, stdio: 'ignore' });
 
 try {
   for (let i = 0; ; i++) {

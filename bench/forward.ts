@@ -9,18 +9,27 @@
  *   `ssh … 'head -c SIZE /dev/zero' > /dev/null` (download), piped by sh so this process only
  *   runs the front; median wall time of N runs → MB/s; targets: front ≥ 0.8× direct;
  * - latency: `ssh … true`, median of N → ratio (target ≤ 1.2×) and added milliseconds.
- * The two paths alternate within each round so the shared machine's noise hits both alike. One
+ * The front runs in this process, with the Node flags of the daemon's service (DAEMON_NODE_FLAGS;
+ * the script re-runs itself with them). The two paths alternate within each round so the shared
+ * machine's noise hits both alike. One
  * untimed warm-up per path first (the front's pool connects to the guest then, as it would have
  * long before in the daemon: the guest is up).
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { GuestPool } from '../src/daemon/guest-pool.js';
+import { DAEMON_NODE_FLAGS } from '../src/daemon/node-flags.js';
 import { SshFront } from '../src/daemon/ssh-front.js';
 import { sshKeygen, startSshd } from '../test/support/sshd.js';
+
+// The front runs in this process: give it the Node flags the daemon's service runs with.
+if (!DAEMON_NODE_FLAGS.every((flag) => process.execArgv.includes(flag))) {
+  const rerun = spawnSync(process.execPath, [...DAEMON_NODE_FLAGS, ...process.execArgv, ...process.argv.slice(1)], { stdio: 'inherit' });
+  process.exit(rerun.status ?? 1);
+}
 
 const { values } = parseArgs({
   options: {

@@ -10,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import plist from 'plist';
 import type { FerryPaths } from '../config/paths.js';
+import { DAEMON_NODE_FLAGS } from '../daemon/node-flags.js';
 import { LAUNCHD_LABEL, SYSTEMD_UNIT } from './layout.js';
 
 /** Where Nix (multi-user install, nix-darwin/NixOS) and the backends (Homebrew) live. */
@@ -25,13 +26,13 @@ export const SERVICE_PATH_DIRS = [
 ];
 
 /**
- * `node …/cli.js daemon`, absolute. Running from source (tsx, no dist/), the same through tsx's
+ * `node FLAGS …/cli.js daemon`, absolute (FLAGS: DAEMON_NODE_FLAGS). Running from source (tsx, no dist/), the same through tsx's
  * loader by absolute URL, since launchd and systemd start in `/` where `--import tsx` resolves nothing.
  */
 export function daemonArgv(nodePath = process.execPath): string[] {
   const here = path.dirname(fileURLToPath(import.meta.url));
   const built = path.resolve(here, '..', 'cli.js');
-  if (existsSync(built)) return [nodePath, built, 'daemon'];
+  if (existsSync(built)) return [nodePath, ...DAEMON_NODE_FLAGS, built, 'daemon'];
   const source = path.resolve(here, '..', 'cli.ts');
   let tsx = 'tsx';
   try {
@@ -40,7 +41,7 @@ export function daemonArgv(nodePath = process.execPath): string[] {
   } catch {
     // no tsx next to ferry: leave the bare name, resolved from the working directory
   }
-  return [nodePath, '--import', tsx, source, 'daemon'];
+  return [nodePath, ...DAEMON_NODE_FLAGS, '--import', tsx, source, 'daemon'];
 }
 
 const INSTALL_ONLY_VARS = ['FERRY_PLATFORM', 'FERRY_AS_USER'];
