@@ -228,7 +228,7 @@ describe('nixpkgs preset: the image from real store paths', () => {
     expect(ls.stdout).toMatch(/Mode:\s+0600/);
     expect((await execa('debugfs', ['-R', 'stat /var/empty', image])).stdout).toMatch(/Mode:\s+0555/);
 
-    // Stage 1 hands over to /bin/busybox init; stage 2, shutdown, control and udhcpc call these.
+    // Stage 2 (through PATH when its busybox prefers no applets), shutdown, control and udhcpc call these.
     const commands = [
       'sh', 'busybox', 'init', 'mount', 'umount', 'cat', 'cp', 'mkdir', 'ln', 'mv', 'hostname', 'date', 'ip', 'sed', 'head',
       'grep', 'chown', 'chgrp', 'chmod', 'dirname', 'setsid', 'sleep', 'kill', 'sync', 'poweroff', 'udhcpc',

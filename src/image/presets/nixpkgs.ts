@@ -290,9 +290,10 @@ export function imageStorePaths(paths: NixpkgsPaths): string[] {
 }
 
 /**
- * busybox applets that stage 1 (`/bin/busybox init`) and stage 2, shutdown, control and the
- * udhcpc script call by name. They are linked even when the busybox store path lists no applet
- * links of its own; pkgsStatic.busybox's default config has every one of them.
+ * busybox applets that stage 2 (run by the initramfs's busybox, which stage 1 copies in, and which
+ * finds applets through PATH unless built to prefer its own), shutdown, control and the udhcpc
+ * script call by name. They are linked even when the busybox store path lists no applet links of
+ * its own; pkgsStatic.busybox's default config has every one of them.
  */
 export const REQUIRED_APPLETS = [
   'sh', 'ash', 'init', 'mount', 'umount', 'cat', 'cp', 'mkdir', 'ln', 'mv', 'rm', 'hostname', 'date', 'ip', 'sed',
