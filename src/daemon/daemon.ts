@@ -173,6 +173,12 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
       }
       if (next.daemon.port !== config.daemon.port) log.warn({ port: next.daemon.port }, 'a new port takes effect when the daemon restarts');
       config = next;
+      // New logins use the new config's keys at once, whatever becomes of the image build.
+      try {
+        front.setAuthorizedKeys(authorizedKeys(config, clientKey.publicKey, log));
+      } catch (error) {
+        log.error({ err: error }, 'the changed config names an authorized key that is not valid; logins keep the previous keys');
+      }
       log.info({ reason }, 'building the image for the new config');
       let manifest: ImageManifest;
       try {
