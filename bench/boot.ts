@@ -9,7 +9,7 @@
  *   ~/.cache/ferry-test/ferry-cache, keys in a temp state dir), booted with the qemu argv that
  *   ferry's backend builds (`guestVmSpec` + `buildQemuArgv`).
  * - systemd: mmdebstrap's rootfs with the same packages plus `systemd-sysv` (cached under
- *   ~/.cache/ferry-test/rootfs-systemd/<hash of argv>/), written to ext4 by ferry's writer with a
+ *   ~/.cache/ferry-test/rootfs/<hash of argv>/, beside the tests' rootfs), written to ext4 by ferry's writer with a
  *   static network (systemd-networkd, enabled), a fixed machine-id (no first-boot work), a pinned
  *   sshd host key and a `builder` user with the same key. Booted with ferry's initramfs and
  *   `ferry.init=/lib/systemd/systemd` (stage 1 hands over to systemd instead of busybox init), so
@@ -23,10 +23,9 @@
  * both alike; the table shows medians.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { copyFile, mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { createHash, randomBytes } from 'node:crypto';
-import { cpus, homedir, loadavg, tmpdir } from 'node:os';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config/load.js';
@@ -37,6 +36,7 @@ import { OVERLAY_DIR } from '../src/image/guest/stage1.js';
 import { writeGzippedCpio } from '../src/image/initramfs/index.js';
 import { TarLayer } from '../src/image/layers/tar.js';
 import { DEBIAN_PACKAGES, DEBIAN_SUITE } from '../src/image/presets/debian.js';
+import { cachedMmdebstrap } from '../src/image/presets/mmdebstrap.js';
 import { ensureStateDisk } from '../src/image/state-disk.js';
 import { Tree, type Inode } from '../src/image/tree.js';
 import type { VmSpec } from '../src/vm/backend.js';
@@ -44,10 +44,11 @@ import { FileTail } from '../src/vm/console.js';
 import { freePort } from '../src/vm/free-port.js';
 import { guestCmdline } from '../src/vm/guest.js';
 import { buildQemuArgv, type QemuAccelerator } from '../src/vm/qemu.js';
+import { fixtureCacheRoot } from '../test/support/fixtures.js';
 import { readContent } from '../test/support/tree-content.js';
 
 const TARGET_RATIO = 0.4;
-const CACHE = process.env.FERRY_TEST_CACHE ?? join(homedir(), '.cache', 'ferry-test');
+const CACHE = fixtureCacheRoot();
 const QEMU = 'qemu-system-x86_64';
 const BUILDER_UID = 1000;
 /** A boot that has not answered ssh by then is a failure, not a slow sample. */
@@ -161,29 +162,11 @@ export function systemdRootfsArgv(): string[] {
   return ['--variant=essential', `--include=${[...DEBIAN_PACKAGES, 'systemd-sysv', 'udev', 'dbus'].join(',')}`, '--architectures=amd64', DEBIAN_SUITE];
 }
 
-/** The cached rootfs tarball, keyed by the mmdebstrap argv (made atomically: staging dir + rename). */
+/** The reference rootfs tarball, through the debian preset's cache (keyed by the mmdebstrap argv). */
 async function systemdRootfsTar(): Promise<string> {
   const argv = systemdRootfsArgv();
-  const key = createHash('sha256').update(JSON.stringify(['mmdebstrap', ...argv])).digest('hex').slice(0, 16);
-  const root = join(CACHE, 'rootfs-systemd');
-  const tar = join(root, key, 'rootfs.tar');
-  if (existsSync(tar)) return tar;
-  await mkdir(root, { recursive: true });
-  const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
-  await mkdir(staging);
-  try {
-    log(`making the systemd reference rootfs: mmdebstrap ${argv.join(' ')} (about a minute)`);
-    const result = spawnSync('mmdebstrap', ['--quiet', ...argv, join(staging, 'rootfs.tar')], { encoding: 'utf8' });
-    if (result.status !== 0) throw new Error(`mmdebstrap ${argv.join(' ')} failed (exit ${result.status}):\n${result.stderr}`);
-    try {
-      await rename(staging, join(root, key));
-    } catch (error) {
-      if (!existsSync(tar)) throw error;
-    }
-    return tar;
-  } finally {
-    await rm(staging, { recursive: true, force: true });
-  }
+  log(`the systemd reference rootfs: mmdebstrap ${argv.join(' ')} (cached; about a minute the first time)`);
+  return cachedMmdebstrap(CACHE, argv);
 }
 
 /** A regular file's bytes from the tree (the tar layer points into an uncompressed tarball). */
