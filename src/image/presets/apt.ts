@@ -5,9 +5,10 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { publishDirectory } from '../../atomic-file.js';
 import { FerryError, ExitCode } from '../../errors.js';
 
 export type DebianArch = 'amd64' | 'arm64';
@@ -80,12 +81,7 @@ export async function unpackedPackage(cacheRoot: string, info: PackageInfo): Pro
     const debs = (await readdir(work)).filter((f) => f.endsWith('.deb'));
     if (debs.length !== 1) throw new FerryError(`apt-get download ${spec} left ${debs.length} .deb files in ${work}`);
     await execa('dpkg-deb', ['-x', join(work, debs[0]), staging]);
-    try {
-      await rename(staging, dir);
-    } catch (error) {
-      // Another process unpacked the same version first: use theirs.
-      if (!existsSync(dir)) throw error;
-    }
+    await publishDirectory(staging, dir); // or another process's, if it unpacked the same version first
     return dir;
   } finally {
     await rm(staging, { recursive: true, force: true });

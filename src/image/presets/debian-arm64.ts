@@ -26,6 +26,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { publishDirectory } from '../../atomic-file.js';
 import { ExitCode, FerryError } from '../../errors.js';
 import { QEMU_USER_DIR } from '../guest/binfmt.js';
 import { packageInfo } from './apt.js';
@@ -111,12 +112,7 @@ export async function qemuX86_64ForArm64(downloadsDir: string): Promise<{ path: 
     const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
     await mkdir(staging);
     await rename(extracted, join(staging, 'qemu-x86_64-static'));
-    try {
-      await rename(staging, dir);
-    } catch (error) {
-      await rm(staging, { recursive: true, force: true });
-      if (!existsSync(binary)) throw error;
-    }
+    await publishDirectory(staging, dir, binary);
     return { path: binary, packageVersion };
   } finally {
     await rm(work, { recursive: true, force: true });

@@ -5,9 +5,10 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { execa } from 'execa';
+import { publishDirectory } from '../../atomic-file.js';
 import { ExitCode, FerryError } from '../../errors.js';
 
 export async function cachedMmdebstrap(
@@ -35,12 +36,7 @@ export async function cachedMmdebstrap(
         hint: missing ? 'apt-get install mmdebstrap' : undefined,
       });
     }
-    try {
-      await rename(staging, dir);
-    } catch (error) {
-      // Another process made the same rootfs first: use theirs.
-      if (!existsSync(tar)) throw error;
-    }
+    await publishDirectory(staging, dir, tar); // or another process's, if it made the same rootfs first
     return tar;
   } finally {
     await rm(staging, { recursive: true, force: true });

@@ -1,0 +1,52 @@
+/**
+ * publishDirectory: a staging directory becomes the cache directory in one rename; when another
+ * process published the same directory first, theirs stays and ours goes; any other failure is
+ * reported. On the real filesystem.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { publishDirectory } from '../../src/atomic-file.js';
+
+let work: string;
+beforeAll(async () => {
+  work = await mkdtemp(path.join(tmpdir(), 'ferry-publish-'));
+});
+afterAll(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+async function staged(name: string, content: string): Promise<string> {
+  const staging = path.join(work, `.staging-${name}`);
+  await mkdir(staging);
+  await writeFile(path.join(staging, 'data'), content);
+  return staging;
+}
+
+describe('publishDirectory', () => {
+  it('renames the staging directory into place', async () => {
+    const dir = path.join(work, 'first');
+    await publishDirectory(await staged('first', 'ours'), dir, path.join(dir, 'data'));
+    expect(await readFile(path.join(dir, 'data'), 'utf8')).toBe('ours');
+    expect((await readdir(work)).filter((n) => n.startsWith('.staging-first'))).toEqual([]);
+  });
+
+  it('keeps what another process published first and removes its own staging directory', async () => {
+    const dir = path.join(work, 'raced');
+    await publishDirectory(await staged('raced-a', 'theirs'), dir, path.join(dir, 'data'));
+    const late = await staged('raced-b', 'ours');
+    await publishDirectory(late, dir, path.join(dir, 'data'));
+    expect(await readFile(path.join(dir, 'data'), 'utf8')).toBe('theirs');
+    expect(existsSync(late)).toBe(false);
+  });
+
+  it('throws when the rename fails and nothing usable is there', async () => {
+    const dir = path.join(work, 'blocked');
+    await mkdir(dir);
+    await writeFile(path.join(dir, 'unrelated'), 'x'); // a non-empty directory: rename fails
+    const staging = await staged('blocked', 'ours');
+    await expect(publishDirectory(staging, dir, path.join(dir, 'data'))).rejects.toThrow(/ENOTEMPTY|EEXIST/);
+  });
+});
