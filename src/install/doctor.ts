@@ -15,7 +15,7 @@ import { BUILDER_ALIAS } from '../daemon/ssh-alias.js';
 import { FerryError } from '../errors.js';
 import { selectBackend } from '../vm/index.js';
 import { qemuBinaryFor } from '../vm/qemu.js';
-import { createExecaRunner, findOnPath, type Runner } from '../vm/runner.js';
+import { createExecaRunner, findOnPath, type Runner } from '../process/runner.js';
 import { readIfExists } from './files.js';
 import { hostContext, type HostContext, type HostOptions } from './install.js';
 import { LAUNCHD_LABEL, SYSTEMD_UNIT, underRoot } from './layout.js';

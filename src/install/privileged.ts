@@ -16,7 +16,7 @@ import { chmodSync, mkdirSync, mkdtempSync, renameSync, rmdirSync, rmSync, write
 import os from 'node:os';
 import path from 'node:path';
 import { ExitCode, FerryError } from '../errors.js';
-import type { Runner } from '../vm/runner.js';
+import type { Runner } from '../process/runner.js';
 import { guardFs, type Report } from './files.js';
 import { underRoot } from './layout.js';
 

@@ -3,7 +3,10 @@
  * `capabilities` — what a backend can do — never on its name (the pattern of Lima's driver
  * interface).
  */
+import type { ExitStatus } from '../process/runner.js';
 import type { ConsoleStream } from './console.js';
+
+export type { ExitStatus };
 
 export type GuestSystem = 'x86_64-linux' | 'aarch64-linux';
 
@@ -55,10 +58,6 @@ export interface SpecProblem {
   hint?: string;
 }
 
-export interface ExitStatus {
-  code: number | null;
-  signal: string | null;
-}
 
 export interface StopOptions {
   /** Skip asking the guest; kill the hypervisor straight away. */

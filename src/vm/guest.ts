@@ -21,7 +21,7 @@ import type { ExitStatus, GuestEndpoint, RunningVm, VmBackend, VmSpec } from './
 import { createQemuBackend } from './qemu.js';
 import { QmpClient } from './qmp.js';
 import { isProcessAlive, readDiskLock, runFiles } from './run-files.js';
-import { createExecaRunner, type ChildHandle, type Runner } from './runner.js';
+import { createExecaRunner, type ChildHandle, type Runner } from '../process/runner.js';
 import { freePort } from './free-port.js';
 import { selectBackend } from './index.js';
 

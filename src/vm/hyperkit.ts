@@ -11,7 +11,7 @@ import type { RunningVm, SpecProblem, VmBackend, VmSpec } from './backend.js';
 import type { LineConsole } from './console.js';
 import { launch, problemsError, type ConsoleFeed } from './process-vm.js';
 import { runFiles } from './run-files.js';
-import { createExecaRunner, type Runner } from './runner.js';
+import { createExecaRunner, type Runner } from '../process/runner.js';
 import { validateCommon, validateNoCommas } from './validate.js';
 
 export interface HyperkitArgvOptions {

@@ -8,7 +8,7 @@ import { ExitCode, FerryError } from '../errors.js';
 import type { GuestSystem, VmBackend } from './backend.js';
 import { createHyperkitBackend } from './hyperkit.js';
 import { createQemuBackend, qemuBinaryFor } from './qemu.js';
-import { createExecaRunner, type Runner } from './runner.js';
+import { createExecaRunner, type Runner } from '../process/runner.js';
 import { createVfkitBackend } from './vfkit.js';
 
 export type BackendChoice = 'auto' | 'qemu' | 'hyperkit' | 'vfkit';
@@ -68,5 +68,5 @@ export type { VmBackend, VmSpec, RunningVm, BackendCapabilities, GuestEndpoint, 
 export { createQemuBackend } from './qemu.js';
 export { createHyperkitBackend } from './hyperkit.js';
 export { createVfkitBackend } from './vfkit.js';
-export { createExecaRunner, RecordingRunner, type Runner } from './runner.js';
+export { createExecaRunner, RecordingRunner, type Runner } from '../process/runner.js';
 export { freePort } from './free-port.js';

@@ -9,7 +9,7 @@ import { ExitCode, FerryError } from '../errors.js';
 import type { ExitStatus, GuestEndpoint, RunningVm, SpecProblem, StopOptions, StopResult, VmBackend, VmSpec } from './backend.js';
 import { FileTail, LineConsole } from './console.js';
 import { acquireDiskLocks, runFiles } from './run-files.js';
-import type { ChildHandle, Runner } from './runner.js';
+import type { ChildHandle, Runner } from '../process/runner.js';
 
 export interface ConsoleFeed {
   /** Reads what is left and stops. */

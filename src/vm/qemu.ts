@@ -9,7 +9,7 @@ import type { GuestSystem, RunningVm, SpecProblem, VmBackend, VmSpec } from './b
 import { launch, problemsError } from './process-vm.js';
 import { connectQmpWhenReady, type QmpClient } from './qmp.js';
 import { runFiles } from './run-files.js';
-import { createExecaRunner, type Runner } from './runner.js';
+import { createExecaRunner, type Runner } from '../process/runner.js';
 import { validateCommon } from './validate.js';
 
 export type QemuAccelerator = 'kvm' | 'hvf' | 'tcg';

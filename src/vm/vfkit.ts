@@ -13,7 +13,7 @@ import { ensureUncompressedKernel } from './kernel-image.js';
 import { launch, problemsError } from './process-vm.js';
 import { socketPathProblems } from './qemu.js';
 import { runFiles } from './run-files.js';
-import { createExecaRunner, type Runner } from './runner.js';
+import { createExecaRunner, type Runner } from '../process/runner.js';
 import { validateCommon, validateNoCommas } from './validate.js';
 
 export interface VfkitArgvOptions {

@@ -19,7 +19,7 @@ import { resolvePaths, type FerryPaths } from '../../src/config/paths.js';
 import type { ImageManifest } from '../../src/image/build.js';
 import { bootGuest, guestFilesOf, runningGuest, type GuestRecord } from '../../src/vm/guest.js';
 import { isProcessAlive } from '../../src/vm/run-files.js';
-import { createExecaRunner } from '../../src/vm/runner.js';
+import { createExecaRunner } from '../../src/process/runner.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const CACHE = path.join(homedir(), '.cache', 'ferry-test', 'ferry-cache');

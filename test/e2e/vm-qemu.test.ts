@@ -15,7 +15,7 @@ import type { RunningVm, VmSpec } from '../../src/vm/backend.js';
 import { freePort } from '../../src/vm/free-port.js';
 import { createQemuBackend } from '../../src/vm/qemu.js';
 import { isProcessAlive, runFiles } from '../../src/vm/run-files.js';
-import { createExecaRunner, type Runner } from '../../src/vm/runner.js';
+import { createExecaRunner, type Runner } from '../../src/process/runner.js';
 import { busyboxStatic, debianKernel } from '../support/fixtures.js';
 
 const INIT = `#!/bin/busybox sh

@@ -21,7 +21,7 @@ import { install, type InstallOptions } from '../../src/install/install.js';
 import { MACHINES_MARKER } from '../../src/install/nix-wiring.js';
 import { daemonArgv, parseUnit } from '../../src/install/service.js';
 import { uninstall, type UninstallOptions } from '../../src/install/uninstall.js';
-import { findOnPath, RecordingRunner, type RunResult } from '../../src/vm/runner.js';
+import { findOnPath, RecordingRunner, type RunResult } from '../../src/process/runner.js';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
 const OTHER_BUILDER = 'ssh://mac-mini.lan aarch64-darwin /etc/nix/id_builder 4 2 big-parallel - -\n';

@@ -28,7 +28,7 @@ import { selectBackend } from '../../src/vm/index.js';
 import { detectKernelFormat, ensureUncompressedKernel } from '../../src/vm/kernel-image.js';
 import { buildQemuArgv, createQemuBackend, qemuConsoleDevice } from '../../src/vm/qemu.js';
 import { runFiles } from '../../src/vm/run-files.js';
-import { RecordingRunner, type FakeChild } from '../../src/vm/runner.js';
+import { RecordingRunner, type FakeChild } from '../../src/process/runner.js';
 import { buildVfkitArgv, createVfkitBackend, vfkitMac } from '../../src/vm/vfkit.js';
 
 let dir: string;

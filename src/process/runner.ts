@@ -1,13 +1,18 @@
 /**
- * Every process the VM backends start goes through a `Runner`, so tests can record the commands
- * issued for hypervisors that do not exist on the test machine (hyperkit, vfkit) and the real
+ * Every process ferry starts goes through a `Runner`, so tests can record the commands issued
+ * for tools that do not exist on the test machine (hyperkit, vfkit, launchctl) and the real
  * thing (execa) runs everywhere else.
  */
 import { constants as fsConstants } from 'node:fs';
 import { access } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
-import type { ExitStatus } from './backend.js';
+
+/** How a process ended: its exit code, or the signal that ended it. */
+export interface ExitStatus {
+  code: number | null;
+  signal: string | null;
+}
 
 export interface ChildHandle {
   /** Undefined only when the process could not be started at all (see `exited`). */
