@@ -32,7 +32,7 @@ import { loadConfig } from '../src/config/load.js';
 import { resolvePaths, type FerryPaths } from '../src/config/paths.js';
 import { buildImage, type ImageManifest } from '../src/image/build.js';
 import { writeExt4 } from '../src/image/ext4/index.js';
-import { OVERLAY_DIR } from '../src/image/guest/stage1.js';
+import { OVERLAY_DIR } from '../src/image/guest-os/stage1.js';
 import { writeGzippedCpio } from '../src/image/initramfs/index.js';
 import { TarLayer } from '../src/image/layers/tar.js';
 import { DEBIAN_PACKAGES, DEBIAN_SUITE } from '../src/image/presets/debian.js';

@@ -20,7 +20,7 @@ import { resolvePaths } from '../../src/config/paths.js';
 import { FerryError } from '../../src/errors.js';
 import { buildImage } from '../../src/image/build.js';
 import { writeExt4 } from '../../src/image/ext4/index.js';
-import { STAGE1_MODULES } from '../../src/image/guest/stage1.js';
+import { STAGE1_MODULES } from '../../src/image/guest-os/stage1.js';
 import type { CommandRunner } from '../../src/image/layers/nix.js';
 import { NixLayer } from '../../src/image/layers/nix.js';
 import {

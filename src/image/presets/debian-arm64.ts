@@ -28,7 +28,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { publishDirectory } from '../../atomic-file.js';
 import { ExitCode, FerryError } from '../../errors.js';
-import { QEMU_USER_DIR } from '../guest/binfmt.js';
+import { QEMU_USER_DIR } from '../guest-os/binfmt.js';
 import { packageInfo } from './apt.js';
 import { cachedMmdebstrap } from './mmdebstrap.js';
 
