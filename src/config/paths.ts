@@ -45,6 +45,10 @@ export const FILE_NAMES = {
   currentImage: 'current-image.json',
   /** state dir: OpenSSH client config for `ferry ssh`. */
   sshConfig: 'ssh_config',
+  /** state dir: OpenSSH client config with the `ferry-builder` alias to the daemon's SSH front (written by the daemon; `ferry ssh`, tests). */
+  builderSshConfig: 'builder_ssh_config',
+  /** state dir: the daemon's host key pinned for the `ferry-builder` alias (the daemon's and install's alias both use it). */
+  builderKnownHosts: 'builder_known_hosts',
   /** state dir: the daemon's and the guest's host keys, for the OpenSSH client and Nix. */
   knownHosts: 'known_hosts',
   /** keys dir: host key of the daemon's SSH front (persistent, so Nix's pinned key stays valid). */
@@ -102,6 +106,8 @@ export interface FerryPaths {
   readonly installRecord: string;
   readonly currentImage: string;
   readonly sshConfig: string;
+  readonly builderSshConfig: string;
+  readonly builderKnownHosts: string;
   readonly knownHosts: string;
   readonly daemonHostKey: string;
   readonly clientKey: string;
@@ -168,6 +174,8 @@ export function resolvePaths(options: PathOptions = {}): FerryPaths {
     installRecord: path.join(stateDir, FILE_NAMES.installRecord),
     currentImage: path.join(stateDir, FILE_NAMES.currentImage),
     sshConfig: path.join(stateDir, FILE_NAMES.sshConfig),
+    builderSshConfig: path.join(stateDir, FILE_NAMES.builderSshConfig),
+    builderKnownHosts: path.join(stateDir, FILE_NAMES.builderKnownHosts),
     knownHosts: path.join(stateDir, FILE_NAMES.knownHosts),
     daemonHostKey: path.join(keysDir, FILE_NAMES.daemonHostKey),
     clientKey: path.join(keysDir, FILE_NAMES.clientKey),

@@ -4,18 +4,19 @@
  * SSH for the host name `localhost`) and a known_hosts line pinning the daemon's host key.
  */
 import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { writeFileAtomicSync } from '../atomic-file.js';
 import type { FerryPaths } from '../config/paths.js';
 
 /** The host name Nix and `ferry ssh` use; it must not be `localhost`. */
 export const BUILDER_ALIAS = 'ferry-builder';
 
-export function daemonFiles(paths: FerryPaths) {
-  return {
-    sshConfig: join(paths.stateDir, 'builder_ssh_config'),
-    knownHosts: join(paths.stateDir, 'builder_known_hosts'),
-  };
+/**
+ * The alias's two files, by their names in src/config/paths.ts. Kept for the callers outside
+ * src/daemon (install's layout, `ferry ssh`, bench) until they read `paths.builderSshConfig` and
+ * `paths.builderKnownHosts` themselves.
+ */
+export function daemonFiles(paths: FerryPaths): { sshConfig: string; knownHosts: string } {
+  return { sshConfig: paths.builderSshConfig, knownHosts: paths.builderKnownHosts };
 }
 
 /** The daemon's public host key as `type base64` (no comment). */
@@ -45,8 +46,7 @@ export function aliasConfig(options: { alias?: string; port: number; identityFil
 
 /** Writes the alias config and known_hosts under the state dir; returns the config's path. */
 export function writeDaemonSshConfig(paths: FerryPaths, port: number): string {
-  const files = daemonFiles(paths);
-  writeFileAtomicSync(files.knownHosts, `${BUILDER_ALIAS} ${daemonHostPublicKey(paths)}\n`);
-  writeFileAtomicSync(files.sshConfig, aliasConfig({ port, identityFile: paths.clientKey, knownHostsFile: files.knownHosts }));
-  return files.sshConfig;
+  writeFileAtomicSync(paths.builderKnownHosts, `${BUILDER_ALIAS} ${daemonHostPublicKey(paths)}\n`);
+  writeFileAtomicSync(paths.builderSshConfig, aliasConfig({ port, identityFile: paths.clientKey, knownHostsFile: paths.builderKnownHosts }));
+  return paths.builderSshConfig;
 }

@@ -19,7 +19,6 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { daemonFiles } from '../../src/daemon/ssh-alias.js';
 import { guestFilesOf, type GuestRecord } from '../../src/vm/guest.js';
 import { configText, sleep, TestDaemon, type DaemonStatus } from '../support/daemon.js';
 
@@ -165,11 +164,10 @@ describe('one daemon: on-demand boot, ssh-ng and ssh, 8 builds at once, a 100 MB
   it('refuses an unknown key and passwords; nothing listens beyond 127.0.0.1', async () => {
     const otherKey = path.join(daemon.work, 'other_ed25519');
     await execa('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', otherKey]);
-    const files = daemonFiles(daemon.paths);
     const sshWith = (key: string, extra: string[] = []) =>
       execa(
         'ssh',
-        ['-p', String(daemon.port), '-i', key, '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${files.knownHosts}`, '-o', 'HostKeyAlias=ferry-builder',
+        ['-p', String(daemon.port), '-i', key, '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${daemon.paths.builderKnownHosts}`, '-o', 'HostKeyAlias=ferry-builder',
           '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', ...extra, 'builder@127.0.0.1', 'echo in'],
         { reject: false, stdin: 'ignore', timeout: 60_000 },
       );

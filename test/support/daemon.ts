@@ -26,7 +26,7 @@ import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
 import { resolvePaths, type FerryPaths } from '../../src/config/paths.js';
 import { callDaemon } from '../../src/daemon/control-client.js';
-import { BUILDER_ALIAS, daemonFiles } from '../../src/daemon/ssh-alias.js';
+import { BUILDER_ALIAS } from '../../src/daemon/ssh-alias.js';
 import { freePort } from '../../src/vm/free-port.js';
 
 export const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -203,7 +203,7 @@ export class TestDaemon {
 
   /** OpenSSH to the daemon's front through the alias it wrote, plus `extra` options. */
   ssh(args: string[], options: { timeoutMs?: number; extra?: string[] } = {}): Promise<Result> {
-    return execa('ssh', ['-F', daemonFiles(this.paths).sshConfig, ...(options.extra ?? []), BUILDER_ALIAS, ...args], {
+    return execa('ssh', ['-F', this.paths.builderSshConfig, ...(options.extra ?? []), BUILDER_ALIAS, ...args], {
       reject: false,
       timeout: options.timeoutMs ?? 120_000,
       stdin: 'ignore',
@@ -236,7 +236,7 @@ export class TestDaemon {
         exprFile,
       ],
       {
-        env: { ...this.env, NIX_SSHOPTS: `-F ${daemonFiles(this.paths).sshConfig}` },
+        env: { ...this.env, NIX_SSHOPTS: `-F ${this.paths.builderSshConfig}` },
         reject: false,
         timeout: options.timeoutMs ?? 180_000,
         stdin: 'ignore',

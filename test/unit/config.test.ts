@@ -476,12 +476,14 @@ describe('paths', () => {
       keysDir: '/Users/ann/.local/state/ferry/keys',
       controlSocket: '/Users/ann/.local/state/ferry/ferry.sock',
       clientKey: '/Users/ann/.local/state/ferry/keys/client_ed25519',
+      builderSshConfig: '/Users/ann/.local/state/ferry/builder_ssh_config',
+      builderKnownHosts: '/Users/ann/.local/state/ferry/builder_known_hosts',
       stateDisk: '/Users/ann/.local/state/ferry/vm/state.img',
       imagesDir: '/Users/ann/Library/Caches/ferry/images',
       consoleLog: '/Users/ann/Library/Logs/ferry/console.log',
     });
     // Paths that go into /etc/nix/machines and ssh_config must not contain spaces.
-    for (const p of [paths.stateDir, paths.clientKey, paths.keysDir]) expect(p).not.toMatch(/\s/);
+    for (const p of [paths.stateDir, paths.clientKey, paths.keysDir, paths.builderKnownHosts]) expect(p).not.toMatch(/\s/);
   });
 
   it('Linux user install: XDG, honouring absolute XDG variables and ignoring relative ones', () => {
