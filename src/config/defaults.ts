@@ -27,6 +27,13 @@ export const DEFAULTS = {
   idleTimeoutMs: 30 * 60_000,
   // Generous because tcg (no hardware acceleration) boots take tens of seconds.
   readyTimeoutMs: 5 * 60_000,
+  // The daemon connects to the guest's sshd only after FERRY-READY, which stage 2 prints once
+  // sshd listens: what is left is a loopback TCP connect, one curve25519 exchange and two ed25519
+  // signatures — well under a second even under tcg (a whole warm build through the front takes
+  // ~0.9 s there). 20 s (ssh2's own default) leaves room for a guest busy with parallel builds,
+  // and a guest whose sshd accepts but never answers fails the session in 20 s, not the 5 min of
+  // ready-timeout that used to bound this too.
+  sshTimeoutMs: 20_000,
 } as const;
 
 export interface DefaultsContext {
@@ -114,6 +121,7 @@ export function applyDefaults(file: ConfigFile, context: DefaultsContext): Ferry
       listen: (daemon.listen ?? DEFAULTS.listen) as FerryConfig['daemon']['listen'],
       idleTimeoutMs: daemon['idle-timeout'] ?? DEFAULTS.idleTimeoutMs,
       readyTimeoutMs: daemon['ready-timeout'] ?? DEFAULTS.readyTimeoutMs,
+      sshTimeoutMs: daemon['ssh-timeout'] ?? DEFAULTS.sshTimeoutMs,
       authorizedKeys: (daemon['authorized-keys'] ?? []).map(resolve),
       logLevel: daemon['log-level'] ?? 'info',
     },

@@ -87,8 +87,11 @@ ${setting('port', daemon.port)}
 ${setting('listen', daemon.listen)}
 # Stop the guest after this long without a session ("0" = never); the next build boots it again.
 ${setting('idle-timeout', formatDuration(daemon.idleTimeoutMs))}
-# How long a starting guest may take to report ready before ferry gives up (or rolls back).
+# How long a starting guest may take to report ready (FERRY-READY on its console) before ferry
+# gives up (or rolls back).
 ${setting('ready-timeout', formatDuration(daemon.readyTimeoutMs))}
+# How long the SSH handshake with the ready guest's sshd may take before a session fails.
+${setting('ssh-timeout', formatDuration(daemon.sshTimeoutMs))}
 # Public keys accepted besides the one \`ferry install\` generated (paths to .pub files).
 ${setting('authorized-keys', daemon.authorizedKeys)}
 # "trace", "debug", "info", "warn" or "error".

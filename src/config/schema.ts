@@ -132,6 +132,7 @@ const daemonSchema = z.strictObject({
     .optional(),
   'idle-timeout': duration({ allowZero: true }).optional(),
   'ready-timeout': duration({ allowZero: false }).optional(),
+  'ssh-timeout': duration({ allowZero: false }).optional(),
   'authorized-keys': z.array(nonEmptyPath).optional(),
   'log-level': z.enum(LOG_LEVELS).optional(),
 });

@@ -76,6 +76,8 @@ export interface DaemonConfig {
   readonly idleTimeoutMs: number;
   /** How long to wait for FERRY-READY after starting a guest before giving up (or rolling back). */
   readonly readyTimeoutMs: number;
+  /** How long the SSH handshake with the guest's sshd (after FERRY-READY) may take before the session fails. */
+  readonly sshTimeoutMs: number;
   /** Public-key files accepted by the SSH front, besides the key `ferry install` generated. */
   readonly authorizedKeys: readonly string[];
   readonly logLevel: LogLevel;

@@ -93,7 +93,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   const pool: GuestPool = new GuestPool({
     target: (): Promise<GuestTarget> => supervisor.ensureRunning(),
     privateKey: guestKey.privateKey,
-    readyTimeoutMs: config.daemon.readyTimeoutMs,
+    handshakeTimeoutMs: () => config.daemon.sshTimeoutMs,
     logger: log,
   });
   // Before a session: the guest's clock is set again if the host slept since the last check.

@@ -35,8 +35,11 @@ export interface GuestPoolOptions {
   readonly username?: string;
   /** Close an extra connection after it has carried no session for this long. */
   readonly idleExtraMs?: number;
-  /** Give up a handshake after this long. */
-  readonly readyTimeoutMs?: number;
+  /**
+   * Give up a handshake with the guest's sshd after this long (`[daemon] ssh-timeout`; asked at
+   * each new connection, so a changed config applies to the next one). Default 20 s.
+   */
+  readonly handshakeTimeoutMs?: () => number;
   /** SSH keepalives, so a guest that vanished without closing TCP is noticed. */
   readonly keepaliveIntervalMs?: number;
   readonly logger?: FrontLogger;
@@ -90,7 +93,7 @@ export class GuestPool extends EventEmitter {
     this.#options = {
       username: 'builder',
       idleExtraMs: 10_000,
-      readyTimeoutMs: 30_000,
+      handshakeTimeoutMs: () => 20_000,
       keepaliveIntervalMs: 10_000,
       logger: silentLogger,
       ...options,
@@ -190,12 +193,15 @@ export class GuestPool extends EventEmitter {
       throw error;
     }
     const expected = parseHostKey(target.hostKey);
+    const timeoutMs = this.#options.handshakeTimeoutMs();
     let hostKeyRefused = false;
     await new Promise<void>((resolve, reject) => {
       const onError = (error: Error) => {
         client.off('ready', onReady);
         if (hostKeyRefused) {
           reject(new Error(`the guest at ${target.host}:${target.port} presented a host key other than the expected ${expected.type} key`, { cause: error }));
+        } else if ((error as Error & { level?: string }).level === 'client-timeout') {
+          reject(new Error(`the guest's sshd at ${target.host}:${target.port} did not finish the SSH handshake within ${timeoutMs / 1000} s ([daemon] ssh-timeout)`, { cause: error }));
         } else {
           reject(new Error(`cannot log in to the guest at ${target.host}:${target.port}: ${error.message}`, { cause: error }));
         }
@@ -212,7 +218,7 @@ export class GuestPool extends EventEmitter {
         sock: coalesceWrites(net.connect({ host: target.host, port: target.port })),
         username: this.#options.username,
         privateKey: this.#options.privateKey,
-        readyTimeout: this.#options.readyTimeoutMs,
+        readyTimeout: timeoutMs,
         keepaliveInterval: this.#options.keepaliveIntervalMs,
         keepaliveCountMax: 3,
         hostVerifier: (key: Buffer) => {

@@ -130,6 +130,7 @@ port = 31400
 listen = "::1"
 idle-timeout = "0"
 ready-timeout = "90s"
+ssh-timeout = "45s"
 authorized-keys = ["keys/extra.pub"]
 log-level = "debug"
 `,
@@ -164,6 +165,7 @@ log-level = "debug"
         listen: '::1',
         idleTimeoutMs: 0,
         readyTimeoutMs: 90_000,
+        sshTimeoutMs: 45_000,
         authorizedKeys: ['/etc/ferry/keys/extra.pub'],
         logLevel: 'debug',
       },
@@ -196,7 +198,7 @@ describe('defaults per platform', () => {
     expect(config.source).toBeNull();
     expect(config.guest).toMatchObject({ system: 'aarch64-linux', preset: 'nixpkgs', cpus: 4, memoryBytes: 4 * GiB, interpreter: 'none' });
     expect(config.guest.nix.maxJobs).toBe(4);
-    expect(config.daemon).toMatchObject({ port: 31322, listen: '127.0.0.1', idleTimeoutMs: 30 * 60_000 });
+    expect(config.daemon).toMatchObject({ port: 31322, listen: '127.0.0.1', idleTimeoutMs: 30 * 60_000, readyTimeoutMs: 5 * 60_000, sshTimeoutMs: 20_000 });
   });
 
   it('Intel Mac: x86_64 guest, nixpkgs preset', () => {
@@ -267,6 +269,9 @@ describe('each kind of error names the file and the key', () => {
       'expected a duration like "90s", "30m", "1h" or "0", got 30 (number)',
     );
     expect(messageFor(problemsOf('[daemon]\nready-timeout = "0"\n'), 'daemon.ready-timeout')).toBe(
+      'expected a duration greater than 0, like "5m", got "0" (string)',
+    );
+    expect(messageFor(problemsOf('[daemon]\nssh-timeout = "0"\n'), 'daemon.ssh-timeout')).toBe(
       'expected a duration greater than 0, like "5m", got "0" (string)',
     );
   });
@@ -459,6 +464,7 @@ describe('renderDefaultConfig', () => {
     expect(renderDefaultConfig(macArm)).toContain('# system = "aarch64-linux"\n');
     expect(renderDefaultConfig(macArm)).toContain('# preset = "nixpkgs"\n');
     expect(renderDefaultConfig(linuxX64)).toContain('# preset = "debian"\n');
+    expect(renderDefaultConfig(linuxX64)).toContain('# ready-timeout = "5m"\n# How long the SSH handshake with the ready guest\'s sshd may take before a session fails.\n# ssh-timeout = "20s"\n');
   });
 });
 
