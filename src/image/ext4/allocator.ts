@@ -3,8 +3,10 @@
  * copies, so file data lands contiguously and the image file is written almost sequentially.
  * The used-block bitmap is exact: it is what the group bitmaps are written from.
  */
-import { BLOCKS_PER_GROUP } from './constants.js';
+import * as c from './constants.js';
+import type { ImageFile } from './image-file.js';
 import type { Geometry } from './layout.js';
+import type { GroupDescriptor } from './superblock.js';
 
 export class OutOfSpaceError extends Error {}
 
@@ -25,7 +27,7 @@ export class BlockAllocator {
   constructor(private readonly geometry: Geometry) {
     this.used = new Uint8Array(Math.ceil(geometry.totalBlocks / 8));
     for (const group of geometry.superblockGroups) {
-      const start = group * BLOCKS_PER_GROUP;
+      const start = group * c.BLOCKS_PER_GROUP;
       const end = Math.min(start + 1 + geometry.gdtBlocks, geometry.totalBlocks);
       this.reserved.push([start, end]);
       this.markUsed(start, end - start);
@@ -107,3 +109,60 @@ const POPCOUNT = Uint8Array.from({ length: 256 }, (_, n) => {
   for (let v = n; v; v >>= 1) c += v & 1;
   return c;
 });
+
+export interface GroupLocations {
+  blockBitmaps: number[];
+  inodeBitmaps: number[];
+  inodeTables: number[];
+}
+
+/** All groups' bitmaps and inode tables, packed together after group 0's GDT (flex_bg). */
+export function placeGroupMetadata(allocator: BlockAllocator, g: Geometry): GroupLocations {
+  const blockBitmaps: number[] = [];
+  const inodeBitmaps: number[] = [];
+  const inodeTables: number[] = [];
+  for (let i = 0; i < g.groupCount; i++) blockBitmaps.push(allocator.allocBlock());
+  for (let i = 0; i < g.groupCount; i++) inodeBitmaps.push(allocator.allocBlock());
+  for (let i = 0; i < g.groupCount; i++) inodeTables.push(allocator.allocContiguous(g.inodeTableBlocks));
+  return { blockBitmaps, inodeBitmaps, inodeTables };
+}
+
+/** Block and inode bitmaps of every group, and each group's free counts in its descriptor. */
+export function writeBitmapsAndCounts(
+  allocator: BlockAllocator,
+  g: Geometry,
+  locations: GroupLocations,
+  descriptors: GroupDescriptor[],
+  lastUsedInode: number,
+  image: ImageFile,
+): void {
+  const blockBitmap = Buffer.alloc(c.BLOCK_SIZE);
+  const inodeBitmap = Buffer.alloc(c.BLOCK_SIZE);
+  for (let group = 0; group < g.groupCount; group++) {
+    const first = group * c.BLOCKS_PER_GROUP;
+    const count = Math.min(c.BLOCKS_PER_GROUP, g.totalBlocks - first);
+    blockBitmap.fill(0);
+    let used = 0;
+    for (let i = 0; i < c.BLOCKS_PER_GROUP; i++) {
+      // Bits past the end of the disk are set, as the kernel expects.
+      if (i >= count || allocator.isUsed(first + i)) {
+        blockBitmap[i >> 3] |= 1 << (i & 7);
+        if (i < count) used += 1;
+      }
+    }
+    descriptors[group].freeBlocks = count - used;
+    image.writeAt(blockBitmap, locations.blockBitmaps[group] * c.BLOCK_SIZE);
+
+    inodeBitmap.fill(0);
+    const firstIno = group * g.inodesPerGroup + 1;
+    let usedInodes = 0;
+    for (let i = 0; i < c.BLOCK_SIZE * 8; i++) {
+      if (i >= g.inodesPerGroup || firstIno + i <= lastUsedInode) {
+        inodeBitmap[i >> 3] |= 1 << (i & 7);
+        if (i < g.inodesPerGroup) usedInodes += 1;
+      }
+    }
+    descriptors[group].freeInodes = g.inodesPerGroup - usedInodes;
+    image.writeAt(inodeBitmap, locations.inodeBitmaps[group] * c.BLOCK_SIZE);
+  }
+}

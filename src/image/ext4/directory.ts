@@ -3,7 +3,8 @@
  * dir_index feature on, the kernel turns a directory into a hash tree itself once it grows, so
  * writing linear ones is valid at any size (70,000 entries are ~350 blocks).
  */
-import { BLOCK_SIZE } from './constants.js';
+import type { Inode } from '../tree.js';
+import { BLOCK_SIZE, FT_BLKDEV, FT_CHRDEV, FT_DIR, FT_FIFO, FT_REG, FT_SOCK, FT_SYMLINK } from './constants.js';
 
 export interface DirEntry {
   /** The name as a string (UTF-8 on disk), so no buffer is made per entry. */
@@ -70,4 +71,24 @@ export function encodeDirectory(entries: Iterable<DirEntry>, emit: (block: Buffe
     blocks += 1;
   }
   return blocks;
+}
+
+/** The file_type byte of a directory entry for a node of this kind. */
+export function fileType(kind: Inode['kind']): number {
+  switch (kind) {
+    case 'file':
+      return FT_REG;
+    case 'dir':
+      return FT_DIR;
+    case 'symlink':
+      return FT_SYMLINK;
+    case 'chardev':
+      return FT_CHRDEV;
+    case 'blockdev':
+      return FT_BLKDEV;
+    case 'fifo':
+      return FT_FIFO;
+    case 'socket':
+      return FT_SOCK;
+  }
 }

@@ -2,7 +2,10 @@
  * Extent trees: the map from a file's logical blocks to disk blocks. Up to four extents live in
  * the inode itself; more need index and leaf blocks, as many levels deep as the count requires.
  */
+import type { BlockAllocator } from './allocator.js';
 import { EXTENT_MAGIC, EXTENTS_IN_INODE, EXTENTS_PER_BLOCK, BLOCK_SIZE, MAX_EXTENT_LEN } from './constants.js';
+import type { ImageFile } from './image-file.js';
+import type { Geometry } from './layout.js';
 
 export interface Extent {
   logical: number;
@@ -105,4 +108,37 @@ export function encodeExtentTree(extents: Extent[], allocBlock: () => number): E
     writeExtentHeader(buf, 0, chunk.length, max, nodeDepth);
     chunk.forEach((entry, i) => entry.write(buf, 12 + i * 12));
   }
+}
+
+/** The journal inode's blocks: contiguous runs from the allocator, and the extent tree over them. */
+export interface Journal {
+  extents: Extent[];
+  root: Buffer;
+  treeBlocks: Array<{ block: number; data: Buffer }>;
+}
+
+export function placeJournal(allocator: BlockAllocator, g: Geometry): Journal | undefined {
+  if (g.journalBlocks === 0) return undefined;
+  const extents: Extent[] = [];
+  let logical = 0;
+  while (logical < g.journalBlocks) {
+    const run = allocator.allocRun(Math.min(g.journalBlocks - logical, MAX_EXTENT_LEN));
+    extents.push({ logical, physical: run.start, length: run.length });
+    logical += run.length;
+  }
+  const tree = encodeExtentTree(extents, () => allocator.allocBlock());
+  return { extents, root: tree.root, treeBlocks: tree.blocks };
+}
+
+/** Writes extent tree blocks for nodes with more than four extents; returns their i_block and tree block counts. */
+export function writeExtentTrees(lists: Map<number, Extent[]>, allocator: BlockAllocator, image: ImageFile): Map<number, { root: Buffer; treeBlocks: number }> {
+  const roots = new Map<number, { root: Buffer; treeBlocks: number }>();
+  for (const [ino, extents] of lists) {
+    if (extents.length <= EXTENTS_IN_INODE) continue;
+    const encoded = encodeExtentTree(extents, () => allocator.allocBlock());
+    for (const { block, data } of encoded.blocks) image.writeAt(data, block * BLOCK_SIZE);
+    if (encoded.blocks.length !== treeBlocksFor(extents.length)) throw new Error('internal: extent tree size mismatch');
+    roots.set(ino, { root: encoded.root, treeBlocks: encoded.blocks.length });
+  }
+  return roots;
 }

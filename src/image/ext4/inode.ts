@@ -1,8 +1,16 @@
 /**
- * Encoding of one 256-byte ext4 inode, straight into the inode table buffer. The caller writes
- * i_block (extent root, fast symlink target or device number) at offset 0x28 afterwards.
+ * Inodes: the encoding of one 256-byte ext4 inode straight into the inode table buffer, then
+ * i_block (extent root, fast symlink target or device number) at offset 0x28; and the inode
+ * tables of all groups, written from the plan one group's table at a time.
  */
-import { EXTRA_ISIZE } from './constants.js';
+import type { Inode } from '../tree.js';
+import type { GroupLocations } from './allocator.js';
+import * as c from './constants.js';
+import { writeExtent, writeExtentHeader, writeExtentRoot as writeExtentRootList, type Journal } from './extents.js';
+import type { ImageFile } from './image-file.js';
+import type { Geometry } from './layout.js';
+import type { Plan } from './plan.js';
+import type { GroupDescriptor } from './superblock.js';
 
 export interface InodeFields {
   mode: number; // file type bits | permission bits
@@ -69,7 +77,7 @@ export function writeInodeFields(
   out.writeUInt16LE(Math.floor(sectors / 2 ** 32) & 0xffff, o + 0x74);
   out.writeUInt16LE((uid >>> 16) & 0xffff, o + 0x78);
   out.writeUInt16LE((gid >>> 16) & 0xffff, o + 0x7a);
-  out.writeUInt16LE(EXTRA_ISIZE, o + 0x80);
+  out.writeUInt16LE(c.EXTRA_ISIZE, o + 0x80);
   out.writeUInt32LE(epoch, o + 0x84); // ctime_extra
   out.writeUInt32LE(epoch, o + 0x88); // mtime_extra
   out.writeUInt32LE(epoch, o + 0x8c); // atime_extra
@@ -86,4 +94,108 @@ export function deviceBlock(major: number, minor: number): Buffer {
     block.writeUInt32LE(((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0, 4);
   }
   return block;
+}
+
+/** Every inode table, group by group (the journal inode, then the tree's nodes); returns the group descriptors with their directory counts. */
+export function writeInodeTables(
+  plan: Plan,
+  g: Geometry,
+  locations: GroupLocations,
+  extentRoots: Map<number, { root: Buffer; treeBlocks: number }>,
+  journal: Journal | undefined,
+  time: number,
+  image: ImageFile,
+): GroupDescriptor[] {
+  const descriptors: GroupDescriptor[] = [];
+  for (let i = 0; i < g.groupCount; i++) {
+    descriptors.push({ blockBitmap: locations.blockBitmaps[i], inodeBitmap: locations.inodeBitmaps[i], inodeTable: locations.inodeTables[i], freeBlocks: 0, freeInodes: 0, usedDirs: 0 });
+  }
+  const tableBytes = g.inodesPerGroup * c.INODE_SIZE;
+  const table = Buffer.alloc(tableBytes);
+  let tableGroup = 0;
+  let dirty = false;
+  const flush = () => {
+    if (dirty) image.writeAt(table, locations.inodeTables[tableGroup] * c.BLOCK_SIZE);
+    table.fill(0);
+    dirty = false;
+  };
+  const slot = (ino: number): number => {
+    const group = Math.floor((ino - 1) / g.inodesPerGroup);
+    if (group !== tableGroup) {
+      flush();
+      tableGroup = group;
+    }
+    dirty = true;
+    return ((ino - 1) % g.inodesPerGroup) * c.INODE_SIZE;
+  };
+
+  if (journal) {
+    for (const { block, data } of journal.treeBlocks) image.writeAt(data, block * c.BLOCK_SIZE);
+    const offset = slot(c.JOURNAL_INO);
+    encodeInode(
+      { mode: c.S_IFREG | 0o600, uid: 0, gid: 0, size: g.journalBlocks * c.BLOCK_SIZE, time, links: 1, blocks: g.journalBlocks + journal.treeBlocks.length, flags: c.INODE_FLAG_EXTENTS },
+      table,
+      offset,
+    );
+    journal.root.copy(table, offset + I_BLOCK);
+  }
+  for (let ino = 1; ino < plan.end; ino++) {
+    const node = plan.nodes[ino];
+    if (!node) continue;
+    if (node.kind === 'dir') descriptors[Math.floor((ino - 1) / g.inodesPerGroup)].usedDirs += 1;
+    writeInode(plan, ino, node, extentRoots.get(ino), table, slot(ino));
+  }
+  flush();
+  return descriptors;
+}
+
+/** Offset of i_block within an inode. */
+const I_BLOCK = 0x28;
+
+function writeInode(plan: Plan, ino: number, node: Inode, tree: { root: Buffer; treeBlocks: number } | undefined, table: Buffer, o: number): void {
+  const links = plan.links[ino];
+  const extentBlocks = plan.dataBlocks[ino] + (tree?.treeBlocks ?? 0);
+  const root = () => {
+    if (tree) tree.root.copy(table, o + I_BLOCK);
+    else writeExtentRoot(plan, ino, table, o + I_BLOCK);
+  };
+  switch (node.kind) {
+    case 'dir': {
+      const subdirs = plan.subdirs[ino];
+      const dirLinks = subdirs + 2 > c.MAX_LINK_COUNT ? 1 : subdirs + 2;
+      writeInodeFields(table, o, c.S_IFDIR | node.perm, node.uid, node.gid, plan.sizes[ino], node.mtime, dirLinks, extentBlocks, c.INODE_FLAG_EXTENTS);
+      return root();
+    }
+    case 'file':
+      writeInodeFields(table, o, c.S_IFREG | node.perm, node.uid, node.gid, node.size, node.mtime, links, extentBlocks, c.INODE_FLAG_EXTENTS);
+      return root();
+    case 'symlink': {
+      const size = plan.sizes[ino];
+      if (size <= c.FAST_SYMLINK_MAX) {
+        writeInodeFields(table, o, c.S_IFLNK | node.perm, node.uid, node.gid, size, node.mtime, links, 0, 0);
+        table.write(node.target ?? '', o + I_BLOCK, 'utf8');
+        return;
+      }
+      writeInodeFields(table, o, c.S_IFLNK | node.perm, node.uid, node.gid, size, node.mtime, links, extentBlocks, c.INODE_FLAG_EXTENTS);
+      return root();
+    }
+    case 'chardev':
+    case 'blockdev':
+      writeInodeFields(table, o, (node.kind === 'chardev' ? c.S_IFCHR : c.S_IFBLK) | node.perm, node.uid, node.gid, 0, node.mtime, links, 0, 0);
+      deviceBlock(node.rdevMajor ?? 0, node.rdevMinor ?? 0).copy(table, o + I_BLOCK);
+      return;
+    case 'fifo':
+    case 'socket':
+      writeInodeFields(table, o, (node.kind === 'fifo' ? c.S_IFIFO : c.S_IFSOCK) | node.perm, node.uid, node.gid, 0, node.mtime, links, 0, 0);
+      return;
+  }
+}
+
+/** The in-inode extent root (depth 0) from the plan, without building an extent list. */
+function writeExtentRoot(plan: Plan, ino: number, out: Buffer, o: number): void {
+  const list = plan.extentLists.get(ino);
+  if (list) return writeExtentRootList(list, out, o);
+  const length = plan.singleLength[ino];
+  writeExtentHeader(out, o, length > 0 ? 1 : 0, c.EXTENTS_IN_INODE, 0);
+  if (length > 0) writeExtent(out, o + 12, 0, length, plan.singlePhysical[ino]);
 }

@@ -14,6 +14,7 @@ import {
   INODE_SIZE,
   defaultJournalBlocks,
 } from './constants.js';
+import { Ext4Error } from './errors.js';
 
 export interface Geometry {
   totalBlocks: number;
@@ -83,4 +84,43 @@ export function computeGeometry(requestedBlocks: number, inodesWanted: number, w
 /** Blocks taken by fixed metadata: superblock copies with their GDTs, bitmaps, inode tables. */
 export function metadataBlocks(g: Geometry): number {
   return g.superblockGroups.length * (1 + g.gdtBlocks) + g.groupCount * (2 + g.inodeTableBlocks);
+}
+
+/** The writer's options that decide the geometry. */
+export interface GeometryOptions {
+  /** Image size in bytes; automatic (content plus headroom) when omitted. */
+  sizeBytes?: number;
+  /** Inode count; automatic when omitted. */
+  inodes?: number;
+  /** Free space to add when sizing automatically, as a fraction of the content (default 0.2). */
+  headroom?: number;
+  journal?: boolean;
+}
+
+/** The geometry for the planned content: of the given size, or the content plus headroom rounded up. */
+export function chooseGeometry(plan: { usedInodes: number; estimatedBlocks: number }, options: GeometryOptions): Geometry {
+  const usedInodes = plan.usedInodes;
+  const withJournal = options.journal ?? true;
+  const inodesFor = (blocks: number) =>
+    options.inodes ?? Math.max(Math.ceil(usedInodes * 1.1) + 64, Math.floor((blocks * BLOCK_SIZE) / 16384));
+  if (options.sizeBytes !== undefined) {
+    const blocks = Math.floor(options.sizeBytes / BLOCK_SIZE);
+    const geometry = computeGeometry(blocks, inodesFor(blocks), withJournal);
+    if (geometry.inodesPerGroup * geometry.groupCount < usedInodes) {
+      throw new Ext4Error(`${usedInodes} inodes needed but the image has room for ${geometry.inodesPerGroup * geometry.groupCount}`);
+    }
+    return geometry;
+  }
+  const headroom = options.headroom ?? 0.2;
+  const content = plan.estimatedBlocks;
+  let blocks = Math.ceil(content * (1 + headroom)) + 1024;
+  // Metadata and journal depend on the size; two rounds settle it.
+  for (let round = 0; round < 3; round++) {
+    const g = computeGeometry(Math.max(blocks, 4096), inodesFor(blocks), withJournal);
+    blocks = Math.ceil(content * (1 + headroom)) + 1024 + metadataBlocks(g) + g.journalBlocks;
+  }
+  // Round up to 16 MiB, and keep a last group long enough to keep.
+  blocks = Math.ceil(blocks / 4096) * 4096;
+  if (blocks % BLOCKS_PER_GROUP !== 0 && blocks % BLOCKS_PER_GROUP < 512) blocks += 512;
+  return computeGeometry(blocks, inodesFor(blocks), withJournal);
 }

@@ -1,5 +1,6 @@
 /** The superblock, the group descriptor table and the journal superblock. */
 import * as c from './constants.js';
+import { Ext4Error } from './errors.js';
 import type { Geometry } from './layout.js';
 
 export interface SuperblockFields {
@@ -107,4 +108,23 @@ export function encodeJournalSuperblock(journalBlocks: number, uuid: Buffer): Bu
   uuid.copy(b, 48, 0, 16);
   b.writeUInt32BE(1, 64); // s_nr_users
   return b;
+}
+
+/** The given UUID, or one derived from a hash of the tree's metadata (so the same inputs give the same bytes). */
+export function chooseUuid(metadataHash: Buffer, given: Buffer | string | undefined): Buffer {
+  if (Buffer.isBuffer(given)) return given;
+  if (typeof given === 'string') {
+    const hex = given.replace(/-/g, '');
+    if (!/^[0-9a-fA-F]{32}$/.test(hex)) throw new Ext4Error(`UUID ${JSON.stringify(given)} is not 32 hex digits`);
+    return Buffer.from(hex, 'hex');
+  }
+  const uuid = Buffer.from(metadataHash.subarray(0, 16));
+  uuid[6] = (uuid[6] & 0x0f) | 0x50; // name-based (version 5 style), so it is a well-formed UUID
+  uuid[8] = (uuid[8] & 0x3f) | 0x80;
+  return uuid;
+}
+
+export function formatUuid(uuid: Buffer): string {
+  const h = uuid.toString('hex');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
