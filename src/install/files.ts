@@ -6,11 +6,11 @@
  */
 import { existsSync, lstatSync, readFileSync, rmSync } from 'node:fs';
 import path from 'node:path';
-import { ExitCode, FerryError } from '../errors.js';
-import type { SystemWrites } from './privileged.js';
+import { guardFs, type Report, type SystemWrites } from './privileged.js';
 import { noteDir, noteFile, sha256, type InstallRecord } from './record.js';
 
-export type Report = (line: string) => void;
+// Their home is privileged.ts, which performs the writes; named here too for install and uninstall.
+export { guardFs, type Report } from './privileged.js';
 
 export type WriteOutcome = 'created' | 'updated' | 'unchanged';
 
@@ -92,21 +92,4 @@ export function readIfExists(file: string): Buffer | undefined {
 
 export function removeFile(file: string): void {
   guardFs(file, () => rmSync(file, { force: true }));
-}
-
-/** Turns EACCES and friends into an error that names the file and what to do. */
-export function guardFs<T>(file: string, work: () => T): T {
-  try {
-    return work();
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
-      throw new FerryError(`cannot write ${file}: ${code === 'EROFS' ? 'read-only file system' : 'permission denied'}`, {
-        exitCode: ExitCode.CantCreate,
-        hint: 'run ferry as the user the install is for (not with sudo): it asks sudo itself for the files under /etc; `ferry install --dry-run` lists the changes',
-        cause: error,
-      });
-    }
-    throw error;
-  }
 }

@@ -17,8 +17,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { ExitCode, FerryError } from '../errors.js';
 import type { Runner } from '../process/runner.js';
-import { guardFs, type Report } from './files.js';
 import { underRoot } from './layout.js';
+
+/** Where install and uninstall say what they change, one line at a time. */
+export type Report = (line: string) => void;
 
 /**
  * Root's directories that install writes into: /etc (the Nix wiring) and /Library (a --system
@@ -149,5 +151,22 @@ export class SystemWrites {
         hint: 'sudo must be able to ask for your password (run ferry from a terminal); `ferry install --dry-run` lists every command it runs as root',
       });
     }
+  }
+}
+
+/** Turns EACCES and friends into an error that names the file and what to do. */
+export function guardFs<T>(file: string, work: () => T): T {
+  try {
+    return work();
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      throw new FerryError(`cannot write ${file}: ${code === 'EROFS' ? 'read-only file system' : 'permission denied'}`, {
+        exitCode: ExitCode.CantCreate,
+        hint: 'run ferry as the user the install is for (not with sudo): it asks sudo itself for the files under /etc; `ferry install --dry-run` lists the changes',
+        cause: error,
+      });
+    }
+    throw error;
   }
 }
