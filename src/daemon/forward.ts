@@ -129,6 +129,32 @@ async function run(
     return meter.finish({ kind: 'error', message: 'the client left before the guest was ready' });
   }
   onGuest(guest);
+  const piped = pipe(front, guest, writer, meter);
+  await new Promise<void>((resolve) => guest.once('close', () => resolve()));
+
+  const exit = piped.exit();
+  if (frontClosed) return meter.finish(exit ?? { kind: 'error', message: 'the client went away' });
+  // Everything the guest sent must reach the client before the exit status and EOF.
+  if (lease.lostReason() === undefined) await piped.stderrEnded;
+  await writer.whenIdle();
+  if (frontClosed) return meter.finish(exit ?? { kind: 'error', message: 'the client went away' });
+
+  if (exit === undefined) {
+    const lost = lease.lostReason();
+    return giveUp(lost === undefined ? 'the guest closed the session without an exit status' : `the guest went away: ${lost.message}`);
+  }
+  sendExit(front, exit);
+  // ssh2 drops an exit status sent after EOF, so EOF goes here, after the exit, with the close.
+  front.end();
+  return meter.finish(exit);
+}
+
+/**
+ * The bytes of a running session, both ways, with backpressure: guest stdout and stderr through
+ * the client's one writer, client stdin to the guest, EOF passed on. Returns when the guest's
+ * stderr ended and, once the guest channel closed, how the command ended (if the guest said).
+ */
+function pipe(front: ServerChannel, guest: ClientChannel, writer: SerialChannelWriter, meter: SessionMeter): { stderrEnded: Promise<void>; exit: () => SessionExit | undefined } {
   guest.on('error', () => {});
   guest.stderr.on('error', () => {});
 
@@ -167,18 +193,11 @@ async function run(
   guest.on('exit', (code: number | null, signal?: string, coreDumped?: boolean) => {
     exit = code === null || code === undefined ? { kind: 'signal', signal: signal ?? 'SIGKILL', coreDumped: coreDumped === true } : { kind: 'status', code };
   });
-  await new Promise<void>((resolve) => guest.once('close', () => resolve()));
+  return { stderrEnded, exit: () => exit };
+}
 
-  if (frontClosed) return meter.finish(exit ?? { kind: 'error', message: 'the client went away' });
-  // Everything the guest sent must reach the client before the exit status and EOF.
-  if (lease.lostReason() === undefined) await stderrEnded;
-  await writer.whenIdle();
-  if (frontClosed) return meter.finish(exit ?? { kind: 'error', message: 'the client went away' });
-
-  if (exit === undefined) {
-    const lost = lease.lostReason();
-    return giveUp(lost === undefined ? 'the guest closed the session without an exit status' : `the guest went away: ${lost.message}`);
-  }
+/** The command's exit status or signal, as the guest reported it, to the client. */
+function sendExit(front: ServerChannel, exit: SessionExit): void {
   if (exit.kind === 'status') {
     front.exit(exit.code);
   } else if (exit.kind === 'signal') {
@@ -188,9 +207,6 @@ async function run(
       front.exit(FORWARD_FAILURE_STATUS); // a signal name ssh2 cannot send
     }
   }
-  // ssh2 drops an exit status sent after EOF, so EOF goes here, after the exit, with the close.
-  front.end();
-  return meter.finish(exit);
 }
 
 function messageOf(error: unknown): string {

@@ -3,8 +3,11 @@
  * a short ssh2 connection with the daemon's guest key. Used to put the guest's clock right when
  * the host slept: the guest's clock stops with the VM, so after a sleep it lags behind.
  */
+import type { Logger } from 'pino';
 import ssh2 from 'ssh2';
-import type { GuestTarget } from './supervisor.js';
+import type { GuestChannelSource } from './forward.js';
+import type { GuestChannelRequest } from './guest-pool.js';
+import type { GuestTarget, Supervisor } from './supervisor.js';
 
 export async function runControlCommand(target: GuestTarget, privateKey: string | Buffer, command: string, timeoutMs = 10_000): Promise<string> {
   const client = new ssh2.Client();
@@ -96,4 +99,32 @@ export async function syncGuestClock(target: GuestTarget, privateKey: string | B
   if (!Number.isFinite(offset)) throw new Error('the guest reported no time');
   if (Math.abs(offset) > toleranceS) await runControlCommand(target, privateKey, `settime ${Math.round(Date.now() / 1000)}`);
   return offset;
+}
+
+/**
+ * Where sessions get their guest channel: the pool, but first — when the guest runs and the clock
+ * watch says the host may have slept — the guest's clock is checked and set again.
+ */
+export function clockCheckedSource(options: {
+  supervisor: Pick<Supervisor, 'state' | 'ensureRunning'>;
+  pool: GuestChannelSource;
+  clock: ClockWatch;
+  privateKey: string | Buffer;
+  log: Logger;
+}): GuestChannelSource {
+  const { supervisor, pool, clock, privateKey, log } = options;
+  return {
+    open: async (request: GuestChannelRequest) => {
+      if (supervisor.state === 'running' && clock.due) {
+        try {
+          const offset = await syncGuestClock(await supervisor.ensureRunning(), privateKey);
+          if (Math.abs(offset) > 2) log.info({ offsetS: Math.round(offset) }, 'set the guest clock (the host slept)');
+        } catch (error) {
+          log.warn({ err: error }, 'could not check the guest clock');
+        }
+        clock.checked();
+      }
+      return pool.open(request);
+    },
+  };
 }

@@ -103,8 +103,14 @@ export class SshFront extends EventEmitter {
   listen(): Promise<{ host: string; port: number }> {
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException) => {
-        const why = error.code === 'EADDRINUSE' ? 'the port is in use (is another ferry daemon running?)' : error.message;
-        reject(new FerryError(`cannot listen on ${FRONT_HOST}:${this.#options.port}: ${why}`, { exitCode: ExitCode.Unavailable, cause: error }));
+        const inUse = error.code === 'EADDRINUSE';
+        reject(
+          new FerryError(`cannot listen on ${FRONT_HOST}:${this.#options.port}: ${inUse ? 'the port is in use (is another ferry daemon running?)' : error.message}`, {
+            exitCode: ExitCode.Unavailable,
+            hint: inUse ? 'another program (another ferry?) uses this port; set [daemon] port in ferry.toml' : undefined,
+            cause: error,
+          }),
+        );
       };
       this.#listener.once('error', onError);
       this.#listener.listen(this.#options.port, FRONT_HOST, () => {
