@@ -87,6 +87,41 @@ export const DIR_NAMES = {
   tmp: 'tmp',
 } as const;
 
+/** What the service manager knows ferry's daemon by. */
+export const SERVICE_NAMES = {
+  /** launchd: the job's Label (as in launchd/ferry-daemon.plist, which install checks), and its plist's base name. */
+  launchdLabel: 'dev.ferry.daemon',
+  /** systemd: the unit's name. */
+  systemdUnit: 'ferry.service',
+} as const;
+
+/**
+ * Files outside ferry's own directories that install writes (and uninstall restores): absolute
+ * paths on the host, which `--root DIR` moves under DIR; the per-user ones relative to a base.
+ */
+export const SYSTEM_FILES = {
+  /** Nix's remote builders: ferry's line (marked) beside any others. */
+  nixMachines: '/etc/nix/machines',
+  /** Nix's settings: `builders-use-substitutes` (unless nix-darwin manages the file). */
+  nixConf: '/etc/nix/nix.conf',
+  /** An OpenSSH client include with the builder alias, which carries the port. */
+  sshAlias: '/etc/ssh/ssh_config.d/ferry.conf',
+  /** macOS, `--system`: the LaunchDaemon. */
+  launchDaemon: `/Library/LaunchDaemons/${SERVICE_NAMES.launchdLabel}.plist`,
+  /** macOS, per user: the LaunchAgent, relative to HOME. */
+  launchAgent: `Library/LaunchAgents/${SERVICE_NAMES.launchdLabel}.plist`,
+  /** Linux, `--system`: the system unit. */
+  systemdSystemUnit: `/etc/systemd/system/${SERVICE_NAMES.systemdUnit}`,
+  /** Linux, per user: the user unit, relative to the XDG config dir (~/.config). */
+  systemdUserUnit: `systemd/user/${SERVICE_NAMES.systemdUnit}`,
+} as const;
+
+/** Files ferry reads from its own package, relative to the package root (beside src/ and dist/). */
+export const PACKAGE_FILES = {
+  /** The launchd plist's static keys; install adds the program, its environment and the log paths. */
+  launchdTemplate: 'launchd/ferry-daemon.plist',
+} as const;
+
 export interface FerryPaths {
   /** True for a system-wide install (`--system`). */
   readonly system: boolean;

@@ -4,11 +4,11 @@
  * staging a tree) get the whole install in one directory and nothing on the real system.
  */
 import path from 'node:path';
-import { resolvePaths, type FerryPaths } from '../config/paths.js';
+import { resolvePaths, SERVICE_NAMES, SYSTEM_FILES, type FerryPaths } from '../config/paths.js';
 import { daemonFiles } from '../daemon/ssh-alias.js';
 
-export const LAUNCHD_LABEL = 'dev.ferry.daemon';
-export const SYSTEMD_UNIT = 'ferry.service';
+export const LAUNCHD_LABEL = SERVICE_NAMES.launchdLabel;
+export const SYSTEMD_UNIT = SERVICE_NAMES.systemdUnit;
 
 export interface InstallTarget {
   /** 'darwin' → launchd, anything else → systemd. */
@@ -51,16 +51,16 @@ export function installLayout(target: InstallTarget): InstallLayout {
   const serviceFile =
     serviceKind === 'launchd'
       ? system
-        ? underRoot(root, `/Library/LaunchDaemons/${LAUNCHD_LABEL}.plist`)
-        : path.join(homeDir, 'Library', 'LaunchAgents', `${LAUNCHD_LABEL}.plist`)
+        ? underRoot(root, SYSTEM_FILES.launchDaemon)
+        : path.join(homeDir, SYSTEM_FILES.launchAgent)
       : system
-        ? underRoot(root, `/etc/systemd/system/${SYSTEMD_UNIT}`)
-        : path.join(xdgConfig, 'systemd', 'user', SYSTEMD_UNIT);
+        ? underRoot(root, SYSTEM_FILES.systemdSystemUnit)
+        : path.join(xdgConfig, SYSTEM_FILES.systemdUserUnit);
   return {
     paths,
-    machinesFile: underRoot(root, '/etc/nix/machines'),
-    nixConf: underRoot(root, '/etc/nix/nix.conf'),
-    sshAlias: underRoot(root, '/etc/ssh/ssh_config.d/ferry.conf'),
+    machinesFile: underRoot(root, SYSTEM_FILES.nixMachines),
+    nixConf: underRoot(root, SYSTEM_FILES.nixConf),
+    sshAlias: underRoot(root, SYSTEM_FILES.sshAlias),
     aliasKnownHosts: daemonFiles(paths).knownHosts,
     serviceFile,
     serviceKind,
