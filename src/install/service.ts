@@ -1,16 +1,17 @@
 /**
  * What the service manager runs: the absolute argv of `ferry daemon` and its environment, and the
- * launchd plist / systemd unit that carry them, and the launchctl / systemctl commands that load
- * and unload them. The daemon gets ferry's directories as explicit FERRY_* variables, so it uses
+ * launchd plist (launchd/ferry-daemon.plist's static keys with those filled in) / systemd unit
+ * that carry them, and the launchctl / systemctl commands that load and unload them. The daemon gets ferry's directories as explicit FERRY_* variables, so it uses
  * exactly the paths install used whatever HOME and XDG look like under launchd or systemd.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import plist from 'plist';
-import type { FerryPaths } from '../config/paths.js';
+import plist, { type PlistObject, type PlistValue } from 'plist';
+import { PACKAGE_FILES, type FerryPaths } from '../config/paths.js';
 import { DAEMON_NODE_FLAGS } from '../daemon/node-flags.js';
+import { ExitCode, FerryError } from '../errors.js';
 import { LAUNCHD_LABEL, SYSTEMD_UNIT } from './layout.js';
 
 /** Where Nix (multi-user install, nix-darwin/NixOS) and the backends (Homebrew) live. */
@@ -61,19 +62,49 @@ export function daemonEnvironment(paths: FerryPaths, env: Readonly<Record<string
   return vars;
 }
 
-export function renderPlist(argv: readonly string[], environment: Record<string, string>, paths: FerryPaths): string {
-  return plist.build({
-    Label: LAUNCHD_LABEL,
+/**
+ * launchd/ferry-daemon.plist in ferry's package: two levels up from this module, whether it runs
+ * as src/install/service.ts (tsx) or as dist/install/service.js (built).
+ */
+export function launchdTemplatePath(): string {
+  return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', PACKAGE_FILES.launchdTemplate);
+}
+
+/** The keys install fills in; the template holds every other key. */
+export const PLIST_FILLED_KEYS = ['ProgramArguments', 'EnvironmentVariables', 'StandardOutPath', 'StandardErrorPath'] as const;
+
+/** The template's static keys (Label, RunAtLoad, KeepAlive, …), checked against what install relies on. */
+export function readLaunchdTemplate(file = launchdTemplatePath()): PlistObject {
+  const broken = (problem: string, cause?: unknown) =>
+    new FerryError(`ferry's launchd template ${file}: ${problem}`, { exitCode: ExitCode.Software, hint: 'the template ships in ferry\'s package beside src/ and dist/; reinstall ferry if it is missing', cause });
+  let parsed: PlistValue;
+  try {
+    parsed = plist.parse(readFileSync(file, 'utf8'));
+  } catch (error) {
+    throw broken((error as NodeJS.ErrnoException).code === 'ENOENT' ? 'missing' : `unreadable (${(error as Error).message})`, error);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed) || Buffer.isBuffer(parsed) || parsed instanceof Date) {
+    throw broken('expected a plist whose top level is a dict');
+  }
+  const template = parsed as PlistObject;
+  // launchctl bootout/print and the plist's file name use the label from paths.ts.
+  if (template.Label !== LAUNCHD_LABEL) {
+    throw broken(`Label is ${JSON.stringify(template.Label)}, but ferry loads and unloads the job as ${JSON.stringify(LAUNCHD_LABEL)} (SERVICE_NAMES.launchdLabel in src/config/paths.ts); make them the same`);
+  }
+  const filled = PLIST_FILLED_KEYS.filter((key) => key in template);
+  if (filled.length > 0) throw broken(`${filled.join(', ')} ${filled.length === 1 ? 'is' : 'are'} filled in by install; remove ${filled.length === 1 ? 'it' : 'them'} from the template`);
+  return template;
+}
+
+/** The template's keys, then the program, its environment and its output log. */
+export function renderPlist(argv: readonly string[], environment: Record<string, string>, paths: FerryPaths, template = readLaunchdTemplate()): string {
+  const filled: Record<(typeof PLIST_FILLED_KEYS)[number], PlistObject[string]> = {
     ProgramArguments: [...argv],
-    RunAtLoad: true,
-    KeepAlive: true,
-    // A crash loop must not spin: launchd waits this long between starts.
-    ThrottleInterval: 10,
-    ProcessType: 'Background',
+    EnvironmentVariables: environment,
     StandardOutPath: paths.daemonOutput,
     StandardErrorPath: paths.daemonOutput,
-    EnvironmentVariables: environment,
-  }) + '\n';
+  };
+  return plist.build({ ...template, ...filled }) + '\n';
 }
 
 export function renderUnit(argv: readonly string[], environment: Record<string, string>, paths: FerryPaths, system: boolean): string {

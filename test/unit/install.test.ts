@@ -1,8 +1,8 @@
 /**
  * `ferry install` / `uninstall` / `doctor` against a temp dir as the file system root (HOME inside
- * it): the files written, checked field by field (the plist through the plist library, the
- * machines line, the ssh alias, the systemd unit), the launchctl/systemctl commands issued
- * through the runner in order, the tree back byte for byte after uninstall, idempotence, dry run,
+ * it): the files written, checked field by field (the plist through the plist library, key by key
+ * against the template in launchd/; the machines line, the ssh alias, the systemd unit), the
+ * launchctl/systemctl commands issued through the runner in order, the tree back byte for byte after uninstall, idempotence, dry run,
  * nix-darwin, and doctor reporting each broken piece with its fix. As a user (FERRY_AS_USER=1):
  * each change under /etc is a `sudo …` argv through the runner (executed here as the plain command)
  * and nothing else touches root's directories.
@@ -19,7 +19,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { doctor, renderChecks, type Check } from '../../src/install/doctor.js';
 import { install, type InstallOptions } from '../../src/install/install.js';
 import { MACHINES_MARKER } from '../../src/install/nix-wiring.js';
-import { daemonArgv, parseUnit } from '../../src/install/service.js';
+import { daemonArgv, launchdTemplatePath, parseUnit, readLaunchdTemplate } from '../../src/install/service.js';
 import { uninstall, type UninstallOptions } from '../../src/install/uninstall.js';
 import { findOnPath, RecordingRunner, type RunResult } from '../../src/process/runner.js';
 
@@ -73,6 +73,10 @@ const hostKeyPub = () => path.join(stateDir(), 'keys/ssh_host_ed25519_key.pub');
 const machinesFile = () => path.join(root, 'etc/nix/machines');
 const aliasFile = () => path.join(root, 'etc/ssh/ssh_config.d/ferry.conf');
 const plistFile = () => path.join(home, 'Library/LaunchAgents/dev.ferry.daemon.plist');
+/** The keys install adds to the template: the program, its environment, its output log. */
+const FILLED_KEYS = ['ProgramArguments', 'EnvironmentVariables', 'StandardOutPath', 'StandardErrorPath'];
+/** The template in the repository's launchd/ folder, read here on its own (not through install's reader). */
+const launchdTemplate = () => plist.parse(readFileSync(path.join(REPO, 'launchd/ferry-daemon.plist'), 'utf8')) as Record<string, unknown>;
 
 beforeEach(async () => {
   root = await mkdtemp(path.join(tmpdir(), 'ferry-install-'));
@@ -94,15 +98,12 @@ describe('ferry install on macOS (LaunchAgent)', () => {
   it('writes the plist, the machines line and the alias; launchctl bootout then bootstrap', async () => {
     const result = await install(options({ platform: 'darwin', port: 31999 }));
 
-    // The plist, parsed back, key by key.
+    // The plist, parsed back: the template's keys with the template's values, plus what install fills in.
     const parsed = plist.parse(readFileSync(plistFile(), 'utf8')) as Record<string, unknown>;
-    expect(Object.keys(parsed).sort()).toEqual(
-      ['EnvironmentVariables', 'KeepAlive', 'Label', 'ProcessType', 'ProgramArguments', 'RunAtLoad', 'StandardErrorPath', 'StandardOutPath', 'ThrottleInterval'].sort(),
-    );
-    expect(parsed.Label).toBe('dev.ferry.daemon');
+    const template = launchdTemplate();
+    for (const [key, value] of Object.entries(template)) expect(parsed[key], `template key ${key}`).toEqual(value);
+    expect(Object.keys(parsed).sort()).toEqual([...Object.keys(template), ...FILLED_KEYS].sort());
     expect(parsed.ProgramArguments).toEqual(['/usr/local/bin/node', '/opt/ferry/dist/cli.js', 'daemon']);
-    expect(parsed.RunAtLoad).toBe(true);
-    expect(parsed.KeepAlive).toBe(true);
     expect(parsed.StandardOutPath).toBe(path.join(home, 'Library/Logs/ferry/daemon.out.log'));
     expect(parsed.StandardErrorPath).toBe(parsed.StandardOutPath);
     expect(existsSync(path.dirname(parsed.StandardOutPath as string))).toBe(true); // launchd does not create it
@@ -255,10 +256,39 @@ describe('ferry install on macOS (LaunchAgent)', () => {
     await install(options({ platform: 'darwin', system: true }));
     const file = path.join(root, 'Library/LaunchDaemons/dev.ferry.daemon.plist');
     const parsed = plist.parse(readFileSync(file, 'utf8')) as { EnvironmentVariables: Record<string, string>; StandardOutPath: string };
+    for (const [key, value] of Object.entries(launchdTemplate())) expect((parsed as Record<string, unknown>)[key], `template key ${key}`).toEqual(value);
     expect(parsed.EnvironmentVariables.FERRY_STATE_DIR).toBe(path.join(root, 'var/lib/ferry'));
     expect(parsed.StandardOutPath).toBe(path.join(root, 'Library/Logs/ferry/daemon.out.log'));
     expect(readFileSync(machinesFile(), 'utf8')).toContain(path.join(root, 'var/lib/ferry/keys/client_ed25519'));
     expect(commandsOf(runner)).toEqual(['launchctl bootout system/dev.ferry.daemon', `launchctl bootstrap system ${file}`]);
+  });
+
+  it('the launchd/ template holds the static keys, and launchctl and the file name use its Label', async () => {
+    const template = launchdTemplate();
+    expect(Object.keys(template).sort()).toEqual(['KeepAlive', 'Label', 'ProcessType', 'RunAtLoad', 'ThrottleInterval']);
+    await install(options({ platform: 'darwin' }));
+    const agent = path.join(home, 'Library/LaunchAgents', `${template.Label as string}.plist`);
+    expect(existsSync(agent)).toBe(true);
+    expect(commandsOf(runner)).toEqual([`launchctl bootout gui/${UID}/${template.Label as string}`, `launchctl bootstrap gui/${UID} ${agent}`]);
+    // The record names the same label, so uninstall boots out the job install loaded.
+    runner = new RecordingRunner();
+    await uninstall(options({ platform: 'darwin' }));
+    expect(commandsOf(runner)).toEqual([`launchctl bootout gui/${UID}/${template.Label as string}`]);
+  });
+
+  it('a template whose Label differs from the one install loads, or that sets a key install fills, is refused with what to fix', () => {
+    const dir = path.join(root, 'templates');
+    mkdirSync(dir);
+    const text = readFileSync(path.join(REPO, 'launchd/ferry-daemon.plist'), 'utf8');
+    const relabelled = path.join(dir, 'relabelled.plist');
+    writeFileSync(relabelled, text.replace('<string>dev.ferry.daemon</string>', '<string>org.example.other</string>'));
+    expect(() => readLaunchdTemplate(relabelled)).toThrow(/Label is "org\.example\.other", but ferry loads and unloads the job as "dev\.ferry\.daemon".*make them the same/);
+    const withProgram = path.join(dir, 'with-program.plist');
+    writeFileSync(withProgram, text.replace('<dict>', '<dict>\n\t<key>ProgramArguments</key>\n\t<array><string>/bin/false</string></array>'));
+    expect(() => readLaunchdTemplate(withProgram)).toThrow(/ProgramArguments is filled in by install; remove it from the template/);
+    expect(() => readLaunchdTemplate(path.join(dir, 'absent.plist'))).toThrow(/absent\.plist: missing/);
+    // The one install reads by default is the repository's.
+    expect(launchdTemplatePath()).toBe(path.join(REPO, 'launchd/ferry-daemon.plist'));
   });
 });
 
