@@ -30,7 +30,9 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { loadConfig } from '../src/config/load.js';
 import { resolvePaths, type FerryPaths } from '../src/config/paths.js';
-import { buildImage, type ImageManifest } from '../src/image/build.js';
+import { buildImage } from '../src/image/build.js';
+import { imageCmdline, type ImageManifest } from '../src/image/manifest.js';
+import { ferryKeys } from '../src/keys/ferry-keys.js';
 import { writeExt4 } from '../src/image/ext4/index.js';
 import { OVERLAY_DIR } from '../src/image/guest-os/stage1.js';
 import { writeGzippedCpio } from '../src/image/initramfs/index.js';
@@ -42,8 +44,9 @@ import { Tree, type Inode } from '../src/image/tree.js';
 import type { VmSpec } from '../src/vm/backend.js';
 import { FileTail } from '../src/vm/console.js';
 import { freePort } from '../src/vm/free-port.js';
-import { guestCmdline } from '../src/vm/guest.js';
-import { buildQemuArgv, type QemuAccelerator } from '../src/vm/qemu.js';
+import type { QemuAccelerator } from '../src/vm/facts.js';
+import { guestCmdline } from '../src/vm/instance/spec.js';
+import { buildQemuArgv } from '../src/vm/qemu.js';
 import { fixtureCacheRoot } from '../test/support/fixtures.js';
 import { readContent } from '../test/support/tree-content.js';
 
@@ -417,7 +420,7 @@ async function main(): Promise<void> {
     const paths: FerryPaths = resolvePaths({ env });
     const config = await loadConfig(paths.configFile, { mustExist: true });
     log('building ferry\'s debian image (buildImage; cached)');
-    const manifest = await buildImage({ config, paths, onStep: (label) => log(`  ${label}`) });
+    const manifest = await buildImage({ config, paths, keys: ferryKeys(paths), onStep: (label) => log(`  ${label}`) });
     log(`  image ${manifest.id}: system disk ${manifest.systemDisk.cacheHit ? 'cached' : 'built'}, initrd ${manifest.initrd.sizeBytes} bytes`);
 
     const stateTemplate = join(work, 'state-template.img');
@@ -435,7 +438,7 @@ async function main(): Promise<void> {
     const knownHosts = join(work, 'known_hosts');
     writeFileSync(knownHosts, `bench-guest ${hostPublic.trim().split(/\s+/).slice(0, 2).join(' ')}\n`);
 
-    const baseCmdline = manifest.cmdline.replace(/\s*ferry\.system=\S+/, '');
+    const baseCmdline = imageCmdline(manifest).replace(/\s*ferry\.system=\S+/, '');
     const inputs: Record<GuestKind, Omit<BootInput, 'cmdline'> & { cmdline: () => string }> = {
       ferry: {
         kind: 'ferry',

@@ -24,7 +24,7 @@ import { resolvePaths } from '../src/config/paths.js';
 import { callDaemon } from '../src/daemon/control-client.js';
 import { BUILDER_ALIAS, daemonFiles } from '../src/daemon/ssh-alias.js';
 import { freePort } from '../src/vm/free-port.js';
-import { SSH_HOST } from '../src/vm/guest.js';
+import { SSH_HOST } from '../src/vm/instance/ssh.js';
 import { configText, derivationExpr, IMAGE_CACHE, ROOT } from '../test/support/daemon.js';
 import { DAEMON_NODE_FLAGS } from '../src/daemon/node-flags.js';
 

@@ -11,9 +11,14 @@ import { resolvePaths, type FerryPaths } from '../config/paths.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { buildImage } from '../image/build.js';
 import { ensureStateDisk } from '../image/state-disk.js';
+import { ferryKeys } from '../keys/ferry-keys.js';
 import { createProgress, formatDurationMs } from '../ui/progress.js';
+import type { StopHow } from '../vm/backend.js';
 import { FileTail } from '../vm/console.js';
-import { bootGuest, requireRunning, runningGuest, shellQuote, sshArgv, stopGuest, type GuestRecord } from '../vm/guest.js';
+import { bootGuest } from '../vm/instance/boot.js';
+import { removeGuestRecord, requireRunning, runningGuest, type GuestRecord } from '../vm/instance/record.js';
+import { shellQuote, sshArgv } from '../vm/instance/ssh.js';
+import { stopRecordedGuest } from '../vm/instance/stop.js';
 import { daemonIsRunning } from '../daemon/control-client.js';
 import { BUILDER_ALIAS, daemonFiles } from '../daemon/ssh-alias.js';
 
@@ -36,6 +41,7 @@ export function registerGuestCommands(program: Command): void {
       const manifest = await buildImage({
         config,
         paths,
+        keys: ferryKeys(paths),
         onStep: (label) => progress.step(label),
         onProgress: (p) => p.phase === 'data' && progress.update(p.done, p.total, 'bytes'),
       });
@@ -65,7 +71,7 @@ export function registerGuestCommands(program: Command): void {
         if (stopping) return;
         stopping = true;
         process.stderr.write('ferry: powering the guest off…\n');
-        void stopGuest(paths).catch((error: Error) => process.stderr.write(`ferry: ${error.message}\n`));
+        void booted.vm.stop().catch((error: Error) => process.stderr.write(`ferry: ${error.message}\n`));
       };
       process.on('SIGINT', stop);
       process.on('SIGTERM', stop);
@@ -73,7 +79,7 @@ export function registerGuestCommands(program: Command): void {
       unsubscribe();
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
-      await stopGuest(paths); // removes the record and run files
+      await removeGuestRecord(paths); // the run files went with the hypervisor
       if (!stopping) throw new FerryError(`the guest stopped by itself (${status.signal ? `signal ${status.signal}` : `exit code ${status.code}`})`, { hint: `see ${paths.consoleLog}` });
     });
 
@@ -85,13 +91,15 @@ export function registerGuestCommands(program: Command): void {
     .action(async (opts: { hard?: boolean; timeout: string }) => {
       const seconds = Number(opts.timeout);
       if (!Number.isFinite(seconds) || seconds <= 0) throw new FerryError(`--timeout: expected seconds > 0, got ${JSON.stringify(opts.timeout)}`, { exitCode: ExitCode.Usage });
-      const result = await stopGuest(resolvePaths(), { hard: opts.hard, timeoutMs: seconds * 1000 });
-      const words: Record<typeof result.how, string> = {
+      const result = await stopRecordedGuest(resolvePaths(), { hard: opts.hard, timeoutMs: seconds * 1000 });
+      const words: Record<StopHow | 'not-running', string> = {
         'not-running': 'the guest was not running',
-        clean: 'the guest powered off',
-        'qmp-powerdown': 'the guest powered off (asked through QMP)',
-        quit: 'the guest did not power off; the hypervisor was ended',
+        guest: 'the guest powered off',
+        backend: 'the guest powered off (asked through the hypervisor: its control command did not answer)',
+        'hard-stop': 'the guest did not power off; the hypervisor was ended',
+        terminated: 'the guest did not power off; the hypervisor was terminated',
         killed: 'the hypervisor was killed',
+        'already-exited': 'the guest had already stopped',
       };
       process.stdout.write(`${words[result.how]}${result.how === 'not-running' ? '' : ` (${formatDurationMs(result.ms)})`}\n`);
     });

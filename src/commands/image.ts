@@ -63,11 +63,13 @@ export function registerImageCommands(program: Command): void {
       const paths = resolvePaths({ configFile: opts.config });
       const { loadConfig } = await import('../config/load.js');
       const { buildImage } = await import('../image/build.js');
+      const { ferryKeys } = await import('../keys/ferry-keys.js');
       const config = await loadConfig(paths.configFile, { mustExist: opts.config !== undefined });
       const progress = createProgress({ quiet: opts.json });
       const manifest = await buildImage({
         config,
         paths,
+        keys: ferryKeys(paths),
         refresh: opts.refresh,
         onStep: (label) => progress.step(label),
         onProgress: (p) => p.phase === 'data' && progress.update(p.done, p.total, 'bytes'),

@@ -43,14 +43,12 @@ export const FILE_NAMES = {
   installRecord: 'install.json',
   /** state dir: which image the guest runs and which it ran before (for rollback). */
   currentImage: 'current-image.json',
-  /** state dir: OpenSSH client config for `ferry ssh`. */
+  /** state dir: OpenSSH client config for the guest's sshd (`ferry up`'s `ferry ssh`, the control command). */
   sshConfig: 'ssh_config',
   /** state dir: OpenSSH client config with the `ferry-builder` alias to the daemon's SSH front (written by the daemon; `ferry ssh`, tests). */
   builderSshConfig: 'builder_ssh_config',
   /** state dir: the daemon's host key pinned for the `ferry-builder` alias (the daemon's and install's alias both use it). */
   builderKnownHosts: 'builder_known_hosts',
-  /** state dir: the daemon's and the guest's host keys, for the OpenSSH client and Nix. */
-  knownHosts: 'known_hosts',
   /** keys dir: host key of the daemon's SSH front (persistent, so Nix's pinned key stays valid). */
   daemonHostKey: 'ssh_host_ed25519_key',
   /** keys dir: the key the host's nix-daemon (and `ferry ssh`) log in to the daemon with; `.pub` beside it. */
@@ -61,10 +59,12 @@ export const FILE_NAMES = {
   guestHostKey: 'guest_ssh_host_ed25519_key',
   /** vm dir: the state disk (vdb): /nix and everything that survives image rebuilds. Sparse. */
   stateDisk: 'state.img',
-  /** vm dir: qemu's QMP socket (powerdown, quit). */
-  qmpSocket: 'qmp.sock',
-  /** vm dir: pid of the VM process (hyperkit -F, qemu -pidfile). */
-  vmPid: 'vm.pid',
+  /** vm dir: the running guest's record (backend, pid, spec, address), so another process can find and stop it. */
+  guestRecord: 'guest.json',
+  /** vm dir: the guest sshd's host key, pinned under the guest's ssh alias. */
+  guestKnownHosts: 'known_hosts',
+  /** log dir: the hypervisor's own stdout and stderr when it runs detached (its errors, e.g. a taken port). */
+  hypervisorLog: 'hypervisor.log',
   /** log dir: the daemon's log (pino, JSON lines). */
   daemonLog: 'daemon.log',
   /** log dir: what launchd/systemd captured from the daemon's stdout and stderr (crashes before logging starts). */
@@ -85,6 +85,42 @@ export const DIR_NAMES = {
   downloads: 'downloads',
   /** cache dir: work in progress, renamed into images/ or downloads/ when complete (same filesystem). */
   tmp: 'tmp',
+  /** cache dir: uncompressed arm64 kernels for Virtualization.framework, keyed by the source's hash. */
+  kernels: 'kernels',
+} as const;
+
+/**
+ * The files one running VM uses, named after it (`name`, e.g. `ferry`) in its run dir (the vm
+ * dir for ferry's guest): `ferry.pid`, `ferry.qmp`, …
+ */
+export function vmRunFiles(runDir: string, name: string) {
+  const file = (suffix: string) => path.join(runDir, `${name}.${suffix}`);
+  return {
+    /** The hypervisor's pid (qemu -pidfile, hyperkit -F; written by ferry for vfkit). */
+    pidfile: file('pid'),
+    /** qemu's QMP socket (system_powerdown, quit). */
+    qmpSocket: file('qmp'),
+    /** vfkit's REST API (`--restful-uri unix://…`). */
+    vfkitRestSocket: file('vfkit.sock'),
+    /** The pty hyperkit links its com1 to (`autopty=`). */
+    hyperkitTty: file('tty'),
+    /** hyperkit's 64 KiB console ring (`log=`). */
+    hyperkitConsoleRing: file('console-ring'),
+  };
+}
+
+/** A writable disk's lock: beside the disk, not in a run dir, so a second guest with another run dir sees it too. */
+export const diskLockFile = (diskPath: string): string => `${diskPath}.ferry-lock`;
+
+/** The content-addressed image cache's names (in the cache's images dir). */
+export const IMAGE_FILES = {
+  /** The manifest of the latest `ferry image build`. */
+  latest: 'latest.json',
+  manifest: (id: string) => `build-${id}.json`,
+  systemDisk: (key: string) => `system-${key}.img`,
+  initramfs: (key: string) => `initramfs-${key}.cpio.gz`,
+  configArchive: (key: string) => `config-${key}.cpio.gz`,
+  initrd: (key: string) => `initrd-${key}.img`,
 } as const;
 
 /** What the service manager knows ferry's daemon by. */
@@ -135,6 +171,7 @@ export interface FerryPaths {
   readonly imagesDir: string;
   readonly downloadsDir: string;
   readonly tmpDir: string;
+  readonly kernelsDir: string;
 
   readonly controlSocket: string;
   readonly daemonPid: string;
@@ -143,14 +180,14 @@ export interface FerryPaths {
   readonly sshConfig: string;
   readonly builderSshConfig: string;
   readonly builderKnownHosts: string;
-  readonly knownHosts: string;
   readonly daemonHostKey: string;
   readonly clientKey: string;
   readonly guestClientKey: string;
   readonly guestHostKey: string;
   readonly stateDisk: string;
-  readonly qmpSocket: string;
-  readonly vmPid: string;
+  readonly guestRecord: string;
+  readonly guestKnownHosts: string;
+  readonly hypervisorLog: string;
   readonly daemonLog: string;
   readonly daemonOutput: string;
   readonly consoleLog: string;
@@ -204,6 +241,7 @@ export function resolvePaths(options: PathOptions = {}): FerryPaths {
     imagesDir: path.join(cacheDir, DIR_NAMES.images),
     downloadsDir: path.join(cacheDir, DIR_NAMES.downloads),
     tmpDir: path.join(cacheDir, DIR_NAMES.tmp),
+    kernelsDir: path.join(cacheDir, DIR_NAMES.kernels),
     controlSocket: path.join(stateDir, FILE_NAMES.controlSocket),
     daemonPid: path.join(stateDir, FILE_NAMES.daemonPid),
     installRecord: path.join(stateDir, FILE_NAMES.installRecord),
@@ -211,14 +249,14 @@ export function resolvePaths(options: PathOptions = {}): FerryPaths {
     sshConfig: path.join(stateDir, FILE_NAMES.sshConfig),
     builderSshConfig: path.join(stateDir, FILE_NAMES.builderSshConfig),
     builderKnownHosts: path.join(stateDir, FILE_NAMES.builderKnownHosts),
-    knownHosts: path.join(stateDir, FILE_NAMES.knownHosts),
     daemonHostKey: path.join(keysDir, FILE_NAMES.daemonHostKey),
     clientKey: path.join(keysDir, FILE_NAMES.clientKey),
     guestClientKey: path.join(keysDir, FILE_NAMES.guestClientKey),
     guestHostKey: path.join(keysDir, FILE_NAMES.guestHostKey),
     stateDisk: path.join(vmDir, FILE_NAMES.stateDisk),
-    qmpSocket: path.join(vmDir, FILE_NAMES.qmpSocket),
-    vmPid: path.join(vmDir, FILE_NAMES.vmPid),
+    guestRecord: path.join(vmDir, FILE_NAMES.guestRecord),
+    guestKnownHosts: path.join(vmDir, FILE_NAMES.guestKnownHosts),
+    hypervisorLog: path.join(logDir, FILE_NAMES.hypervisorLog),
     daemonLog: path.join(logDir, FILE_NAMES.daemonLog),
     daemonOutput: path.join(logDir, FILE_NAMES.daemonOutput),
     consoleLog: path.join(logDir, FILE_NAMES.consoleLog),

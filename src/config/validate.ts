@@ -6,14 +6,14 @@ import { needsInterpreter } from './defaults.js';
 import type { HostInfo } from './host.js';
 import type { ConfigProblem } from './problems.js';
 import { formatSize } from './units.js';
-import type { FerryConfig, GuestSystem } from './types.js';
+import type { FerryConfig } from './types.js';
+import { BACKEND_FACTS, BACKEND_NAMES, whyBackendCannotRun, type BackendName } from '../vm/facts.js';
 
 export function validateConfig(config: FerryConfig, host: HostInfo, file: string): ConfigProblem[] {
   const problems: ConfigProblem[] = [];
   const problem = (key: string, message: string) => problems.push({ file, key, message });
   const { guest, vm } = config;
   const hostDescription = `this host is ${host.platform} ${host.arch}`;
-  const hostSystem = hostGuestSystem(host);
 
   // --- extra systems and their interpreter ---
   const seen = new Set<string>();
@@ -30,10 +30,11 @@ export function validateConfig(config: FerryConfig, host: HostInfo, file: string
     problem('guest.interpreter', `"${guest.interpreter}" has nothing to run: guest.extra-systems lists no system foreign to ${guest.system} (add e.g. "${guest.system === 'aarch64-linux' ? 'x86_64-linux' : 'aarch64-linux'}")`);
   }
   if (guest.interpreter === 'rosetta') {
-    if (host.platform !== 'darwin' || host.arch !== 'arm64') {
+    const sharing = BACKEND_NAMES.filter((name) => BACKEND_FACTS[name].rosettaOn(host));
+    if (sharing.length === 0) {
       problem('guest.interpreter', `"rosetta" needs an Apple-silicon Mac, but ${hostDescription}; use "qemu-user"`);
-    } else if (vm.backend !== 'vfkit' && vm.backend !== 'auto') {
-      problem('guest.interpreter', `"rosetta" is provided only by the vfkit backend, but vm.backend is "${vm.backend}"; use "qemu-user" or set vm.backend = "vfkit"`);
+    } else if (vm.backend !== 'auto' && !sharing.includes(vm.backend)) {
+      problem('guest.interpreter', `"rosetta" is provided only by the ${sharing.join(' or ')} backend, but vm.backend is "${vm.backend}"; use "qemu-user" or set vm.backend = "${sharing[0]}"`);
     }
     if (guest.system !== 'aarch64-linux') problem('guest.interpreter', `"rosetta" runs x86_64 binaries on an aarch64-linux guest, but guest.system is "${guest.system}"`);
     for (const extra of foreign.filter((s) => s !== 'x86_64-linux')) {
@@ -41,22 +42,16 @@ export function validateConfig(config: FerryConfig, host: HostInfo, file: string
     }
   }
 
-  // --- the VM backend and accelerator this host can run ---
-  if (vm.backend === 'hyperkit') {
-    if (host.platform !== 'darwin' || host.arch !== 'x64') problem('vm.backend', `"hyperkit" runs only on Intel Macs, but ${hostDescription}`);
-    if (guest.system !== 'x86_64-linux') problem('vm.backend', `"hyperkit" boots only x86_64-linux guests, but guest.system is "${guest.system}"`);
-  }
-  if (vm.backend === 'vfkit') {
-    if (host.platform !== 'darwin') problem('vm.backend', `"vfkit" runs only on macOS, but ${hostDescription}`);
-    else if (hostSystem !== guest.system) problem('vm.backend', `"vfkit" cannot emulate: an ${guest.system} guest needs an ${guest.system.split('-')[0]} host, but ${hostDescription}; use vm.backend = "qemu"`);
-  }
-  if (vm.accel !== 'auto' && (vm.backend === 'hyperkit' || vm.backend === 'vfkit')) {
-    problem('vm.accel', `applies only to the qemu backend, but vm.backend is "${vm.backend}"; remove it or set it to "auto"`);
-  }
-  if (vm.accel === 'hvf' || vm.accel === 'kvm') {
-    const platform = vm.accel === 'hvf' ? 'darwin' : 'linux';
-    if (host.platform !== platform) problem('vm.accel', `"${vm.accel}" is available only on ${platform === 'darwin' ? 'macOS' : 'Linux'}, but ${hostDescription}; use "auto" or "tcg"`);
-    else if (hostSystem !== guest.system) problem('vm.accel', `"${vm.accel}" runs only guests of the host's architecture, but guest.system is "${guest.system}" and ${hostDescription}; use "tcg"`);
+  // --- the VM backend and accelerator this host can run (the backends' facts say which) ---
+  const accelerators = (name: BackendName): readonly string[] => BACKEND_FACTS[name].acceleratorsFor(host, guest.system);
+  if (vm.backend !== 'auto') {
+    const why = whyBackendCannotRun(vm.backend, host, guest.system);
+    if (why) problem('vm.backend', why);
+    if (vm.accel !== 'auto' && !accelerators(vm.backend).includes(vm.accel)) {
+      problem('vm.accel', `"${vm.accel}" is not an accelerator ${vm.backend} can use for an ${guest.system} guest here (${hostDescription}; it can use ${accelerators(vm.backend).join(', ')}); remove it or set it to "auto"`);
+    }
+  } else if (vm.accel !== 'auto' && !BACKEND_NAMES.some((name) => !whyBackendCannotRun(name, host, guest.system) && accelerators(name).includes(vm.accel))) {
+    problem('vm.accel', `"${vm.accel}" cannot run an ${guest.system} guest here (${hostDescription}); use "auto" or "tcg"`);
   }
 
   // --- resources ---
@@ -64,12 +59,6 @@ export function validateConfig(config: FerryConfig, host: HostInfo, file: string
     problem('guest.memory', `expected at most this host's memory (${formatSize(roundDownToMiB(host.memoryBytes))}), got ${formatSize(guest.memoryBytes)}`);
   }
   return problems;
-}
-
-function hostGuestSystem(host: HostInfo): GuestSystem | undefined {
-  if (host.arch === 'arm64') return 'aarch64-linux';
-  if (host.arch === 'x64') return 'x86_64-linux';
-  return undefined;
 }
 
 function roundDownToMiB(bytes: number): number {

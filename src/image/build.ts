@@ -17,10 +17,10 @@ import { copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FerryConfig } from '../config/types.js';
-import type { FerryPaths } from '../config/paths.js';
+import { IMAGE_FILES, type FerryPaths } from '../config/paths.js';
 import { writeFileAtomic } from '../atomic-file.js';
-import { ExitCode, FerryError } from '../errors.js';
-import { ensureKeyPair } from '../keys/ssh-keys.js';
+import type { FerryKeys } from '../keys/ferry-keys.js';
+import { latestManifestFile, type BuiltPart, type ImageManifest } from './manifest.js';
 import { writeExt4, type Ext4Progress } from './ext4/index.js';
 import { guestFiles } from './guest-os/files.js';
 import { OVERLAY_DIR, STAGE1_MODULES, stage1Init } from './guest-os/stage1.js';
@@ -38,31 +38,11 @@ import { Tree } from './tree.js';
 /** Bump when the image layout or the writer changes in a way that must invalidate caches. */
 const FORMAT_VERSION = 'ferry-image-1';
 
-export interface BuiltPart {
-  path: string;
-  key: string;
-  sizeBytes: number;
-  cacheHit: boolean;
-}
-
-export interface ImageManifest {
-  id: string;
-  system: string;
-  preset: string;
-  systemDisk: BuiltPart;
-  initramfs: BuiltPart;
-  config: BuiltPart;
-  initrd: BuiltPart;
-  kernel: { path: string; version: string };
-  /** The kernel command line, without the per-boot parts (clock, network mode). */
-  cmdline: string;
-  manifestPath: string;
-  timings: Record<string, number>;
-}
-
 export interface BuildImageOptions {
   config: FerryConfig;
   paths: FerryPaths;
+  /** The guest's host key and the keys it authorizes (from `ferryKeys`): the build never makes keys. */
+  keys: Pick<FerryKeys, 'guestHost' | 'guestClient'>;
   onStep?: (label: string) => void;
   onProgress?: (progress: Ext4Progress) => void;
   /** Look for newer preset inputs (packages) instead of reusing the ones resolved before. */
@@ -87,14 +67,12 @@ export async function buildImage(options: BuildImageOptions): Promise<ImageManif
   const layers = baseLayers(config, preset);
   const systemDisk = await timed('systemDisk', () => buildSystemDisk(layers, config, paths, options));
   const initramfs = await timed('initramfs', () => buildBaseInitramfs(preset, paths, options.onStep));
-  const configArchive = await timed('config', () => buildConfigArchive(config, paths));
+  const configArchive = await timed('config', () => buildConfigArchive(config, options.keys, paths));
   const initrd = await timed('initrd', () => concatenate(initramfs, configArchive, paths));
 
-  // cryptomgr.notests: the kernel's known-answer self-tests of every crypto algorithm it carries
-  // run at each boot; they took ~0.25 s of the kernel's ~1.8 s under emulation (initcall_debug).
-  const cmdline = `console=${consoleDevice(config)} panic=-1 loglevel=4 cryptomgr.notests ferry.system=${systemDisk.key.slice(0, 16)}`;
+  const cmdline = imageKernelArgs(systemDisk.key);
   const id = sha256([FORMAT_VERSION, systemDisk.key, initrd.key, preset.kernel, cmdline].join('\n')).slice(0, 16);
-  const manifestPath = join(paths.imagesDir, `build-${id}.json`);
+  const manifestPath = join(paths.imagesDir, IMAGE_FILES.manifest(id));
   const manifest: ImageManifest = {
     id,
     system: config.guest.system,
@@ -109,20 +87,18 @@ export async function buildImage(options: BuildImageOptions): Promise<ImageManif
     timings,
   };
   await writeFileAtomic(manifestPath, `${JSON.stringify(manifest, null, 2)}\n`);
-  await writeFileAtomic(join(paths.imagesDir, 'latest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+  await writeFileAtomic(latestManifestFile(paths), `${JSON.stringify(manifest, null, 2)}\n`);
   return manifest;
 }
 
-/** Reads the manifest of the latest `ferry image build`, if any. */
-export async function latestManifest(paths: FerryPaths): Promise<ImageManifest | undefined> {
-  const file = join(paths.imagesDir, 'latest.json');
-  if (!existsSync(file)) return undefined;
-  return JSON.parse(await readFile(file, 'utf8')) as ImageManifest;
-}
-
-function consoleDevice(config: FerryConfig): string {
-  if (config.guest.system === 'aarch64-linux') return config.vm.backend === 'vfkit' ? 'hvc0' : 'ttyAMA0';
-  return 'ttyS0';
+/**
+ * The image's own kernel arguments, naming the system disk the initramfs must find. Nothing of a
+ * backend's: the backend that boots the image puts its `console=` first (vm/backend.ts).
+ * cryptomgr.notests: the kernel's known-answer self-tests of every crypto algorithm it carries run
+ * at each boot; they took ~0.25 s of the kernel's ~1.8 s under emulation (initcall_debug).
+ */
+export function imageKernelArgs(systemDiskKey: string): string {
+  return `panic=-1 loglevel=4 cryptomgr.notests ferry.system=${systemDiskKey.slice(0, 16)}`;
 }
 
 async function resolvePreset(config: FerryConfig, paths: FerryPaths, onStep?: (label: string) => void, refresh = false): Promise<PresetInputs> {
@@ -146,7 +122,7 @@ function baseLayers(config: FerryConfig, preset: PresetInputs): Layer[] {
 async function buildSystemDisk(layers: Layer[], config: FerryConfig, paths: FerryPaths, options: BuildImageOptions): Promise<BuiltPart> {
   const fingerprints = await guard(() => Promise.all(layers.map((layer) => layer.fingerprint())));
   const key = sha256(JSON.stringify([FORMAT_VERSION, fingerprints, config.image.sizeBytes]));
-  const path = join(paths.imagesDir, `system-${key.slice(0, 32)}.img`);
+  const path = join(paths.imagesDir, IMAGE_FILES.systemDisk(key.slice(0, 32)));
   if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
   const tree = new Tree();
   await guard(async () => {
@@ -171,7 +147,7 @@ async function buildBaseInitramfs(preset: PresetInputs, paths: FerryPaths, onSte
   const busybox = await stat(preset.busybox);
   const init = stage1Init();
   const key = sha256(JSON.stringify([FORMAT_VERSION, preset.identity, preset.kernelVersion, busybox.size, STAGE1_MODULES, init]));
-  const path = join(paths.imagesDir, `initramfs-${key.slice(0, 32)}.cpio.gz`);
+  const path = join(paths.imagesDir, IMAGE_FILES.initramfs(key.slice(0, 32)));
   if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
   onStep?.('writing the initramfs');
   const result = await buildInitramfs({
@@ -186,14 +162,12 @@ async function buildBaseInitramfs(preset: PresetInputs, paths: FerryPaths, onSte
   return { path, key, sizeBytes: result.sizeBytes, cacheHit: false };
 }
 
-async function buildConfigArchive(config: FerryConfig, paths: FerryPaths): Promise<BuiltPart> {
-  const hostKey = ensureKeyPair(paths.guestHostKey, 'ferry-guest-host-key');
-  const clientKey = ensureKeyPair(paths.guestClientKey, 'ferry-daemon-to-guest');
+async function buildConfigArchive(config: FerryConfig, keys: BuildImageOptions['keys'], paths: FerryPaths): Promise<BuiltPart> {
   const files = guestFiles(config, {
-    hostPrivateKey: hostKey.privateKey,
-    hostPublicKey: hostKey.publicKey,
-    builderKeys: [clientKey.publicKey],
-    controlKey: clientKey.publicKey,
+    hostPrivateKey: keys.guestHost.privateKey,
+    hostPublicKey: keys.guestHost.publicKey,
+    builderKeys: [keys.guestClient.publicKey],
+    controlKey: keys.guestClient.publicKey,
   });
   const entries: CpioEntry[] = [];
   const dirs = new Set<string>();
@@ -210,7 +184,7 @@ async function buildConfigArchive(config: FerryConfig, paths: FerryPaths): Promi
     entries.push({ kind: 'file', path, data: Buffer.from(file.content), mode: file.mode });
   }
   const key = sha256(JSON.stringify([FORMAT_VERSION, files]));
-  const path = join(paths.imagesDir, `config-${key.slice(0, 32)}.cpio.gz`);
+  const path = join(paths.imagesDir, IMAGE_FILES.configArchive(key.slice(0, 32)));
   if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
   const result = await writeGzippedCpio(entries, path, { mtime: 0 });
   return { path, key, sizeBytes: result.sizeBytes, cacheHit: false };
@@ -218,7 +192,7 @@ async function buildConfigArchive(config: FerryConfig, paths: FerryPaths): Promi
 
 async function concatenate(initramfs: BuiltPart, configArchive: BuiltPart, paths: FerryPaths): Promise<BuiltPart> {
   const key = sha256(`${initramfs.key}\n${configArchive.key}`);
-  const path = join(paths.imagesDir, `initrd-${key.slice(0, 32)}.img`);
+  const path = join(paths.imagesDir, IMAGE_FILES.initrd(key.slice(0, 32)));
   if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
   const temp = `${path}.tmp-${process.pid}`;
   try {

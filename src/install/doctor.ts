@@ -14,7 +14,6 @@ import { callDaemon } from '../daemon/control-client.js';
 import { BUILDER_ALIAS } from '../daemon/ssh-alias.js';
 import { FerryError } from '../errors.js';
 import { selectBackend } from '../vm/index.js';
-import { qemuBinaryFor } from '../vm/qemu.js';
 import { createExecaRunner, findOnPath, type Runner } from '../process/runner.js';
 import { readIfExists } from './files.js';
 import { hostContext, type HostContext, type HostOptions } from './install.js';
@@ -82,13 +81,19 @@ function restartCommand(ctx: HostContext): string {
 
 async function checkBackend(ctx: HostContext, config: FerryConfig): Promise<Check> {
   try {
-    const backend = await selectBackend(config.vm.backend, { system: config.guest.system, runner: ctx.runner, platform: ctx.platform });
-    const binary = backend.name === 'qemu' ? qemuBinaryFor(config.guest.system) : backend.name;
+    const { host } = ctx;
+    const { facts } = await selectBackend(config.vm.backend, config.guest.system, {
+      runner: ctx.runner,
+      host,
+      accel: config.vm.accel,
+      kernelCacheDir: ctx.layout.paths.kernelsDir,
+    });
+    const binary = facts.binary(config.guest.system);
     const found = (await ctx.runner.which(binary))!;
-    const version = await ctx.runner.run(found, [backend.name === 'hyperkit' ? '-v' : '--version'], { timeoutMs: 10_000 });
+    const version = await ctx.runner.run(found, [...facts.versionArgs], { timeoutMs: 10_000 });
     const first = `${version.stdout}\n${version.stderr}`.trim().split('\n')[0] ?? '';
-    if (version.exitCode !== 0) return { name: 'backend', status: 'fail', detail: `${found} does not run: ${version.error ?? first}`, fix: `reinstall ${binary}` };
-    return { name: 'backend', status: 'ok', detail: `${backend.name}: ${found} (${first})` };
+    if (version.exitCode !== 0) return { name: 'backend', status: 'fail', detail: `${found} does not run: ${version.error ?? first}`, fix: `reinstall ${binary} (${facts.installHint(host)})` };
+    return { name: 'backend', status: 'ok', detail: `${facts.name}: ${found} (${first})` };
   } catch (error) {
     const hint = error instanceof FerryError ? error.hint : undefined;
     return { name: 'backend', status: 'fail', detail: (error as Error).message, fix: hint?.replace(/^install (it|one of): /, '') ?? 'install qemu' };

@@ -1,14 +1,14 @@
 /**
- * The one interface every VM backend (qemu, hyperkit, vfkit) implements. The daemon branches on
- * `capabilities` — what a backend can do — never on its name (the pattern of Lima's driver
- * interface).
+ * The one interface every VM backend (qemu, hyperkit, vfkit) implements. Code outside a backend
+ * reads what a backend is and can do from its `facts` (facts.ts), never from its name (the
+ * pattern of Lima's driver interface).
  */
+import type { GuestSystem } from '../config/types.js';
 import type { ExitStatus } from '../process/runner.js';
 import type { ConsoleStream } from './console.js';
+import type { BackendFacts } from './facts.js';
 
-export type { ExitStatus };
-
-export type GuestSystem = 'x86_64-linux' | 'aarch64-linux';
+export type { ExitStatus, GuestSystem };
 
 export interface VmDisk {
   /** A raw disk image on the host. */
@@ -24,6 +24,10 @@ export interface VmSpec {
   memoryBytes: number;
   kernel: string;
   initrd: string;
+  /**
+   * The image's and this boot's kernel arguments. The backend puts its own first (`console=` for
+   * the console it logs) when it boots the guest: see `bootCmdline`.
+   */
   cmdline: string;
   /** In order: the first is vda, the second vdb, … */
   disks: VmDisk[];
@@ -37,20 +41,6 @@ export interface VmSpec {
   rosetta?: boolean;
 }
 
-export interface BackendCapabilities {
-  /** The host reaches the guest's sshd through a forwarded port on 127.0.0.1 (qemu -netdev user). */
-  userNetworkingPortForward: boolean;
-  /** The guest gets its own address on a host NAT network and announces it on the console. */
-  natNetworking: boolean;
-  rosetta: boolean;
-  /** Whether a disk can be attached read-only by the hypervisor itself (else only the guest's mount). */
-  readOnlyDisks: boolean;
-  /** Guest architectures this backend can run on this host. */
-  systems: GuestSystem[];
-  /** Hardware or software accelerators the backend may use, best first. */
-  accelerators: string[];
-}
-
 /** One thing wrong with a spec, naming the field (or file) and what was expected. */
 export interface SpecProblem {
   field: string;
@@ -62,14 +52,36 @@ export interface SpecProblem {
 export interface StopOptions {
   /** Skip asking the guest; kill the hypervisor straight away. */
   hard?: boolean;
-  /** How long to wait for the guest to power off after asking, before killing it. Default 30 s. */
+  /** How long the guest gets to power off after each polite request, before the next step. Default 30 s. */
   timeoutMs?: number;
 }
 
+/**
+ * How a stop ended, by the step of the ladder that did it: the guest powered off when its control
+ * command asked (`guest`) or when the backend asked (`backend`: QMP system_powerdown, vfkit's
+ * REST `Stop`, hyperkit's ACPI power button) — both clean for the state disk; the hypervisor ended
+ * without the guest (`hard-stop`: QMP quit, vfkit's `HardStop`), by SIGTERM (`terminated`) or
+ * SIGKILL (`killed`); or it had already exited.
+ */
+export type StopHow = 'guest' | 'backend' | 'hard-stop' | 'terminated' | 'killed' | 'already-exited';
+
 export interface StopResult {
-  /** How the VM ended: 'clean' when the guest powered off after being asked. */
-  how: 'clean' | 'quit' | 'killed' | 'already-exited';
+  how: StopHow;
   status: ExitStatus;
+  /** How long the stop took. */
+  ms: number;
+}
+
+/** What the layer above a backend lends the VM it starts (ferry's guest: its control command). */
+export interface VmHooks {
+  /** Asks the guest itself to power off (the first step of every stop); rejects if it could not ask. */
+  powerOffGuest?: () => Promise<void>;
+}
+
+/** A hypervisor started by another process (`ferry up` then `ferry down`), as its record names it. */
+export interface RecordedVm {
+  spec: VmSpec;
+  pid: number;
 }
 
 export interface GuestEndpoint {
@@ -80,7 +92,7 @@ export interface GuestEndpoint {
 }
 
 export interface RunningVm {
-  readonly backend: string;
+  readonly backend: BackendFacts['name'];
   readonly spec: VmSpec;
   readonly pid: number;
   /** Console lines as the guest writes them, from the start of this boot. */
@@ -92,19 +104,27 @@ export interface RunningVm {
   ready(timeoutMs: number): Promise<GuestEndpoint>;
   /** Resolves with the first console line matching `pattern`; rejects on timeout or VM exit. */
   waitForLine(pattern: RegExp, timeoutMs: number): Promise<RegExpMatchArray>;
-  /** Ask, wait, then kill. Resolves once the process is gone and its run files are removed. */
+  /**
+   * The one stop ladder: the guest's own power-off (hooks.powerOffGuest), the backend's stop
+   * (facts.stop), its hard stop, SIGTERM, SIGKILL — each with its timeout. Resolves once the
+   * process is gone and its run files are removed; a second call joins the first.
+   */
   stop(options?: StopOptions): Promise<StopResult>;
   /** Resolves when the hypervisor process exits, whoever ended it. */
   readonly exited: Promise<ExitStatus>;
 }
 
 export interface VmBackend {
-  readonly name: 'qemu' | 'hyperkit' | 'vfkit';
-  readonly capabilities: BackendCapabilities;
-  /** The guest kernel's name for the console this backend logs (`console=` on the cmdline). */
-  consoleDevice(system: GuestSystem): string;
+  readonly facts: BackendFacts;
   /** Every problem with `spec` on this host (empty when it can start); removes stale run files. */
   validate(spec: VmSpec): Promise<SpecProblem[]>;
   /** Validates, then starts the VM. Throws FerryError listing the problems; nothing is left running. */
-  start(spec: VmSpec): Promise<RunningVm>;
+  start(spec: VmSpec, hooks?: VmHooks): Promise<RunningVm>;
+  /** Takes charge of a VM another process started, to stop it with the same ladder. */
+  attach(recorded: RecordedVm, hooks?: VmHooks): RunningVm;
+}
+
+/** The command line the guest boots with: the backend's `console=` first, then the spec's arguments. */
+export function bootCmdline(facts: BackendFacts, spec: Pick<VmSpec, 'system' | 'cmdline'>): string {
+  return `console=${facts.console[spec.system]} ${spec.cmdline}`.trim();
 }

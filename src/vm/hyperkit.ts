@@ -7,11 +7,13 @@
 import { createHash } from 'node:crypto';
 import { appendFile, open } from 'node:fs/promises';
 import tty from 'node:tty';
-import type { RunningVm, SpecProblem, VmBackend, VmSpec } from './backend.js';
+import os from 'node:os';
+import { createExecaRunner, type ChildHandle, type Runner } from '../process/runner.js';
+import { bootCmdline, type RunningVm, type SpecProblem, type VmBackend, type VmHooks, type VmSpec } from './backend.js';
 import type { LineConsole } from './console.js';
-import { launch, problemsError, type ConsoleFeed } from './process-vm.js';
-import { runFiles } from './run-files.js';
-import { createExecaRunner, type Runner } from '../process/runner.js';
+import { BACKEND_FACTS, type HostPlatform } from './facts.js';
+import { attachVm, launch, problemsError, type ConsoleFeed, type HypervisorControl } from './process-vm.js';
+import { runFilesOf } from './run-files.js';
 import { validateCommon, validateNoCommas } from './validate.js';
 
 export interface HyperkitArgvOptions {
@@ -52,68 +54,70 @@ export function buildHyperkitArgv(spec: VmSpec, options: HyperkitArgvOptions): s
   argv.push('-l', `com1,autopty=${options.tty},log=${options.consoleRing}`);
   // One argv element; no shell, so no quotes: hyperkit splits on the first three commas only,
   // and the rest (commas included) is the kernel command line.
-  argv.push('-f', `kexec,${spec.kernel},${spec.initrd},${spec.cmdline}`);
+  argv.push('-f', `kexec,${spec.kernel},${spec.initrd},${bootCmdline(BACKEND_FACTS.hyperkit, spec)}`);
   return argv;
 }
 
 export interface HyperkitBackendOptions {
   runner?: Runner;
+  host?: HostPlatform;
 }
 
 export function createHyperkitBackend(options: HyperkitBackendOptions = {}): VmBackend {
   const runner = options.runner ?? createExecaRunner();
+  const host = options.host ?? { platform: process.platform, arch: os.arch() };
+  const facts = BACKEND_FACTS.hyperkit;
 
   async function validate(spec: VmSpec): Promise<SpecProblem[]> {
     const problems = await validateCommon(spec);
     problems.push(...validateNoCommas(spec, 'hyperkit'));
-    if (spec.system !== 'x86_64-linux') {
-      problems.push({ field: 'system', message: `hyperkit runs x86_64-linux guests only, got ${spec.system}` });
+    const systems = facts.systemsOn(host);
+    if (!systems.includes(spec.system)) {
+      problems.push({
+        field: 'system',
+        message: systems.length ? `hyperkit runs ${systems.join(', ')} guests only, got ${spec.system}` : `hyperkit runs on Intel Macs only (this host is ${host.platform} ${host.arch})`,
+      });
     }
     if (spec.rosetta) problems.push({ field: 'rosetta', message: 'Rosetta needs vfkit on Apple silicon, not hyperkit' });
-    if (!(await runner.which('hyperkit'))) {
-      problems.push({ field: 'backend', message: 'hyperkit not found on PATH', hint: 'install it with `brew install hyperkit`' });
+    if (!(await runner.which(facts.binary(spec.system)))) {
+      problems.push({ field: 'backend', message: 'hyperkit not found on PATH', hint: `install it: ${facts.installHint(host)}` });
     }
     return problems;
   }
 
-  async function start(spec: VmSpec): Promise<RunningVm> {
-    const problems = await validate(spec);
-    if (problems.length) throw problemsError('hyperkit', spec, problems);
-    const tty = runFiles.hyperkitTty(spec);
-    const ring = runFiles.hyperkitConsoleRing(spec);
-    return launch({
-      backend: 'hyperkit',
+  function control(spec: VmSpec): HypervisorControl {
+    return {
+      facts,
       spec,
-      runner,
-      binary: (await runner.which('hyperkit'))!,
-      // hyperkit creates its pidfile with O_EXCL and refuses to start if one is left over;
-      // validate() has already removed a stale one.
-      args: buildHyperkitArgv(spec, { pidfile: runFiles.pidfile(spec), tty, consoleRing: ring }),
-      writePidfile: false,
-      endpoint: 'announced-ip',
-      // `log=` is a 64 KiB ring, not a growing file; the pty carries the live console.
-      feedConsole: (console) => followPty(tty, spec.consoleLog, console),
-      askPowerOff: async (child) => {
+      // -A: SIGTERM presses the guest's ACPI power button.
+      requestStop: async (child: ChildHandle) => {
         if (!child.kill('SIGTERM')) throw new Error('hyperkit is gone');
       },
-      runFilesToRemove: [tty],
-    });
+      runFilesToRemove: [runFilesOf(spec).hyperkitTty],
+    };
   }
 
-  return {
-    name: 'hyperkit',
-    capabilities: {
-      userNetworkingPortForward: false,
-      natNetworking: true,
-      rosetta: false,
-      readOnlyDisks: true,
-      systems: ['x86_64-linux'],
-      accelerators: ['hypervisor.framework'],
-    },
-    consoleDevice: () => 'ttyS0',
-    validate,
-    start,
-  };
+  async function start(spec: VmSpec, hooks?: VmHooks): Promise<RunningVm> {
+    const problems = await validate(spec);
+    if (problems.length) throw problemsError('hyperkit', spec, problems);
+    const files = runFilesOf(spec);
+    return launch(
+      {
+        ...control(spec),
+        runner,
+        binary: (await runner.which(facts.binary(spec.system)))!,
+        // hyperkit creates its pidfile with O_EXCL and refuses to start if one is left over;
+        // validate() has already removed a stale one.
+        args: buildHyperkitArgv(spec, { pidfile: files.pidfile, tty: files.hyperkitTty, consoleRing: files.hyperkitConsoleRing }),
+        writePidfile: false,
+        // `log=` is a 64 KiB ring, not a growing file; the pty carries the live console.
+        feedConsole: (console) => followPty(files.hyperkitTty, spec.consoleLog, console),
+      },
+      hooks,
+    );
+  }
+
+  return { facts, validate, start, attach: (recorded, hooks) => attachVm(control(recorded.spec), recorded, hooks) };
 }
 
 /**

@@ -1,72 +1,85 @@
 /**
- * Picks the VM backend for this host. `auto`: vfkit on Apple silicon, hyperkit on Intel Macs —
- * each only if installed — else qemu. A backend that cannot run is a FerryError that names the
- * missing binary and how to install it; nothing is started.
+ * Picks the VM backend for this host from the backend facts (facts.ts). `auto` tries the backends
+ * `autoOrder` lists for the host that can run the guest (and use the configured accelerator), and
+ * takes the first that is installed. A backend that cannot run is a FerryError that names why, or
+ * the missing binary and how to install it; nothing is started.
  */
 import os from 'node:os';
+import type { Accelerator as ConfiguredAccel } from '../config/types.js';
 import { ExitCode, FerryError } from '../errors.js';
-import type { GuestSystem, VmBackend } from './backend.js';
-import { createHyperkitBackend } from './hyperkit.js';
-import { createQemuBackend, qemuBinaryFor } from './qemu.js';
 import { createExecaRunner, type Runner } from '../process/runner.js';
+import type { GuestSystem, VmBackend } from './backend.js';
+import { BACKEND_FACTS, candidateBackends, whyBackendCannotRun, type BackendName, type HostPlatform } from './facts.js';
+import { createHyperkitBackend } from './hyperkit.js';
+import { createQemuBackend } from './qemu.js';
 import { createVfkitBackend } from './vfkit.js';
 
-export type BackendChoice = 'auto' | 'qemu' | 'hyperkit' | 'vfkit';
+export type BackendChoice = 'auto' | BackendName;
 
-export interface SelectBackendOptions {
-  system: GuestSystem;
+export interface BackendContext {
   runner?: Runner;
-  platform?: NodeJS.Platform;
-  arch?: string;
-  kernelCacheDir?: string;
+  /** The host the decisions are made for (default: this one). */
+  host?: HostPlatform;
+  /** `[vm] accel`. */
+  accel?: ConfiguredAccel;
+  /** Where vfkit's uncompressed kernels are cached (paths.kernelsDir). */
+  kernelCacheDir: string;
 }
 
-function installHint(binary: string, platform: NodeJS.Platform): string {
-  if (platform === 'darwin') return `brew install ${binary.startsWith('qemu') ? 'qemu' : binary}`;
-  if (binary === 'qemu-system-x86_64') return 'apt-get install qemu-system-x86 (or your distribution\'s qemu package)';
-  if (binary === 'qemu-system-aarch64') return 'apt-get install qemu-system-arm (or your distribution\'s qemu package)';
-  return `${binary} runs on macOS only`;
+export function thisHost(): HostPlatform {
+  return { platform: process.platform, arch: os.arch() };
 }
 
-export async function selectBackend(choice: BackendChoice, options: SelectBackendOptions): Promise<VmBackend> {
-  const runner = options.runner ?? createExecaRunner();
-  const platform = options.platform ?? process.platform;
-  const arch = options.arch ?? os.arch();
-  const make: Record<Exclude<BackendChoice, 'auto'>, () => VmBackend> = {
-    qemu: () => createQemuBackend({ runner, platform, arch }),
-    hyperkit: () => createHyperkitBackend({ runner }),
-    vfkit: () => createVfkitBackend({ runner, platform, arch, kernelCacheDir: options.kernelCacheDir }),
+/** The backend `name`, for the host and accelerator in `context`. */
+export function createBackend(name: BackendName, context: BackendContext): VmBackend {
+  const runner = context.runner ?? createExecaRunner();
+  const host = context.host ?? thisHost();
+  const make: Record<BackendName, () => VmBackend> = {
+    qemu: () => createQemuBackend({ runner, host, accel: context.accel }),
+    hyperkit: () => createHyperkitBackend({ runner, host }),
+    vfkit: () => createVfkitBackend({ runner, host, kernelCacheDir: context.kernelCacheDir }),
   };
-  const binaryOf = (name: Exclude<BackendChoice, 'auto'>): string => (name === 'qemu' ? qemuBinaryFor(options.system) : name);
+  return make[name]();
+}
+
+/** Backends that can use the configured accelerator (`auto`: any). */
+function takesAccel(name: BackendName, host: HostPlatform, system: GuestSystem, accel: ConfiguredAccel | undefined): boolean {
+  return accel === undefined || accel === 'auto' || (BACKEND_FACTS[name].acceleratorsFor(host, system) as readonly string[]).includes(accel);
+}
+
+export async function selectBackend(choice: BackendChoice, system: GuestSystem, context: BackendContext): Promise<VmBackend> {
+  const runner = context.runner ?? createExecaRunner();
+  const host = context.host ?? thisHost();
+  const withRunner = { ...context, runner, host };
 
   if (choice !== 'auto') {
-    const binary = binaryOf(choice);
+    const why = whyBackendCannotRun(choice, host, system);
+    if (why) throw new FerryError(`VM backend ${why}`, { exitCode: ExitCode.Config, hint: 'set [vm] backend = "auto" to let ferry choose' });
+    const binary = BACKEND_FACTS[choice].binary(system);
     if (!(await runner.which(binary))) {
       throw new FerryError(`VM backend '${choice}' needs ${binary}, which is not on PATH`, {
         exitCode: ExitCode.Unavailable,
-        hint: `install it: ${installHint(binary, platform)}`,
+        hint: `install it: ${BACKEND_FACTS[choice].installHint(host)}`,
       });
     }
-    return make[choice]();
+    return createBackend(choice, withRunner);
   }
 
-  const preferred: Array<Exclude<BackendChoice, 'auto'>> = [];
-  if (platform === 'darwin' && arch === 'arm64' && options.system === 'aarch64-linux') preferred.push('vfkit');
-  if (platform === 'darwin' && arch === 'x64' && options.system === 'x86_64-linux') preferred.push('hyperkit');
-  preferred.push('qemu');
-  for (const name of preferred) {
-    if (await runner.which(binaryOf(name))) return make[name]();
+  const candidates = candidateBackends(host, system).filter((name) => takesAccel(name, host, system, context.accel));
+  for (const name of candidates) {
+    if (await runner.which(BACKEND_FACTS[name].binary(system))) return createBackend(name, withRunner);
   }
-  const wanted = preferred.map((name) => `${binaryOf(name)} (${installHint(binaryOf(name), platform)})`);
-  throw new FerryError(`no VM backend for ${options.system} guests is installed: looked for ${preferred.map(binaryOf).join(', ')} on PATH`, {
+  const binaries = candidates.map((name) => BACKEND_FACTS[name].binary(system));
+  const wanted = candidates.map((name) => `${BACKEND_FACTS[name].binary(system)} (${BACKEND_FACTS[name].installHint(host)})`);
+  throw new FerryError(`no VM backend for ${system} guests is installed: looked for ${binaries.join(', ') || 'nothing (no backend runs this guest here)'} on PATH`, {
     exitCode: ExitCode.Unavailable,
-    hint: `install one of: ${wanted.join('; ')}`,
+    hint: wanted.length ? `install one of: ${wanted.join('; ')}` : undefined,
   });
 }
 
-export type { VmBackend, VmSpec, RunningVm, BackendCapabilities, GuestEndpoint, SpecProblem } from './backend.js';
+export type { VmBackend, VmSpec, RunningVm, GuestEndpoint, SpecProblem } from './backend.js';
+export { BACKEND_FACTS, type BackendName, type HostPlatform } from './facts.js';
 export { createQemuBackend } from './qemu.js';
 export { createHyperkitBackend } from './hyperkit.js';
 export { createVfkitBackend } from './vfkit.js';
-export { createExecaRunner, RecordingRunner, type Runner } from '../process/runner.js';
 export { freePort } from './free-port.js';

@@ -5,18 +5,13 @@
 import { constants as fsConstants } from 'node:fs';
 import { access } from 'node:fs/promises';
 import os from 'node:os';
-import type { GuestSystem, RunningVm, SpecProblem, VmBackend, VmSpec } from './backend.js';
-import { launch, problemsError } from './process-vm.js';
-import { connectQmpWhenReady, type QmpClient } from './qmp.js';
-import { runFiles } from './run-files.js';
 import { createExecaRunner, type Runner } from '../process/runner.js';
+import { bootCmdline, type RunningVm, type SpecProblem, type VmBackend, type VmHooks, type VmSpec } from './backend.js';
+import { BACKEND_FACTS, type HostPlatform, type QemuAccelerator } from './facts.js';
+import { attachVm, launch, problemsError, type HypervisorControl } from './process-vm.js';
+import { connectQmpWhenReady, QmpClient } from './qmp.js';
+import { runFilesOf } from './run-files.js';
 import { validateCommon } from './validate.js';
-
-export type QemuAccelerator = 'kvm' | 'hvf' | 'tcg';
-
-export function qemuBinaryFor(system: GuestSystem): string {
-  return system === 'x86_64-linux' ? 'qemu-system-x86_64' : 'qemu-system-aarch64';
-}
 
 /** qemu's option syntax: a literal ',' inside a value is written ',,'. */
 export function qemuEscape(value: string): string {
@@ -45,7 +40,7 @@ export function buildQemuArgv(spec: VmSpec, options: QemuArgvOptions): string[] 
   }
   argv.push('-smp', String(spec.cpus), '-m', `${spec.memoryBytes / 2 ** 20}M`);
 
-  argv.push('-kernel', spec.kernel, '-initrd', spec.initrd, '-append', spec.cmdline);
+  argv.push('-kernel', spec.kernel, '-initrd', spec.initrd, '-append', bootCmdline(BACKEND_FACTS.qemu, spec));
 
   for (const [index, disk] of spec.disks.entries()) {
     const drive = [
@@ -80,142 +75,150 @@ export function buildQemuArgv(spec: VmSpec, options: QemuArgvOptions): string[] 
   return argv;
 }
 
-/** Linux's name for the console that `-serial` attaches to. */
-export function qemuConsoleDevice(system: GuestSystem): string {
-  return system === 'x86_64-linux' ? 'ttyS0' : 'ttyAMA0';
-}
-
 export interface QemuBackendOptions {
   runner?: Runner;
-  platform?: NodeJS.Platform;
-  /** Host CPU architecture as node names it ('x64', 'arm64'). */
-  arch?: string;
+  host?: HostPlatform;
+  /** `[vm] accel`: "auto" takes the best that works here; any other value is that one or a refusal. */
+  accel?: QemuAccelerator | 'auto';
   kvmDevice?: string;
   /** How long the KVM probe may take to print the kernel banner. */
   probeTimeoutMs?: number;
 }
 
-const HOST_ARCH_SYSTEM: Record<string, GuestSystem> = { x64: 'x86_64-linux', arm64: 'aarch64-linux' };
-
 export interface QemuBackend extends VmBackend {
-  /** The accelerator qemu will use for this spec on this host (probed once per binary). */
-  chooseAccelerator(spec: VmSpec): Promise<QemuAccelerator>;
+  /** The accelerator qemu will use for this spec on this host (probed once per binary), or why the configured one cannot work. */
+  chooseAccelerator(spec: VmSpec): Promise<QemuAccelerator | SpecProblem>;
 }
 
 export function createQemuBackend(options: QemuBackendOptions = {}): QemuBackend {
   const runner = options.runner ?? createExecaRunner();
-  const platform = options.platform ?? process.platform;
-  const hostSystem = HOST_ARCH_SYSTEM[options.arch ?? os.arch()];
-  const kvmDevice = options.kvmDevice ?? '/dev/kvm';
-  const probeTimeoutMs = options.probeTimeoutMs ?? 3000;
-  // Per backend instance (one per daemon process): the probe costs up to probeTimeoutMs.
-  const kvmProbes = new Map<string, Promise<boolean>>();
+  const host = options.host ?? { platform: process.platform, arch: os.arch() };
+  const wanted = options.accel ?? 'auto';
+  const facts = BACKEND_FACTS.qemu;
+  const kvm = kvmProber(runner, options.kvmDevice ?? '/dev/kvm', options.probeTimeoutMs ?? 3000);
 
-  const nativeAccelerator = platform === 'darwin' ? 'hvf' : platform === 'linux' ? 'kvm' : undefined;
+  async function works(accelerator: QemuAccelerator, spec: VmSpec): Promise<string | undefined> {
+    if (accelerator === 'kvm') return kvm(spec);
+    return undefined; // hvf: Hypervisor.framework is on every Mac ferry supports; tcg always works
+  }
 
-  async function kvmWorks(binary: string, kernel: string): Promise<boolean> {
-    try {
-      await access(kvmDevice, fsConstants.R_OK | fsConstants.W_OK);
-    } catch {
-      return false;
+  async function chooseAccelerator(spec: VmSpec): Promise<QemuAccelerator | SpecProblem> {
+    const usable = facts.acceleratorsFor(host, spec.system) as readonly QemuAccelerator[];
+    if (wanted !== 'auto') {
+      if (!usable.includes(wanted)) {
+        const why = `this host is ${host.platform} ${host.arch} and the guest is ${spec.system}; here qemu can use ${usable.join(', ')}`;
+        return { field: 'accel', message: `accel "${wanted}" cannot work: ${why}`, hint: 'use accel = "auto" or "tcg"' };
+      }
+      const failure = await works(wanted, spec);
+      return failure ? { field: 'accel', message: `accel "${wanted}" cannot work: ${failure}`, hint: 'use accel = "auto" or "tcg"' } : wanted;
     }
-    // /dev/kvm existing is not enough: nested KVM can hang for ever in the firmware or the
-    // kernel's real-mode setup. Boot the real kernel for a moment and look for its banner.
-    const probe = await runner.run(
+    for (const accelerator of usable) if ((await works(accelerator, spec)) === undefined) return accelerator;
+    return 'tcg';
+  }
+
+  const validate = (spec: VmSpec): Promise<SpecProblem[]> => validateQemuSpec(spec, runner, host);
+
+  async function start(spec: VmSpec, hooks?: VmHooks): Promise<RunningVm> {
+    const problems = await validate(spec);
+    const accelerator = problems.length ? 'tcg' : await chooseAccelerator(spec);
+    if (typeof accelerator !== 'string') problems.push(accelerator);
+    if (problems.length || typeof accelerator !== 'string') throw problemsError('qemu', spec, problems);
+    const binary = (await runner.which(facts.binary(spec.system)))!;
+    const files = runFilesOf(spec);
+    const vmControl = qemuControl(spec);
+    return launch(
+      {
+        ...vmControl,
+        runner,
+        binary,
+        args: buildQemuArgv(spec, { accelerator, qmpSocket: files.qmpSocket, pidfile: files.pidfile }),
+        writePidfile: false,
+        afterSpawn: async (child) => {
+          vmControl.connected(await connectQmpWhenReady(files.qmpSocket, { timeoutMs: 15_000, gaveUp: child.exited }));
+        },
+      },
+      hooks,
+    );
+  }
+
+  return {
+    facts,
+    validate,
+    start,
+    attach: (recorded, hooks) => attachVm(qemuControl(recorded.spec), recorded, hooks),
+    chooseAccelerator,
+  };
+}
+
+async function validateQemuSpec(spec: VmSpec, runner: Runner, host: HostPlatform): Promise<SpecProblem[]> {
+  const facts = BACKEND_FACTS.qemu;
+  const problems = await validateCommon(spec);
+  const binary = facts.binary(spec.system);
+  if (!(await runner.which(binary))) {
+    problems.push({ field: 'system', message: `${binary} not found on PATH`, hint: `install it: ${facts.installHint(host)}` });
+  }
+  if (spec.sshPortOnHost !== undefined && !(Number.isInteger(spec.sshPortOnHost) && spec.sshPortOnHost > 0 && spec.sshPortOnHost < 65536)) {
+    problems.push({ field: 'sshPortOnHost', message: `expected a TCP port 1–65535, got ${spec.sshPortOnHost}` });
+  }
+  problems.push(...socketPathProblems(runFilesOf(spec).qmpSocket));
+  return problems;
+}
+
+/** qemu's own stops go through QMP, connected at start or, for a VM another process started, when first needed. */
+function qemuControl(spec: VmSpec): HypervisorControl & { connected: (client: QmpClient) => void } {
+  const socket = runFilesOf(spec).qmpSocket;
+  let qmp: QmpClient | undefined;
+  const connection = async (): Promise<QmpClient> => (qmp ??= await QmpClient.connect(socket, 3000));
+  return {
+    facts: BACKEND_FACTS.qemu,
+    spec,
+    connected: (client) => void (qmp = client),
+    requestStop: async () => void (await (await connection()).execute('system_powerdown')),
+    // `quit` closes the connection as qemu exits; the reply may never come.
+    hardStop: async () => void (await Promise.race([(await connection()).execute('quit'), new Promise((r) => setTimeout(r, 1000))])),
+    runFilesToRemove: [socket],
+    close: () => qmp?.close(),
+  };
+}
+
+/**
+ * Whether KVM works, per qemu binary (the probe costs up to `timeoutMs`): undefined when it does,
+ * else why not. /dev/kvm existing is not enough: nested KVM can hang for ever in the firmware or
+ * the kernel's real-mode setup, so the probe boots the real kernel for a moment and looks for its
+ * banner. The probe boots an x86 machine; on arm64 Linux hosts /dev/kvm is trusted.
+ */
+function kvmProber(runner: Runner, kvmDevice: string, timeoutMs: number): (spec: VmSpec) => Promise<string | undefined> {
+  const probes = new Map<string, Promise<string | undefined>>();
+  const probe = async (binary: string, kernel: string): Promise<string | undefined> => {
+    const result = await runner.run(
       binary,
       [
         '-accel', 'kvm', '-cpu', 'host', '-machine', 'q35', '-m', '128M', '-nodefaults', '-no-user-config',
         '-display', 'none', '-no-reboot', '-kernel', kernel,
         '-append', 'console=ttyS0 earlyprintk=serial panic=-1', '-serial', 'stdio',
       ],
-      { timeoutMs: probeTimeoutMs },
+      { timeoutMs },
     );
-    return /Linux version/.test(probe.stdout);
-  }
-
-  async function chooseAccelerator(spec: VmSpec): Promise<QemuAccelerator> {
-    if (spec.system !== hostSystem || !nativeAccelerator) return 'tcg';
-    if (nativeAccelerator === 'hvf') return 'hvf';
-    if (spec.system !== 'x86_64-linux') {
-      // The probe boots an x86 machine; on arm64 Linux hosts trust /dev/kvm.
-      return access(kvmDevice, fsConstants.R_OK | fsConstants.W_OK).then(
-        () => 'kvm' as const,
-        () => 'tcg' as const,
-      );
-    }
-    const binary = (await runner.which(qemuBinaryFor(spec.system))) ?? qemuBinaryFor(spec.system);
-    let probe = kvmProbes.get(binary);
-    if (!probe) {
-      probe = kvmWorks(binary, spec.kernel);
-      kvmProbes.set(binary, probe);
-    }
-    return (await probe) ? 'kvm' : 'tcg';
-  }
-
-  async function validate(spec: VmSpec): Promise<SpecProblem[]> {
-    const problems = await validateCommon(spec);
-    const binary = qemuBinaryFor(spec.system);
-    if (!(await runner.which(binary))) {
-      problems.push({ field: 'system', message: `${binary} not found on PATH`, hint: qemuInstallHint(platform) });
-    }
-    if (spec.sshPortOnHost !== undefined && !(Number.isInteger(spec.sshPortOnHost) && spec.sshPortOnHost > 0 && spec.sshPortOnHost < 65536)) {
-      problems.push({ field: 'sshPortOnHost', message: `expected a TCP port 1–65535, got ${spec.sshPortOnHost}` });
-    }
-    problems.push(...socketPathProblems(runFiles.qmpSocket(spec)));
-    return problems;
-  }
-
-  async function start(spec: VmSpec): Promise<RunningVm> {
-    const problems = await validate(spec);
-    if (problems.length) throw problemsError('qemu', spec, problems);
-    const binary = (await runner.which(qemuBinaryFor(spec.system)))!;
-    const accelerator = await chooseAccelerator(spec);
-    const qmpSocket = runFiles.qmpSocket(spec);
-    const args = buildQemuArgv(spec, { accelerator, qmpSocket, pidfile: runFiles.pidfile(spec) });
-    let qmp: QmpClient | undefined;
-    const needQmp = (): QmpClient => {
-      if (!qmp) throw new Error('no QMP connection');
-      return qmp;
-    };
-    const vm = await launch({
-      backend: 'qemu',
-      spec,
-      runner,
-      binary,
-      args,
-      writePidfile: false,
-      endpoint: 'forwarded-port',
-      afterSpawn: async (child) => {
-        qmp = await connectQmpWhenReady(qmpSocket, { timeoutMs: 15_000, gaveUp: child.exited });
-      },
-      askPowerOff: async () => void (await needQmp().execute('system_powerdown')),
-      // `quit` closes the connection as qemu exits; the reply may never come.
-      quit: async () => void (await Promise.race([needQmp().execute('quit'), new Promise((r) => setTimeout(r, 1000))])),
-      runFilesToRemove: [qmpSocket],
-    });
-    void vm.exited.then(() => qmp?.close());
-    return vm;
-  }
-
-  return {
-    name: 'qemu',
-    capabilities: {
-      userNetworkingPortForward: true,
-      natNetworking: false,
-      rosetta: false,
-      readOnlyDisks: true,
-      systems: ['x86_64-linux', 'aarch64-linux'],
-      accelerators: nativeAccelerator ? [nativeAccelerator, 'tcg'] : ['tcg'],
-    },
-    consoleDevice: qemuConsoleDevice,
-    validate,
-    start,
-    chooseAccelerator,
+    if (/Linux version/.test(result.stdout)) return undefined;
+    return result.timedOut
+      ? `a probe boot under KVM printed nothing within ${timeoutMs} ms (nested KVM often hangs like this)`
+      : `a probe boot under KVM failed: ${(result.stderr.trim().split('\n').pop() ?? '') || `exit code ${result.exitCode}`}`;
   };
-}
-
-function qemuInstallHint(platform: NodeJS.Platform): string {
-  return platform === 'darwin' ? 'install it with `brew install qemu`' : 'install it with `apt-get install qemu-system-x86` (or qemu-system-arm), or your distribution\'s qemu package';
+  return async (spec) => {
+    try {
+      await access(kvmDevice, fsConstants.R_OK | fsConstants.W_OK);
+    } catch (error) {
+      return `${kvmDevice} is not usable (${(error as NodeJS.ErrnoException).code ?? String(error)})`;
+    }
+    if (spec.system !== 'x86_64-linux') return undefined;
+    const binary = (await runner.which(BACKEND_FACTS.qemu.binary(spec.system))) ?? BACKEND_FACTS.qemu.binary(spec.system);
+    let result = probes.get(binary);
+    if (!result) {
+      result = probe(binary, spec.kernel);
+      probes.set(binary, result);
+    }
+    return result;
+  };
 }
 
 /** sun_path holds 104 bytes on macOS, 108 on Linux; a longer socket path fails at bind time. */

@@ -2,33 +2,14 @@
  * State from the disk, not from memory: whether a guest runs, and which guest holds a disk, is
  * read from pidfiles and lock files whose process is checked to be alive. Stale files (their
  * process is gone: a crash, a reboot) are removed when found.
- *
- * Every on-disk name a running VM uses is listed here, so none is invented elsewhere.
  */
 import { readFile, rename, unlink, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { diskLockFile, vmRunFiles } from '../config/paths.js';
+import { isProcessAlive } from '../process/existing.js';
 import type { VmDisk, VmSpec } from './backend.js';
 
-export const runFiles = {
-  /** The hypervisor's pid (qemu -pidfile, hyperkit -F; written by ferry for vfkit). */
-  pidfile: (spec: VmSpec) => path.join(spec.runDir, `${spec.name}.pid`),
-  qmpSocket: (spec: VmSpec) => path.join(spec.runDir, `${spec.name}.qmp`),
-  vfkitRestSocket: (spec: VmSpec) => path.join(spec.runDir, `${spec.name}.vfkit.sock`),
-  hyperkitTty: (spec: VmSpec) => path.join(spec.runDir, `${spec.name}.tty`),
-  hyperkitConsoleRing: (spec: VmSpec) => path.join(spec.runDir, `${spec.name}.console-ring`),
-  /** Beside the disk, not in runDir: a second guest with another runDir must see it too. */
-  diskLock: (disk: VmDisk) => `${disk.path}.ferry-lock`,
-};
-
-export function isProcessAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it exists but belongs to someone else — still alive.
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
+/** The run files of the VM `spec` describes (their names live in config/paths.ts). */
+export const runFilesOf = (spec: Pick<VmSpec, 'runDir' | 'name'>) => vmRunFiles(spec.runDir, spec.name);
 
 /** The pid in `file` if that process is alive; a stale file is removed. */
 export async function readLivePidfile(file: string): Promise<number | undefined> {
@@ -48,7 +29,7 @@ export interface DiskLockOwner {
 
 /** Who holds `disk` for writing, if that process is alive; a stale lock is removed. */
 export async function readDiskLock(disk: VmDisk): Promise<DiskLockOwner | undefined> {
-  const file = runFiles.diskLock(disk);
+  const file = diskLockFile(disk.path);
   const text = await readFile(file, 'utf8').catch(() => undefined);
   if (text === undefined) return undefined;
   let owner: DiskLockOwner | undefined;
@@ -72,12 +53,12 @@ export async function acquireDiskLocks(
 ): Promise<{ ok: true; release: () => Promise<void>; setPid: (pid: number) => Promise<void> } | { ok: false; disk: VmDisk; owner: DiskLockOwner }> {
   const taken: VmDisk[] = [];
   const releaseAll = async (): Promise<void> => {
-    for (const disk of taken.reverse()) await unlink(runFiles.diskLock(disk)).catch(() => {});
+    for (const disk of taken.reverse()) await unlink(diskLockFile(disk.path)).catch(() => {});
   };
   for (const disk of spec.disks.filter((d) => !d.readOnly)) {
     for (let attempt = 0; ; attempt++) {
       try {
-        await writeFile(runFiles.diskLock(disk), JSON.stringify(owner), { flag: 'wx' });
+        await writeFile(diskLockFile(disk.path), JSON.stringify(owner), { flag: 'wx' });
         taken.push(disk);
         break;
       } catch (error) {
@@ -96,12 +77,12 @@ export async function acquireDiskLocks(
     release: async () => {
       for (const disk of mine.reverse()) {
         const holder = await readDiskLock(disk);
-        if (!holder || holder.guest === owner.guest) await unlink(runFiles.diskLock(disk)).catch(() => {});
+        if (!holder || holder.guest === owner.guest) await unlink(diskLockFile(disk.path)).catch(() => {});
       }
     },
     setPid: async (pid: number) => {
       for (const disk of mine) {
-        const file = runFiles.diskLock(disk);
+        const file = diskLockFile(disk.path);
         await writeFile(`${file}.tmp`, JSON.stringify({ ...owner, pid }));
         await rename(`${file}.tmp`, file);
       }

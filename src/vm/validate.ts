@@ -4,7 +4,7 @@
  */
 import { stat } from 'node:fs/promises';
 import type { SpecProblem, VmSpec } from './backend.js';
-import { readDiskLock, readLivePidfile, runFiles } from './run-files.js';
+import { readDiskLock, readLivePidfile, runFilesOf } from './run-files.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
@@ -45,11 +45,11 @@ export async function validateCommon(spec: VmSpec): Promise<SpecProblem[]> {
       });
     }
   }
-  const running = await readLivePidfile(runFiles.pidfile(spec));
+  const running = await readLivePidfile(runFilesOf(spec).pidfile);
   if (running !== undefined) {
     problems.push({
       field: 'name',
-      message: `guest '${spec.name}' is already running (pid ${running}, ${runFiles.pidfile(spec)})`,
+      message: `guest '${spec.name}' is already running (pid ${running}, ${runFilesOf(spec).pidfile})`,
     });
   }
   return problems;

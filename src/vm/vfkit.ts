@@ -7,13 +7,13 @@
 import { createHash } from 'node:crypto';
 import http from 'node:http';
 import os from 'node:os';
-import path from 'node:path';
-import type { RunningVm, SpecProblem, VmBackend, VmSpec } from './backend.js';
-import { ensureUncompressedKernel } from './kernel-image.js';
-import { launch, problemsError } from './process-vm.js';
-import { socketPathProblems } from './qemu.js';
-import { runFiles } from './run-files.js';
 import { createExecaRunner, type Runner } from '../process/runner.js';
+import { bootCmdline, type RunningVm, type SpecProblem, type VmBackend, type VmHooks, type VmSpec } from './backend.js';
+import { BACKEND_FACTS, type HostPlatform } from './facts.js';
+import { ensureUncompressedKernel } from './kernel-image.js';
+import { attachVm, launch, problemsError, type HypervisorControl } from './process-vm.js';
+import { socketPathProblems } from './qemu.js';
+import { runFilesOf } from './run-files.js';
 import { validateCommon, validateNoCommas } from './validate.js';
 
 export interface VfkitArgvOptions {
@@ -34,7 +34,7 @@ export function buildVfkitArgv(spec: VmSpec, options: VfkitArgvOptions): string[
     '--cpus', String(spec.cpus),
     '--memory', String(spec.memoryBytes / 2 ** 20), // MiB
     // One argv element, no shell: the quotes are vfkit's own, trimmed from the cmdline value.
-    '--bootloader', `linux,kernel=${options.kernel ?? spec.kernel},initrd=${spec.initrd},cmdline="${spec.cmdline}"`,
+    '--bootloader', `linux,kernel=${options.kernel ?? spec.kernel},initrd=${spec.initrd},cmdline="${bootCmdline(BACKEND_FACTS.vfkit, spec)}"`,
   ];
   for (const disk of spec.disks) argv.push('--device', `virtio-blk,path=${disk.path}`);
   argv.push('--device', `virtio-net,nat,mac=${vfkitMac(spec.name)}`);
@@ -65,72 +65,66 @@ export function requestVfkitState(socketPath: string, state: 'Stop' | 'HardStop'
 
 export interface VfkitBackendOptions {
   runner?: Runner;
-  /** Where decompressed kernels are cached. */
-  kernelCacheDir?: string;
-  platform?: NodeJS.Platform;
-  arch?: string;
+  /** Where decompressed kernels are cached (paths.kernelsDir). */
+  kernelCacheDir: string;
+  host?: HostPlatform;
 }
 
-export function createVfkitBackend(options: VfkitBackendOptions = {}): VmBackend {
+export function createVfkitBackend(options: VfkitBackendOptions): VmBackend {
   const runner = options.runner ?? createExecaRunner();
-  const kernelCacheDir = options.kernelCacheDir ?? path.join(os.homedir(), 'Library', 'Caches', 'ferry', 'kernels');
-  const appleSilicon = (options.platform ?? process.platform) === 'darwin' && (options.arch ?? os.arch()) === 'arm64';
+  const host = options.host ?? { platform: process.platform, arch: os.arch() };
+  const facts = BACKEND_FACTS.vfkit;
 
   async function validate(spec: VmSpec): Promise<SpecProblem[]> {
     const problems = await validateCommon(spec);
     problems.push(...validateNoCommas(spec, 'vfkit'));
-    if (spec.system !== 'aarch64-linux') {
+    const systems = facts.systemsOn(host);
+    if (!systems.includes(spec.system)) {
       problems.push({
         field: 'system',
-        message: `vfkit runs aarch64-linux guests only, got ${spec.system}`,
-        hint: 'x86_64-linux builds run inside the aarch64 guest through Rosetta (rosetta = true)',
+        message: systems.length ? `vfkit runs ${systems.join(', ')} guests on this host, got ${spec.system}` : `vfkit does not run on this host (${host.platform} ${host.arch})`,
+        hint: spec.system === 'x86_64-linux' && facts.rosettaOn(host) ? 'x86_64-linux builds run inside the aarch64 guest through Rosetta (interpreter = "rosetta")' : undefined,
       });
     }
     if (spec.cmdline.includes('"')) {
       problems.push({ field: 'cmdline', message: 'vfkit cannot pass a kernel command line containing \'"\'' });
     }
-    if (spec.rosetta && !appleSilicon) {
+    if (spec.rosetta && !facts.rosettaOn(host)) {
       problems.push({ field: 'rosetta', message: 'Rosetta for Linux needs an Apple silicon Mac' });
     }
-    if (!(await runner.which('vfkit'))) {
-      problems.push({ field: 'backend', message: 'vfkit not found on PATH', hint: 'install it with `brew install vfkit`' });
+    if (!(await runner.which(facts.binary(spec.system)))) {
+      problems.push({ field: 'backend', message: 'vfkit not found on PATH', hint: `install it: ${facts.installHint(host)}` });
     }
-    problems.push(...socketPathProblems(runFiles.vfkitRestSocket(spec)));
+    problems.push(...socketPathProblems(runFilesOf(spec).vfkitRestSocket));
     return problems;
   }
 
-  async function start(spec: VmSpec): Promise<RunningVm> {
-    const problems = await validate(spec);
-    if (problems.length) throw problemsError('vfkit', spec, problems);
-    const kernel = await ensureUncompressedKernel(spec.kernel, kernelCacheDir);
-    const restSocket = runFiles.vfkitRestSocket(spec);
-    return launch({
-      backend: 'vfkit',
+  function control(spec: VmSpec): HypervisorControl {
+    const restSocket = runFilesOf(spec).vfkitRestSocket;
+    return {
+      facts,
       spec,
-      runner,
-      binary: (await runner.which('vfkit'))!,
-      args: buildVfkitArgv(spec, { restSocket, kernel }),
-      writePidfile: true,
-      endpoint: 'announced-ip',
-      askPowerOff: () => requestVfkitState(restSocket, 'Stop'),
-      quit: () => requestVfkitState(restSocket, 'HardStop'),
+      requestStop: () => requestVfkitState(restSocket, 'Stop'),
+      hardStop: () => requestVfkitState(restSocket, 'HardStop'),
       runFilesToRemove: [restSocket],
-    });
+    };
   }
 
-  return {
-    name: 'vfkit',
-    capabilities: {
-      userNetworkingPortForward: false,
-      natNetworking: true,
-      rosetta: appleSilicon,
-      // doc/usage.md lists only path= and deviceId= for virtio-blk: read-only rests on the guest's mount.
-      readOnlyDisks: false,
-      systems: ['aarch64-linux'],
-      accelerators: ['virtualization.framework'],
-    },
-    consoleDevice: () => 'hvc0',
-    validate,
-    start,
-  };
+  async function start(spec: VmSpec, hooks?: VmHooks): Promise<RunningVm> {
+    const problems = await validate(spec);
+    if (problems.length) throw problemsError('vfkit', spec, problems);
+    const kernel = facts.needsUncompressedArm64Kernel && spec.system === 'aarch64-linux' ? await ensureUncompressedKernel(spec.kernel, options.kernelCacheDir) : spec.kernel;
+    return launch(
+      {
+        ...control(spec),
+        runner,
+        binary: (await runner.which(facts.binary(spec.system)))!,
+        args: buildVfkitArgv(spec, { restSocket: runFilesOf(spec).vfkitRestSocket, kernel }),
+        writePidfile: true,
+      },
+      hooks,
+    );
+  }
+
+  return { facts, validate, start, attach: (recorded, hooks) => attachVm(control(recorded.spec), recorded, hooks) };
 }

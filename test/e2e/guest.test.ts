@@ -16,9 +16,10 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
 import { resolvePaths, type FerryPaths } from '../../src/config/paths.js';
-import type { ImageManifest } from '../../src/image/build.js';
-import { bootGuest, guestFilesOf, runningGuest, type GuestRecord } from '../../src/vm/guest.js';
-import { isProcessAlive } from '../../src/vm/run-files.js';
+import type { ImageManifest } from '../../src/image/manifest.js';
+import { bootGuest } from '../../src/vm/instance/boot.js';
+import { runningGuest, type GuestRecord } from '../../src/vm/instance/record.js';
+import { isProcessAlive } from '../../src/process/existing.js';
 import { createExecaRunner } from '../../src/process/runner.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
@@ -149,7 +150,7 @@ describe('the guest, booted from the debian preset under qemu', () => {
     expect(down.stdout.trim()).toMatch(/^the guest powered off \([0-9.]+ m?s\)$/); // the control command, not QMP
     expect(await exited(first.pid)).toBe(true);
     expect(await readFile(paths.consoleLog, 'utf8')).toContain('FERRY-STOPPED');
-    expect(existsSync(guestFilesOf(paths).record)).toBe(false);
+    expect(existsSync(paths.guestRecord)).toBe(false);
     expect(existsSync(`${paths.stateDisk}.ferry-lock`)).toBe(false);
     const fsck = await execa('e2fsck', ['-fn', paths.stateDisk], { reject: false });
     expect(fsck.exitCode, fsck.stdout + fsck.stderr).toBe(0);

@@ -14,7 +14,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { RunningVm, VmSpec } from '../../src/vm/backend.js';
 import { freePort } from '../../src/vm/free-port.js';
 import { createQemuBackend } from '../../src/vm/qemu.js';
-import { isProcessAlive, runFiles } from '../../src/vm/run-files.js';
+import { diskLockFile } from '../../src/config/paths.js';
+import { isProcessAlive } from '../../src/process/existing.js';
+import { runFilesOf } from '../../src/vm/run-files.js';
 import { createExecaRunner, type Runner } from '../../src/process/runner.js';
 import { busyboxStatic, debianKernel } from '../support/fixtures.js';
 
@@ -82,7 +84,7 @@ async function specFor(name: string, disk: string, extraCmdline = ''): Promise<V
     memoryBytes: 256 * 2 ** 20,
     kernel,
     initrd,
-    cmdline: `console=ttyS0 quiet panic=-1 ferry.test.name=${name} ${extraCmdline}`.trim(),
+    cmdline: `quiet panic=-1 ferry.test.name=${name} ${extraCmdline}`.trim(), // the backend adds console=ttyS0
     disks: [{ path: disk, readOnly: false }],
     sshPortOnHost: await freePort(),
     consoleLog: path.join(runDir, 'console.log'),
@@ -176,8 +178,8 @@ describe('qemu backend on the real qemu-system-x86_64', () => {
     expect(await readLineFrom(endpoint.host, endpoint.port)).toBe('FERRY-TEST-PORT-22 from guest');
 
     // The pidfile qemu wrote names this process; the lock beside the disk names it too.
-    expect(Number((await readFile(runFiles.pidfile(spec), 'utf8')).trim())).toBe(vm.pid);
-    expect(JSON.parse(await readFile(runFiles.diskLock({ path: disk, readOnly: false }), 'utf8'))).toMatchObject({ pid: vm.pid, guest: 'first' });
+    expect(Number((await readFile(runFilesOf(spec).pidfile, 'utf8')).trim())).toBe(vm.pid);
+    expect(JSON.parse(await readFile(diskLockFile(disk), 'utf8'))).toMatchObject({ pid: vm.pid, guest: 'first' });
 
     // A second guest (other name, other runDir) on the same disk: refused, nothing started.
     const second = await specFor('second', disk);
@@ -186,17 +188,17 @@ describe('qemu backend on the real qemu-system-x86_64', () => {
     const spawnsBefore = spawned.length;
     await expect(backend.start(second)).rejects.toThrow(/in use by guest 'first'/);
     expect(spawned.length).toBe(spawnsBefore);
-    expect(await exists(runFiles.pidfile(second))).toBe(false);
+    expect(await exists(runFilesOf(second).pidfile)).toBe(false);
 
     // Ask (ACPI power button via QMP), the guest powers off, qemu exits 0.
     const result = await vm.stop({ timeoutMs: 30_000 });
-    expect(result.how).toBe('clean');
+    expect(result.how).toBe('backend'); // QMP system_powerdown: these bare VMs lend no control command
     expect(result.status).toEqual({ code: 0, signal: null });
     expect(vm.console.history()).toContain('FERRY-TEST-POWER-BUTTON');
     expect(isProcessAlive(vm.pid)).toBe(false);
-    expect(await exists(runFiles.pidfile(spec))).toBe(false);
-    expect(await exists(runFiles.qmpSocket(spec))).toBe(false);
-    expect(await exists(runFiles.diskLock({ path: disk, readOnly: false }))).toBe(false);
+    expect(await exists(runFilesOf(spec).pidfile)).toBe(false);
+    expect(await exists(runFilesOf(spec).qmpSocket)).toBe(false);
+    expect(await exists(diskLockFile(disk))).toBe(false);
 
     // The disk is free again.
     expect(await backend.validate(second)).toEqual([]);
@@ -210,7 +212,7 @@ describe('qemu backend on the real qemu-system-x86_64', () => {
     await vm.waitForLine(/FERRY-TEST-READY/, 60_000);
     const started = Date.now();
     const result = await vm.stop({ timeoutMs: 2000 });
-    expect(result.how).toBe('quit');
+    expect(result.how).toBe('hard-stop'); // QMP quit
     expect(Date.now() - started).toBeGreaterThanOrEqual(2000);
     expect(vm.console.history()).not.toContain('FERRY-TEST-POWER-BUTTON');
     expect(isProcessAlive(vm.pid)).toBe(false);
@@ -224,7 +226,7 @@ describe('qemu backend on the real qemu-system-x86_64', () => {
     running.push(vm);
     await vm.waitForLine(/FERRY-TEST-READY/, 60_000);
     const result = await vm.stop({ hard: true });
-    expect(result).toEqual({ how: 'killed', status: { code: null, signal: 'SIGKILL' } });
+    expect(result).toMatchObject({ how: 'killed', status: { code: null, signal: 'SIGKILL' } });
     expect(isProcessAlive(vm.pid)).toBe(false);
     expect(await readdir(spec.runDir)).toEqual(['console.log']);
     // A second stop is harmless.

@@ -361,13 +361,24 @@ describe('cross-key and host checks', () => {
     expect(messageFor(error, 'guest.extra-systems')).toBe('lists "x86_64-linux", which is already the guest\'s own system (guest.system)');
     expect(messageFor(error, 'vm.backend')).toBe('"hyperkit" runs only on Intel Macs, but this host is linux x64');
     expect(error.problems.filter((p) => p.key === 'vm.accel').map((p) => p.message)).toEqual([
-      'applies only to the qemu backend, but vm.backend is "hyperkit"; remove it or set it to "auto"',
-      '"hvf" is available only on macOS, but this host is linux x64; use "auto" or "tcg"',
+      '"hvf" is not an accelerator hyperkit can use for an x86_64-linux guest here (this host is linux x64; it can use hypervisor.framework); remove it or set it to "auto"',
     ]);
+    const qemuHvf = problemsOf('[vm]\nbackend = "qemu"\naccel = "hvf"\n');
+    expect(messageFor(qemuHvf, 'vm.accel')).toBe(
+      '"hvf" is not an accelerator qemu can use for an x86_64-linux guest here (this host is linux x64; it can use kvm, tcg); remove it or set it to "auto"',
+    );
+    const autoHvf = problemsOf('[vm]\naccel = "hvf"\n');
+    expect(messageFor(autoHvf, 'vm.accel')).toBe('"hvf" cannot run an x86_64-linux guest here (this host is linux x64); use "auto" or "tcg"');
+    const vfkitHere = problemsOf('[vm]\nbackend = "vfkit"\n');
+    expect(messageFor(vfkitHere, 'vm.backend')).toBe('"vfkit" runs only on macOS, but this host is linux x64');
+    const vfkitForeign = problemsOf('[guest]\nsystem = "x86_64-linux"\n[vm]\nbackend = "vfkit"\n', macArm);
+    expect(messageFor(vfkitForeign, 'vm.backend')).toBe('"vfkit" runs only aarch64-linux guests on this host (it cannot emulate), but guest.system is "x86_64-linux"');
   });
 
   it('kvm for a foreign guest architecture is refused', () => {
-    expect(messageFor(problemsOf('[guest]\nsystem = "aarch64-linux"\n[vm]\naccel = "kvm"\n'), 'vm.accel')).toMatch(/^"kvm" runs only guests of the host's architecture/);
+    expect(messageFor(problemsOf('[guest]\nsystem = "aarch64-linux"\n[vm]\naccel = "kvm"\n'), 'vm.accel')).toBe(
+      '"kvm" cannot run an aarch64-linux guest here (this host is linux x64); use "auto" or "tcg"',
+    );
   });
 
   it('more memory than the host has is refused', () => {
@@ -532,8 +543,11 @@ describe('paths', () => {
       cacheDir: '/t/cache',
       // The log dir follows an overridden state dir, so a test's files stay in its own directory.
       logDir: '/t/state/logs',
-      qmpSocket: '/t/state/vm/qmp.sock',
+      guestRecord: '/t/state/vm/guest.json',
       downloadsDir: '/t/cache/downloads',
+      // FERRY_CACHE_DIR holds every cache, vfkit's uncompressed kernels too.
+      kernelsDir: '/t/cache/kernels',
+      hypervisorLog: '/t/state/logs/hypervisor.log',
     });
     expect(resolvePaths({ platform: 'linux', system: true, env, stateDir: '/arg/state', logDir: '/arg/logs' })).toMatchObject({
       configFile: '/t/ferry.toml',

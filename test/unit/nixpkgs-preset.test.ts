@@ -19,6 +19,7 @@ import { parseConfigText } from '../../src/config/load.js';
 import { resolvePaths } from '../../src/config/paths.js';
 import { FerryError } from '../../src/errors.js';
 import { buildImage } from '../../src/image/build.js';
+import { ferryKeys } from '../../src/keys/ferry-keys.js';
 import { writeExt4 } from '../../src/image/ext4/index.js';
 import { STAGE1_MODULES } from '../../src/image/guest-os/stage1.js';
 import type { CommandRunner } from '../../src/image/layers/nix.js';
@@ -284,7 +285,7 @@ describe('nixpkgs preset: buildImage', () => {
     const attributes = ATTRS.map((attr) => `${flake}#legacyPackages.x86_64-linux.${attr}`);
     await writeFile(join(ferryPaths.downloadsDir, 'nixpkgs-x86_64-linux.json'), JSON.stringify({ flake, attributes, paths }));
 
-    const manifest = await buildImage({ config, paths: ferryPaths });
+    const manifest = await buildImage({ config, paths: ferryPaths, keys: ferryKeys(ferryPaths) });
     expect(manifest.preset).toBe('nixpkgs');
     expect(manifest.kernel).toEqual({ path: `${paths.kernel}/bzImage`, version: KERNEL_VERSION });
     expect(existsSync(manifest.systemDisk.path)).toBe(true);
@@ -295,7 +296,7 @@ describe('nixpkgs preset: buildImage', () => {
     const cpio = await execa('sh', ['-c', `zcat '${manifest.initramfs.path}' | cpio -t 2>/dev/null`]);
     expect(cpio.stdout.split('\n')).toContain('bin/busybox');
     // Same resolution: everything from the cache.
-    const again = await buildImage({ config, paths: ferryPaths });
+    const again = await buildImage({ config, paths: ferryPaths, keys: ferryKeys(ferryPaths) });
     expect([again.systemDisk.cacheHit, again.initramfs.cacheHit]).toEqual([true, true]);
   }, 180_000);
 });

@@ -16,6 +16,7 @@
  *    "POST /vm/state { \"state\": \"Stop\" }"), pkg/config/bootloader.go (util.TrimQuotes on cmdline).
  */
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -26,13 +27,19 @@ import { LineConsole } from '../../src/vm/console.js';
 import { buildHyperkitArgv, createHyperkitBackend, hyperkitUuid } from '../../src/vm/hyperkit.js';
 import { selectBackend } from '../../src/vm/index.js';
 import { detectKernelFormat, ensureUncompressedKernel } from '../../src/vm/kernel-image.js';
-import { buildQemuArgv, createQemuBackend, qemuConsoleDevice } from '../../src/vm/qemu.js';
-import { runFiles } from '../../src/vm/run-files.js';
+import { BACKEND_FACTS } from '../../src/vm/facts.js';
+import { buildQemuArgv, createQemuBackend } from '../../src/vm/qemu.js';
+import { runFilesOf } from '../../src/vm/run-files.js';
+import { diskLockFile } from '../../src/config/paths.js';
 import { RecordingRunner, type FakeChild } from '../../src/process/runner.js';
 import { buildVfkitArgv, createVfkitBackend, vfkitMac } from '../../src/vm/vfkit.js';
 
 let dir: string;
 let spec: VmSpec;
+
+const appleSilicon = { platform: 'darwin', arch: 'arm64' } as const;
+const intelMac = { platform: 'darwin', arch: 'x64' } as const;
+const linuxX64 = { platform: 'linux', arch: 'x64' } as const;
 
 /** A minimal uncompressed arm64 Image header: "ARM\x64" at 0x38. */
 function fakeArm64Image(size = 4096): Buffer {
@@ -54,7 +61,7 @@ beforeEach(async () => {
     memoryBytes: 2048 * 2 ** 20,
     kernel: path.join(dir, 'vmlinuz'),
     initrd: path.join(dir, 'initrd.img'),
-    cmdline: 'console=ttyS0 ferry.net=user quiet',
+    cmdline: 'ferry.net=user quiet',
     disks: [
       { path: path.join(dir, 'system.img'), readOnly: true },
       { path: path.join(dir, 'state.img'), readOnly: false },
@@ -106,14 +113,15 @@ describe('qemu argv', () => {
       ['-no-reboot'],
       ['-pidfile', '/run/b.pid'],
     ]);
-    expect(qemuConsoleDevice('x86_64-linux')).toBe('ttyS0');
+    expect(BACKEND_FACTS.qemu.console['x86_64-linux']).toBe('ttyS0');
   });
 
   it('aarch64 under hvf: virt machine, host CPU, ttyAMA0; one vCPU tcg has no thread option', () => {
     const arm = { ...spec, system: 'aarch64-linux' as const };
     const argv = buildQemuArgv(arm, { accelerator: 'hvf', qmpSocket: '/q', pidfile: '/p' });
     expect(argv.slice(argv.indexOf('-machine'), argv.indexOf('-smp'))).toEqual(['-machine', 'virt', '-accel', 'hvf', '-cpu', 'host']);
-    expect(qemuConsoleDevice('aarch64-linux')).toBe('ttyAMA0');
+    expect(BACKEND_FACTS.qemu.console['aarch64-linux']).toBe('ttyAMA0');
+    expect(argv[argv.indexOf('-append') + 1]).toBe('console=ttyAMA0 ferry.net=user quiet');
     const single = buildQemuArgv({ ...arm, cpus: 1 }, { accelerator: 'tcg', qmpSocket: '/q', pidfile: '/p' });
     expect(single.slice(single.indexOf('-accel'), single.indexOf('-accel') + 4)).toEqual(['-accel', 'tcg', '-cpu', 'max,pauth-impdef=on']);
   });
@@ -134,7 +142,7 @@ describe('qemu accelerator choice', () => {
     const runner = new RecordingRunner(['qemu-system-x86_64'], () => ({
       exitCode: 0, signal: undefined, stdout: '[    0.000000] Linux version 6.1.0', stderr: '', timedOut: true,
     }));
-    const backend = createQemuBackend({ runner, platform: 'linux', arch: 'x64', kvmDevice: kvm, probeTimeoutMs: 3000 });
+    const backend = createQemuBackend({ runner, host: linuxX64, kvmDevice: kvm, probeTimeoutMs: 3000 });
     expect(await backend.chooseAccelerator(spec)).toBe('kvm');
     expect(await backend.chooseAccelerator(spec)).toBe('kvm');
     expect(runner.commands).toHaveLength(1);
@@ -151,19 +159,60 @@ describe('qemu accelerator choice', () => {
     const runner = new RecordingRunner(['qemu-system-x86_64'], () => ({
       exitCode: undefined, signal: 'SIGTERM', stdout: 'Probing EDD (edd=off to disable)... ok', stderr: '', timedOut: true,
     }));
-    const backend = createQemuBackend({ runner, platform: 'linux', arch: 'x64', kvmDevice: kvm });
+    const backend = createQemuBackend({ runner, host: linuxX64, kvmDevice: kvm });
     expect(await backend.chooseAccelerator(spec)).toBe('tcg');
   });
 
   it('uses tcg without probing when /dev/kvm is missing or the guest is another architecture; hvf on macOS', async () => {
     const runner = new RecordingRunner(['qemu-system-x86_64', 'qemu-system-aarch64']);
-    const noKvm = createQemuBackend({ runner, platform: 'linux', arch: 'x64', kvmDevice: path.join(dir, 'absent') });
+    const noKvm = createQemuBackend({ runner, host: linuxX64, kvmDevice: path.join(dir, 'absent') });
     expect(await noKvm.chooseAccelerator(spec)).toBe('tcg');
     expect(await noKvm.chooseAccelerator({ ...spec, system: 'aarch64-linux' })).toBe('tcg');
-    const mac = createQemuBackend({ runner, platform: 'darwin', arch: 'arm64' });
+    const mac = createQemuBackend({ runner, host: appleSilicon });
     expect(await mac.chooseAccelerator({ ...spec, system: 'aarch64-linux' })).toBe('hvf');
     expect(await mac.chooseAccelerator(spec)).toBe('tcg');
     expect(runner.commands).toEqual([]);
+  });
+});
+
+describe('[vm] accel, each value honoured', () => {
+  const hangingProbe = () => ({ exitCode: undefined, signal: 'SIGTERM', stdout: 'Probing EDD (edd=off to disable)... ok', stderr: '', timedOut: true });
+
+  it('"tcg": no probe, and qemu starts under tcg', async () => {
+    const kvm = path.join(dir, 'kvm');
+    await writeFile(kvm, '');
+    const runner = new RecordingRunner(['qemu-system-x86_64']);
+    const backend = createQemuBackend({ runner, host: linuxX64, accel: 'tcg', kvmDevice: kvm });
+    expect(await backend.chooseAccelerator(spec)).toBe('tcg');
+    expect(runner.commands).toEqual([]);
+  });
+
+  it('"kvm": refused, with the reason, when its probe fails; nothing is started', async () => {
+    const kvm = path.join(dir, 'kvm');
+    await writeFile(kvm, '');
+    const runner = new RecordingRunner(['qemu-system-x86_64'], hangingProbe);
+    const backend = createQemuBackend({ runner, host: linuxX64, accel: 'kvm', kvmDevice: kvm, probeTimeoutMs: 3000 });
+    await expect(backend.start(spec)).rejects.toThrow(
+      /cannot start guest 'builder' with qemu:\n {2}- accel: accel "kvm" cannot work: a probe boot under KVM printed nothing within 3000 ms \(nested KVM often hangs like this\) \(use accel = "auto" or "tcg"\)/,
+    );
+    expect(runner.commands.map((c) => c.kind)).toEqual(['run']); // the probe only
+    const noDevice = createQemuBackend({ runner, host: linuxX64, accel: 'kvm', kvmDevice: path.join(dir, 'absent') });
+    expect(await noDevice.chooseAccelerator(spec)).toMatchObject({ field: 'accel', message: expect.stringContaining(`${path.join(dir, 'absent')} is not usable (ENOENT)`) });
+  });
+
+  it('"hvf": refused off macOS and for a foreign guest; on a Mac it is the argv', async () => {
+    const runner = new RecordingRunner(['qemu-system-x86_64', 'qemu-system-aarch64']);
+    expect(await createQemuBackend({ runner, host: linuxX64, accel: 'hvf' }).chooseAccelerator(spec)).toMatchObject({
+      field: 'accel',
+      message: 'accel "hvf" cannot work: this host is linux x64 and the guest is x86_64-linux; here qemu can use kvm, tcg',
+    });
+    const mac = createQemuBackend({ runner, host: appleSilicon, accel: 'hvf' });
+    expect(await mac.chooseAccelerator(spec)).toMatchObject({ field: 'accel', message: expect.stringContaining('here qemu can use tcg') });
+    const arm = { ...spec, system: 'aarch64-linux' as const };
+    const accelerator = await mac.chooseAccelerator(arm);
+    expect(accelerator).toBe('hvf');
+    const argv = buildQemuArgv(arm, { accelerator: accelerator as 'hvf', qmpSocket: '/q', pidfile: '/p' });
+    expect(argv.slice(argv.indexOf('-accel'), argv.indexOf('-accel') + 4)).toEqual(['-accel', 'hvf', '-cpu', 'host']);
   });
 });
 
@@ -197,7 +246,7 @@ describe('hyperkit argv (moby/hyperkit src/hyperkit.c, uart_emul.c, block_if.c)'
 
 describe('vfkit argv (crc-org/vfkit doc/usage.md)', () => {
   it('matches the documented flags device by device', () => {
-    const arm = { ...spec, system: 'aarch64-linux' as const, cmdline: 'console=hvc0 quiet' };
+    const arm = { ...spec, system: 'aarch64-linux' as const, cmdline: 'quiet' };
     const argv = buildVfkitArgv(arm, { restSocket: '/run/b.sock', kernel: '/cache/Image' });
     expect(pairs(argv)).toEqual([
       ['--cpus', '2'],
@@ -225,28 +274,28 @@ describe('vfkit argv (crc-org/vfkit doc/usage.md)', () => {
 describe('validation', () => {
   it('names a missing kernel, initrd and disk, and a missing backend binary with how to install it', async () => {
     const runner = new RecordingRunner([]);
-    const backend = createHyperkitBackend({ runner });
+    const backend = createHyperkitBackend({ runner, host: intelMac });
     const broken = { ...spec, kernel: path.join(dir, 'nope'), initrd: path.join(dir, 'nope.img'), disks: [{ path: path.join(dir, 'gone.img'), readOnly: false }] };
     const problems = await backend.validate(broken);
     expect(problems).toEqual([
       { field: 'kernel', message: `kernel file not found: ${broken.kernel}` },
       { field: 'initrd', message: `initrd file not found: ${broken.initrd}` },
       { field: 'disks[0]', message: `disk image not found: ${broken.disks[0].path}` },
-      { field: 'backend', message: 'hyperkit not found on PATH', hint: 'install it with `brew install hyperkit`' },
+      { field: 'backend', message: 'hyperkit not found on PATH', hint: 'install it: `nix profile install nixpkgs#hyperkit` (Homebrew no longer ships it)' },
     ]);
     await expect(backend.start(broken)).rejects.toThrow(/cannot start guest 'builder' with hyperkit:\n {2}- kernel: kernel file not found/);
     expect(runner.commands).toEqual([]);
-    const vfkit = createVfkitBackend({ runner, platform: 'darwin', arch: 'arm64' });
+    const vfkit = createVfkitBackend({ runner, host: appleSilicon, kernelCacheDir: dir });
     expect(await vfkit.validate({ ...spec, system: 'aarch64-linux' })).toContainEqual({
-      field: 'backend', message: 'vfkit not found on PATH', hint: 'install it with `brew install vfkit`',
+      field: 'backend', message: 'vfkit not found on PATH', hint: 'install it: `brew install vfkit`, or `nix profile install nixpkgs#vfkit`',
     });
-    const qemu = createQemuBackend({ runner, platform: 'darwin', arch: 'arm64' });
-    expect((await qemu.validate(spec)).map((p) => `${p.message} — ${p.hint}`)).toEqual(['qemu-system-x86_64 not found on PATH — install it with `brew install qemu`']);
+    const qemu = createQemuBackend({ runner, host: appleSilicon });
+    expect((await qemu.validate(spec)).map((p) => `${p.message} — ${p.hint}`)).toEqual(['qemu-system-x86_64 not found on PATH — install it: `brew install qemu`, or `nix profile install nixpkgs#qemu`']);
   });
 
   it('refuses a disk another live guest writes to, and removes a stale lock', async () => {
     const backend = createQemuBackend({ runner: new RecordingRunner(['qemu-system-x86_64']) });
-    const lock = runFiles.diskLock(spec.disks[1]);
+    const lock = diskLockFile(spec.disks[1].path);
     // This test process is alive: it stands in for the other guest's hypervisor.
     await writeFile(lock, JSON.stringify({ pid: process.pid, guest: 'other', runDir: '/elsewhere' }));
     expect(await backend.validate(spec)).toEqual([
@@ -261,24 +310,24 @@ describe('validation', () => {
   it('refuses a second start of a running guest (live pidfile) and removes a stale pidfile', async () => {
     const backend = createQemuBackend({ runner: new RecordingRunner(['qemu-system-x86_64']) });
     await mkdir(spec.runDir, { recursive: true });
-    await writeFile(runFiles.pidfile(spec), `${process.pid}\n`);
+    await writeFile(runFilesOf(spec).pidfile, `${process.pid}\n`);
     expect(await backend.validate(spec)).toEqual([
-      { field: 'name', message: `guest 'builder' is already running (pid ${process.pid}, ${runFiles.pidfile(spec)})` },
+      { field: 'name', message: `guest 'builder' is already running (pid ${process.pid}, ${runFilesOf(spec).pidfile})` },
     ]);
-    await writeFile(runFiles.pidfile(spec), `${2 ** 22 + 1}\n`);
+    await writeFile(runFilesOf(spec).pidfile, `${2 ** 22 + 1}\n`);
     expect(await backend.validate(spec)).toEqual([]);
-    await expect(stat(runFiles.pidfile(spec))).rejects.toThrow(/ENOENT/);
+    await expect(stat(runFilesOf(spec).pidfile)).rejects.toThrow(/ENOENT/);
   });
 
   it("rejects what a backend cannot express: commas in hyperkit/vfkit paths, the wrong architecture, '\"' in vfkit's cmdline", async () => {
     const runner = new RecordingRunner(['hyperkit', 'vfkit']);
     await writeFile(path.join(dir, 'a,b.img'), '');
     const comma = { ...spec, disks: [{ path: path.join(dir, 'a,b.img'), readOnly: false }] };
-    expect(await createHyperkitBackend({ runner }).validate({ ...comma, system: 'aarch64-linux' })).toEqual([
+    expect(await createHyperkitBackend({ runner, host: intelMac }).validate({ ...comma, system: 'aarch64-linux' })).toEqual([
       { field: 'disks[0]', message: `hyperkit cannot take a path containing ',': ${comma.disks[0].path}` },
       { field: 'system', message: 'hyperkit runs x86_64-linux guests only, got aarch64-linux' },
     ]);
-    const vfkit = createVfkitBackend({ runner, platform: 'darwin', arch: 'arm64' });
+    const vfkit = createVfkitBackend({ runner, host: appleSilicon, kernelCacheDir: dir });
     expect((await vfkit.validate({ ...spec, cmdline: 'a="b c"' })).map((p) => p.field)).toEqual(['system', 'cmdline']);
   });
 
@@ -292,40 +341,40 @@ describe('validation', () => {
 describe('start and stop through the recording runner (hypervisors not installed here)', () => {
   it('hyperkit: spawns the built argv, locks the writable disk, stops by SIGTERM, then cleans up', async () => {
     const runner = new RecordingRunner(['hyperkit']);
-    const backend = createHyperkitBackend({ runner });
+    const backend = createHyperkitBackend({ runner, host: intelMac });
     const vm = await backend.start(spec);
     expect(runner.commands).toEqual([
       {
         kind: 'spawn',
         file: '/usr/local/bin/hyperkit',
-        args: buildHyperkitArgv(spec, { pidfile: runFiles.pidfile(spec), tty: runFiles.hyperkitTty(spec), consoleRing: runFiles.hyperkitConsoleRing(spec) }),
+        args: buildHyperkitArgv(spec, { pidfile: runFilesOf(spec).pidfile, tty: runFilesOf(spec).hyperkitTty, consoleRing: runFilesOf(spec).hyperkitConsoleRing }),
       },
     ]);
     const child = runner.children[0] as FakeChild;
-    expect(JSON.parse(await readFile(runFiles.diskLock(spec.disks[1]), 'utf8'))).toEqual({ pid: child.pid, guest: 'builder', runDir: spec.runDir });
-    await expect(stat(runFiles.diskLock(spec.disks[0]))).rejects.toThrow(/ENOENT/); // read-only: shared, unlocked
+    expect(JSON.parse(await readFile(diskLockFile(spec.disks[1].path), 'utf8'))).toEqual({ pid: child.pid, guest: 'builder', runDir: spec.runDir });
+    await expect(stat(diskLockFile(spec.disks[0].path))).rejects.toThrow(/ENOENT/); // read-only: shared, unlocked
 
     const stopping = vm.stop({ timeoutMs: 5000 });
     await new Promise((r) => setTimeout(r, 20));
     expect(child.signals).toEqual(['SIGTERM']); // asked: ACPI power button
     child.exit({ code: 0, signal: null }); // the guest powered off
-    expect(await stopping).toEqual({ how: 'clean', status: { code: 0, signal: null } });
-    await expect(stat(runFiles.diskLock(spec.disks[1]))).rejects.toThrow(/ENOENT/);
+    expect(await stopping).toMatchObject({ how: 'backend', status: { code: 0, signal: null } });
+    await expect(stat(diskLockFile(spec.disks[1].path))).rejects.toThrow(/ENOENT/);
   });
 
   it('hyperkit: a guest that ignores the request is killed after the timeout', async () => {
     const runner = new RecordingRunner(['hyperkit']);
-    const vm = await createHyperkitBackend({ runner }).start(spec);
+    const vm = await createHyperkitBackend({ runner, host: intelMac }).start(spec);
     const result = await vm.stop({ timeoutMs: 50 });
     const child = runner.children[0] as FakeChild;
     expect(child.signals).toEqual(['SIGTERM', 'SIGTERM', 'SIGKILL']);
-    expect(result).toEqual({ how: 'killed', status: { code: null, signal: 'SIGKILL' } });
+    expect(result).toMatchObject({ how: 'killed', status: { code: null, signal: 'SIGKILL' } });
   }, 10_000);
 
   it('vfkit: decompresses the kernel, writes the pidfile, and stops through POST /vm/state', async () => {
     const runner = new RecordingRunner(['vfkit']);
     const cache = path.join(dir, 'kernels');
-    const backend = createVfkitBackend({ runner, kernelCacheDir: cache, platform: 'darwin', arch: 'arm64' });
+    const backend = createVfkitBackend({ runner, kernelCacheDir: cache, host: appleSilicon });
     const image = fakeArm64Image();
     await writeFile(spec.kernel, gzipSync(image));
     const arm = { ...spec, system: 'aarch64-linux' as const, rosetta: true };
@@ -337,7 +386,7 @@ describe('start and stop through the recording runner (hypervisors not installed
     expect(path.dirname(kernelPath)).toBe(cache);
     expect(await readFile(kernelPath)).toEqual(image);
     expect(args).toContain('rosetta,mountTag=rosetta');
-    expect((await readFile(runFiles.pidfile(arm), 'utf8')).trim()).toBe(String(child.pid));
+    expect((await readFile(runFilesOf(arm).pidfile, 'utf8')).trim()).toBe(String(child.pid));
 
     // Play vfkit's RESTful service on the socket the argv named.
     const requests: string[] = [];
@@ -350,27 +399,77 @@ describe('start and stop through the recording runner (hypervisors not installed
         child.exit({ code: 0, signal: null });
       });
     });
-    await new Promise<void>((r) => server.listen(runFiles.vfkitRestSocket(arm), r));
+    await new Promise<void>((r) => server.listen(runFilesOf(arm).vfkitRestSocket, r));
     try {
-      expect(await vm.stop({ timeoutMs: 5000 })).toEqual({ how: 'clean', status: { code: 0, signal: null } });
+      expect(await vm.stop({ timeoutMs: 5000 })).toMatchObject({ how: 'backend', status: { code: 0, signal: null } });
     } finally {
       server.close();
     }
     expect(requests).toEqual(['POST /vm/state {"state":"Stop"}']);
-    await expect(stat(runFiles.pidfile(arm))).rejects.toThrow(/ENOENT/);
-    await expect(stat(runFiles.vfkitRestSocket(arm))).rejects.toThrow(/ENOENT/);
+    await expect(stat(runFilesOf(arm).pidfile)).rejects.toThrow(/ENOENT/);
+    await expect(stat(runFilesOf(arm).vfkitRestSocket)).rejects.toThrow(/ENOENT/);
     expect(await vm.exited).toEqual({ code: 0, signal: null });
   });
 
   it('the endpoint: the forwarded port for qemu, the announced ip= for NAT backends', async () => {
     const runner = new RecordingRunner(['hyperkit']);
-    const vm = await createHyperkitBackend({ runner }).start(spec);
+    const vm = await createHyperkitBackend({ runner, host: intelMac }).start(spec);
     await writeFile(spec.consoleLog, 'booting\nFERRY-READY ip=192.168.64.7 boot_ms=812\n');
     // hyperkit reads its console from the pty, not the file: feed the console directly.
     (vm.console as LineConsole).push('FERRY-READY ip=192.168.64.7 boot_ms=812\n');
     expect(await vm.ready(1000)).toEqual({ host: '192.168.64.7', port: 22, readyLine: 'FERRY-READY ip=192.168.64.7 boot_ms=812' });
     await vm.stop({ hard: true });
   });
+});
+
+describe('the one stop ladder, for a VM this process started and one it did not', () => {
+  it("the guest's own power-off comes first; when it works, nothing else is asked", async () => {
+    const runner = new RecordingRunner(['hyperkit']);
+    const vm = await createHyperkitBackend({ runner, host: intelMac }).start(spec, {
+      powerOffGuest: async () => (runner.children[0] as FakeChild).exit({ code: 0, signal: null }),
+    });
+    expect(await vm.stop({ timeoutMs: 5000 })).toMatchObject({ how: 'guest', status: { code: 0, signal: null } });
+    expect((runner.children[0] as FakeChild).signals).toEqual([]);
+  });
+
+  it("a recorded vfkit guest whose control command does not answer: REST Stop, then HardStop, through attach()", async () => {
+    // A real process stands in for the hypervisor another ferry started; the REST service ends it on HardStop.
+    const hypervisor = spawn('sleep', ['60'], { stdio: 'ignore' });
+    const arm = { ...spec, system: 'aarch64-linux' as const };
+    await mkdir(arm.runDir, { recursive: true });
+    await writeFile(runFilesOf(arm).pidfile, `${hypervisor.pid}\n`);
+    await writeFile(diskLockFile(arm.disks[1].path), JSON.stringify({ pid: hypervisor.pid, guest: 'builder', runDir: arm.runDir }));
+    const requests: string[] = [];
+    const server = http.createServer((request, response) => {
+      let body = '';
+      request.on('data', (c) => (body += c));
+      request.on('end', () => {
+        requests.push(body);
+        response.end();
+        if (body.includes('HardStop')) hypervisor.kill('SIGKILL');
+      });
+    });
+    await new Promise<void>((r) => server.listen(runFilesOf(arm).vfkitRestSocket, r));
+    const asked: string[] = [];
+    try {
+      const backend = createVfkitBackend({ runner: new RecordingRunner(['vfkit']), host: appleSilicon, kernelCacheDir: dir });
+      const vm = backend.attach({ spec: arm, pid: hypervisor.pid! }, {
+        powerOffGuest: async () => {
+          asked.push('control command');
+          throw new Error('ssh: connect timed out');
+        },
+      });
+      const result = await vm.stop({ timeoutMs: 200 });
+      expect(result.how).toBe('hard-stop');
+    } finally {
+      server.close();
+      hypervisor.kill('SIGKILL');
+    }
+    expect(asked).toEqual(['control command']);
+    expect(requests).toEqual(['{"state":"Stop"}', '{"state":"HardStop"}']);
+    await expect(stat(runFilesOf(arm).pidfile)).rejects.toThrow(/ENOENT/);
+    await expect(stat(diskLockFile(arm.disks[1].path))).rejects.toThrow(/ENOENT/);
+  }, 20_000);
 });
 
 describe('kernel images for vfkit', () => {
@@ -414,23 +513,36 @@ describe('kernel images for vfkit', () => {
 });
 
 describe('choosing a backend', () => {
-  it('auto: vfkit on Apple silicon, hyperkit on Intel Macs, qemu otherwise or when they are missing', async () => {
-    const pick = async (installed: string[], platform: NodeJS.Platform, arch: string, system: VmSpec['system']) =>
-      (await selectBackend('auto', { runner: new RecordingRunner(installed), platform, arch, system })).name;
-    expect(await pick(['vfkit', 'qemu-system-aarch64'], 'darwin', 'arm64', 'aarch64-linux')).toBe('vfkit');
-    expect(await pick(['qemu-system-aarch64'], 'darwin', 'arm64', 'aarch64-linux')).toBe('qemu');
-    expect(await pick(['hyperkit', 'qemu-system-x86_64'], 'darwin', 'x64', 'x86_64-linux')).toBe('hyperkit');
-    expect(await pick(['hyperkit', 'qemu-system-x86_64'], 'linux', 'x64', 'x86_64-linux')).toBe('qemu');
+  const pick = async (installed: string[], host: { platform: NodeJS.Platform; arch: string }, system: VmSpec['system'], accel?: 'hvf' | 'kvm' | 'tcg') =>
+    (await selectBackend('auto', system, { runner: new RecordingRunner(installed), host, accel, kernelCacheDir: dir })).facts.name;
+
+  it('auto: vfkit on every Mac for the native guest (qemu when it is missing, hyperkit last), qemu otherwise', async () => {
+    expect(await pick(['vfkit', 'qemu-system-aarch64'], appleSilicon, 'aarch64-linux')).toBe('vfkit');
+    expect(await pick(['qemu-system-aarch64'], appleSilicon, 'aarch64-linux')).toBe('qemu');
+    // Virtualization.framework runs only native guests: an x86_64 guest on Apple silicon is qemu's (tcg).
+    expect(await pick(['vfkit', 'qemu-system-x86_64'], appleSilicon, 'x86_64-linux')).toBe('qemu');
+    expect(await pick(['vfkit', 'hyperkit', 'qemu-system-x86_64'], intelMac, 'x86_64-linux')).toBe('vfkit');
+    expect(await pick(['hyperkit', 'qemu-system-x86_64'], intelMac, 'x86_64-linux')).toBe('qemu');
+    expect(await pick(['hyperkit'], intelMac, 'x86_64-linux')).toBe('hyperkit');
+    expect(await pick(['hyperkit', 'vfkit', 'qemu-system-x86_64'], linuxX64, 'x86_64-linux')).toBe('qemu');
   });
 
-  it('names the missing binary and how to install it', async () => {
-    await expect(selectBackend('auto', { runner: new RecordingRunner([]), platform: 'darwin', arch: 'arm64', system: 'aarch64-linux' })).rejects.toMatchObject({
+  it('auto with an accelerator set: only a backend that uses it', async () => {
+    expect(await pick(['vfkit', 'qemu-system-aarch64'], appleSilicon, 'aarch64-linux', 'hvf')).toBe('qemu');
+    expect(await pick(['vfkit', 'qemu-system-aarch64'], appleSilicon, 'aarch64-linux', 'tcg')).toBe('qemu');
+  });
+
+  it('names the missing binary and how to install it, and refuses a backend that cannot run here', async () => {
+    await expect(selectBackend('auto', 'aarch64-linux', { runner: new RecordingRunner([]), host: appleSilicon, kernelCacheDir: dir })).rejects.toMatchObject({
       message: 'no VM backend for aarch64-linux guests is installed: looked for vfkit, qemu-system-aarch64 on PATH',
-      hint: 'install one of: vfkit (brew install vfkit); qemu-system-aarch64 (brew install qemu)',
+      hint: 'install one of: vfkit (`brew install vfkit`, or `nix profile install nixpkgs#vfkit`); qemu-system-aarch64 (`brew install qemu`, or `nix profile install nixpkgs#qemu`)',
     });
-    await expect(selectBackend('vfkit', { runner: new RecordingRunner([]), platform: 'darwin', arch: 'arm64', system: 'aarch64-linux' })).rejects.toMatchObject({
+    await expect(selectBackend('vfkit', 'aarch64-linux', { runner: new RecordingRunner([]), host: appleSilicon, kernelCacheDir: dir })).rejects.toMatchObject({
       message: "VM backend 'vfkit' needs vfkit, which is not on PATH",
-      hint: 'install it: brew install vfkit',
+      hint: 'install it: `brew install vfkit`, or `nix profile install nixpkgs#vfkit`',
+    });
+    await expect(selectBackend('vfkit', 'x86_64-linux', { runner: new RecordingRunner(['vfkit']), host: linuxX64, kernelCacheDir: dir })).rejects.toMatchObject({
+      message: 'VM backend "vfkit" runs only on macOS, but this host is linux x64',
     });
   });
 });

@@ -1,0 +1,104 @@
+/**
+ * Booting ferry's guest: the backend the config and the host choose, the VM spec, the wait for
+ * FERRY-READY (or FERRY-FAILED), the ssh config and the record — and on any failure, nothing
+ * left running. The VM it returns stops through the one stop ladder, the guest's own power-off
+ * first.
+ */
+import { mkdir } from 'node:fs/promises';
+import type { FerryConfig } from '../../config/types.js';
+import type { FerryPaths } from '../../config/paths.js';
+import { FerryError } from '../../errors.js';
+import type { ImageManifest } from '../../image/manifest.js';
+import { createDetachedRunner } from '../../process/detached.js';
+import { createExecaRunner, type Runner } from '../../process/runner.js';
+import type { GuestEndpoint, RunningVm, VmBackend } from '../backend.js';
+import type { HostPlatform } from '../facts.js';
+import { freePort } from '../free-port.js';
+import { selectBackend } from '../index.js';
+import { writeGuestRecord, type GuestRecord } from './record.js';
+import { guestVmSpec } from './spec.js';
+import { guestPowerOff, writeGuestSshConfig } from './ssh.js';
+
+export interface BootOptions {
+  manifest: ImageManifest;
+  config: FerryConfig;
+  paths: FerryPaths;
+  /** Keep the hypervisor running after this process exits. */
+  detached: boolean;
+  readyTimeoutMs?: number;
+  onConsoleLine?: (line: string) => void;
+  /** Tests: a backend to use instead of the configured one, or a runner to find and start it with. */
+  backend?: VmBackend;
+  runner?: Runner;
+  /** The host the backend is chosen for (default: this one). */
+  host?: HostPlatform;
+}
+
+export interface BootedGuest {
+  vm: RunningVm;
+  endpoint: GuestEndpoint;
+  record: GuestRecord;
+}
+
+const FAILED_LINE = /\bFERRY-FAILED\b.*$/;
+
+/** The backend `[vm] backend` and `[vm] accel` choose for the guest's system on this host. */
+export function chooseBackend(config: FerryConfig, paths: FerryPaths, runner?: Runner, host?: HostPlatform): Promise<VmBackend> {
+  return selectBackend(config.vm.backend, config.guest.system, { runner, host, accel: config.vm.accel, kernelCacheDir: paths.kernelsDir });
+}
+
+/** Boots `manifest`, waits for FERRY-READY, records the guest. On any failure nothing is left running. */
+export async function bootGuest(options: BootOptions): Promise<BootedGuest> {
+  const { manifest, config, paths } = options;
+  await mkdir(paths.vmDir, { recursive: true, mode: 0o700 });
+  await mkdir(paths.logDir, { recursive: true });
+  const runner = options.runner ?? (options.detached ? createDetachedRunner(paths.hypervisorLog) : undefined);
+  const backend = options.backend ?? (await chooseBackend(config, paths, runner, options.host));
+  const { facts } = backend;
+  const sshPort = facts.reach === 'forwarded-port' ? await freePort() : undefined;
+  const spec = guestVmSpec({ manifest, config, paths, facts, sshPort });
+
+  const started = performance.now();
+  const vm = await backend.start(spec, { powerOffGuest: guestPowerOff(paths, createExecaRunner()) });
+  const unsubscribe = options.onConsoleLine ? vm.console.onLine(options.onConsoleLine) : undefined;
+  let endpoint: GuestEndpoint;
+  try {
+    endpoint = await waitReady(vm, options.readyTimeoutMs ?? config.daemon.readyTimeoutMs);
+  } catch (error) {
+    await vm.stop({ hard: true });
+    const tail = vm.console.history().slice(-15).join('\n');
+    throw new FerryError(`guest '${spec.name}' did not become ready: ${(error as Error).message}`, {
+      cause: error,
+      hint: tail ? `the last console lines (${spec.consoleLog}):\n${tail}` : `see ${spec.consoleLog}`,
+    });
+  } finally {
+    unsubscribe?.();
+  }
+  const record: GuestRecord = {
+    name: spec.name,
+    backend: facts.name,
+    pid: vm.pid,
+    spec,
+    sshHost: endpoint.host,
+    sshPort: endpoint.port,
+    imageId: manifest.id,
+    manifestPath: manifest.manifestPath,
+    runDir: spec.runDir,
+    stateDisk: paths.stateDisk,
+    startedAt: new Date().toISOString(),
+    readyLine: endpoint.readyLine,
+    readyMs: Math.round(performance.now() - started),
+  };
+  await writeGuestSshConfig(paths, record);
+  await writeGuestRecord(paths, record);
+  return { vm, endpoint, record };
+}
+
+function waitReady(vm: RunningVm, timeoutMs: number): Promise<GuestEndpoint> {
+  return Promise.race([
+    vm.ready(timeoutMs),
+    vm.waitForLine(FAILED_LINE, timeoutMs + 1000).then(([line]) => {
+      throw new FerryError(`the guest failed to boot: ${line}`);
+    }),
+  ]);
+}
