@@ -19,7 +19,7 @@ import { guestVmDeps, stopLeftoverGuest } from './guest-vm.js';
 import { createDaemonLogger } from './logger.js';
 import { authorizedKeyLines, ConfigReload, watchConfigFile } from './reload.js';
 import { initialImages, saveImages } from './saved-images.js';
-import { writeDaemonSshConfig } from './ssh-alias.js';
+import { frontAddress, writeDaemonSshConfig } from './ssh-alias.js';
 import { SshFront } from './ssh-front.js';
 import { DAEMON_VERSION, SessionHistory, statusReport } from './status-report.js';
 import { Supervisor } from './supervisor.js';
@@ -68,6 +68,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
 
   const sessions = new SessionHistory();
   const front = new SshFront({
+    host: config.daemon.listen,
     port: config.daemon.port,
     hostKeyPath: paths.daemonHostKey,
     authorizedKeys: authorizedKeyLines(config, clientKey.publicKey, log),
@@ -77,8 +78,9 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   });
   front.on('sessions', (open: number) => supervisor.sessionsChanged(open));
   const listening = await front.listen();
-  writeDaemonSshConfig(paths, listening.port);
-  log.info({ address: `${listening.host}:${listening.port}` }, 'SSH front listening');
+  writeDaemonSshConfig(paths, listening);
+  const address = frontAddress(listening.host, listening.port);
+  log.info({ address }, 'SSH front listening');
 
   const reloader = new ConfigReload({
     paths,
@@ -90,7 +92,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     swapTo: (manifest) => supervisor.swapTo(manifest),
   });
   const status = () =>
-    statusReport({ paths, startedAt, listen: `${listening.host}:${listening.port}`, config: () => config, reload: reloader.state, supervisor, openSessions: () => front.openSessions, sessions });
+    statusReport({ paths, startedAt, listen: address, config: () => config, reload: reloader.state, supervisor, openSessions: () => front.openSessions, sessions });
   const control = controlServer(paths, supervisor, status, (reason) => reloader.reload(reason));
   await control.listen();
   const watcher = watchConfigFile(paths.configFile, (event) => void reloader.reload(`${paths.configFile} ${event}`));

@@ -1,22 +1,25 @@
 /**
  * The daemon's SSH server: what the host's nix-daemon (and `ferry ssh`) connect to. It listens
- * on 127.0.0.1 only, proves itself with a persistent host key (so the key Nix pinned stays
- * valid), lets in only the public keys install wrote, and hands every session to forwarding.
- * Whatever login name the client uses, sessions run as the guest's builder user.
+ * on a loopback address only (127.0.0.1, or ::1 with `[daemon] listen`), proves itself with a
+ * persistent host key (so the key Nix pinned stays valid), lets in only the public keys install
+ * wrote, and hands every session to forwarding. Whatever login name the client uses, sessions
+ * run as the guest's builder user.
  */
 import { EventEmitter } from 'node:events';
 import net, { type AddressInfo } from 'node:net';
 import ssh2 from 'ssh2';
 import type { Connection, PublicKeyAuthContext } from 'ssh2';
+import { LOOPBACK_ADDRESSES } from '../config/schema.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { ensureKeyPair } from '../keys/ssh-keys.js';
 import { coalesceWrites } from './coalesce-writes.js';
 import { decideAuth, parseAllowedKeys, type AllowedKey } from './authorized-keys.js';
 import { forwardSession, type GuestChannelSource } from './forward.js';
+import { frontAddress } from './ssh-alias.js';
 import { logSession, silentLogger, type FrontLogger, type SessionMeter, type SessionRecord, type SessionSink } from './session-log.js';
 
 export const DEFAULT_FRONT_PORT = 31322;
-/** The only address the front listens on: builds must not be reachable from the network. */
+/** The default address; the front listens on loopback addresses only: builds must not be reachable from the network. */
 export const FRONT_HOST = '127.0.0.1';
 
 /**
@@ -28,7 +31,7 @@ export const FRONT_HOST = '127.0.0.1';
 export const FRONT_CIPHERS = ['aes128-gcm@openssh.com', 'aes256-gcm@openssh.com'] as const;
 
 export interface SshFrontOptions {
-  /** Must be 127.0.0.1 (the default); anything else is refused. */
+  /** A loopback address: 127.0.0.1 (the default) or ::1; anything else is refused. */
   readonly host?: string;
   /** Default 31322; 0 picks a free port (tests). */
   readonly port?: number;
@@ -51,7 +54,7 @@ export interface SshFrontOptions {
  * - 'idle' () — the number of open sessions went to zero.
  */
 export class SshFront extends EventEmitter {
-  readonly #options: SshFrontOptions;
+  readonly #options: SshFrontOptions & { readonly host: string; readonly port: number };
   readonly #server: InstanceType<typeof ssh2.Server>;
   /** The TCP listener: ours, so each client socket gets coalesced writes before ssh2 takes it. */
   readonly #listener: net.Server;
@@ -65,8 +68,8 @@ export class SshFront extends EventEmitter {
   constructor(options: SshFrontOptions) {
     super();
     const host = options.host ?? FRONT_HOST;
-    if (host !== FRONT_HOST) {
-      throw new FerryError(`the SSH front listens on ${FRONT_HOST} only, not on ${host}`, {
+    if (!(LOOPBACK_ADDRESSES as readonly string[]).includes(host)) {
+      throw new FerryError(`the SSH front listens on a loopback address only (${LOOPBACK_ADDRESSES.join(' or ')}), not on ${host}`, {
         exitCode: ExitCode.Config,
         hint: 'the front accepts build sessions; it must not be reachable from other machines',
       });
@@ -101,11 +104,12 @@ export class SshFront extends EventEmitter {
   }
 
   listen(): Promise<{ host: string; port: number }> {
+    const { host } = this.#options;
     return new Promise((resolve, reject) => {
       const onError = (error: NodeJS.ErrnoException) => {
         const inUse = error.code === 'EADDRINUSE';
         reject(
-          new FerryError(`cannot listen on ${FRONT_HOST}:${this.#options.port}: ${inUse ? 'the port is in use (is another ferry daemon running?)' : error.message}`, {
+          new FerryError(`cannot listen on ${frontAddress(host, this.#options.port)}: ${inUse ? 'the port is in use (is another ferry daemon running?)' : error.message}`, {
             exitCode: ExitCode.Unavailable,
             hint: inUse ? 'another program (another ferry?) uses this port; set [daemon] port in ferry.toml' : undefined,
             cause: error,
@@ -113,11 +117,11 @@ export class SshFront extends EventEmitter {
         );
       };
       this.#listener.once('error', onError);
-      this.#listener.listen(this.#options.port, FRONT_HOST, () => {
+      this.#listener.listen(this.#options.port, host, () => {
         this.#listener.off('error', onError);
         this.#port = (this.#listener.address() as AddressInfo).port;
-        this.#logger.info({ host: FRONT_HOST, port: this.#port }, `SSH front listening on ${FRONT_HOST}:${this.#port}`);
-        resolve({ host: FRONT_HOST, port: this.#port });
+        this.#logger.info({ host, port: this.#port }, `SSH front listening on ${frontAddress(host, this.#port)}`);
+        resolve({ host, port: this.#port });
       });
     });
   }

@@ -12,7 +12,7 @@ import { currentHost, type HostInfo } from '../config/host.js';
 import { parseConfigText } from '../config/load.js';
 import { renderDefaultConfig } from '../config/render.js';
 import type { FerryConfig } from '../config/types.js';
-import { BUILDER_ALIAS } from '../daemon/ssh-alias.js';
+import { BUILDER_ALIAS, frontAddress } from '../daemon/ssh-alias.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { buildImage } from '../image/build.js';
 import { ensureKeyPair } from '../keys/ssh-keys.js';
@@ -182,7 +182,7 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
     await writer.write(layout.aliasKnownHosts, `${BUILDER_ALIAS} ${hostKeyLine.split(/\s+/).slice(0, 2).join(' ')}\n`, 0o644, "the daemon's host key, for the alias");
     const aliasManaged = managedByNixStore(layout.sshAlias, ctx.root);
     if (aliasManaged) out(`leave ${layout.sshAlias} alone: it is managed by Nix (${aliasManaged}); add the alias from \`ferry doctor\` to your configuration`);
-    else await writer.write(layout.sshAlias, sshAliasText(port, paths.clientKey, layout.aliasKnownHosts), 0o644, `ssh alias ${BUILDER_ALIAS} → 127.0.0.1:${port}`);
+    else await writer.write(layout.sshAlias, sshAliasText(config.daemon, paths.clientKey, layout.aliasKnownHosts), 0o644, `ssh alias ${BUILDER_ALIAS} → ${frontAddress(config.daemon.listen, port)}`);
 
     const fields = builderFields(config, paths.clientKey, hostKeyLine);
     const managed = managedByNixStore(layout.nixConf, ctx.root) ?? managedByNixStore(layout.machinesFile, ctx.root);

@@ -13,7 +13,7 @@
  */
 import { lstatSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
-import type { FerryConfig } from '../config/types.js';
+import type { DaemonConfig, FerryConfig } from '../config/types.js';
 import { aliasConfig, BUILDER_ALIAS } from '../daemon/ssh-alias.js';
 import { underRoot } from './layout.js';
 
@@ -81,8 +81,12 @@ export function findFerryLine(text: string): string[] | undefined {
   return byUri?.trim().split(/\s+/);
 }
 
-export function sshAliasText(port: number, clientKey: string, knownHostsFile: string): string {
-  return aliasConfig({ port, identityFile: clientKey, knownHostsFile });
+/**
+ * /etc/ssh/ssh_config.d/ferry.conf: the alias to the daemon's front at `[daemon] listen` and
+ * `port`. The machines line names only the alias, so it follows the address through this file.
+ */
+export function sshAliasText(daemon: Pick<DaemonConfig, 'listen' | 'port'>, clientKey: string, knownHostsFile: string): string {
+  return aliasConfig({ hostName: daemon.listen, port: daemon.port, identityFile: clientKey, knownHostsFile });
 }
 
 /**

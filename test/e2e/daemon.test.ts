@@ -13,14 +13,14 @@
  * One daemon per describe block, to save boots (~5-7 s each under tcg on this machine).
  */
 import { execa } from 'execa';
-import { createReadStream } from 'node:fs';
+import { createReadStream, readFileSync } from 'node:fs';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { guestFilesOf, type GuestRecord } from '../../src/vm/guest.js';
-import { configText, sleep, TestDaemon, type DaemonStatus } from '../support/daemon.js';
+import { configText, connectOutcome, sleep, TestDaemon, type DaemonStatus } from '../support/daemon.js';
 
 /** Wall times seen, printed at the end of each block (the report quotes them). */
 const timings: Record<string, number> = {};
@@ -342,6 +342,34 @@ describe('config changes: swap after the build in flight, a broken config, an im
     const build = await daemon.nixBuild('after-rollback', 'echo rolled-back > $out');
     expect(await readFile(expectBuilt(build, daemon), 'utf8')).toBe('rolled-back\n');
   }, 240_000);
+});
+
+describe('[daemon] listen = "::1"', () => {
+  let daemon: TestDaemon;
+
+  beforeAll(async () => {
+    daemon = await TestDaemon.start((port) => configText(port, { listen: '::1' }));
+  }, 300_000);
+
+  afterAll(async () => {
+    await daemon?.stop();
+    console.log(`timings (ms): ${JSON.stringify(timings)}`);
+  }, 120_000);
+
+  it('the front listens on ::1 only, its alias goes there, and the host\'s nix-build builds through it', async () => {
+    const status = await daemon.status();
+    expect(status.daemon.listen).toBe(`[::1]:${daemon.port}`);
+    await daemon.waitForLog((e) => e.msg === `SSH front listening on [::1]:${daemon.port}`, 10_000, 'the front on [::1]');
+    expect(await listeningAddresses(daemon.pid)).toEqual([`[::1]:${daemon.port}`]);
+    expect(await connectOutcome('127.0.0.1', daemon.port)).toBe('ECONNREFUSED');
+    expect(readFileSync(daemon.paths.builderSshConfig, 'utf8')).toMatch(/^\s+HostName ::1$/m);
+
+    const build = await daemon.nixBuild('over-ipv6', 'echo built-over-ipv6 > $out');
+    expect(await readFile(expectBuilt(build, daemon), 'utf8')).toBe('built-over-ipv6\n');
+    timings.buildOverIpv6Ms = build.ms;
+    expect((await daemon.status()).guest.boots).toBe(1);
+    expect(await connectOutcome('127.0.0.1', daemon.port)).toBe('ECONNREFUSED'); // still nothing there
+  }, 180_000);
 });
 
 describe('idle stop', () => {

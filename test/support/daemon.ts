@@ -22,6 +22,7 @@ export interface Result {
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import net from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
 import { resolvePaths, type FerryPaths } from '../../src/config/paths.js';
@@ -41,6 +42,8 @@ export interface ConfigOptions {
   maxJobs?: number | string;
   idleTimeout?: string;
   readyTimeout?: string;
+  /** `[daemon] listen` (the daemon's default, 127.0.0.1, when absent). */
+  listen?: '127.0.0.1' | '::1';
   /** Raw TOML appended at the end (e.g. `[[image.layers]]`). */
   extra?: string;
 }
@@ -67,6 +70,7 @@ export function configText(port: number, options: ConfigOptions = {}): string {
     '',
     '[daemon]',
     `port = ${port}`,
+    ...(options.listen === undefined ? [] : [`listen = "${options.listen}"`]),
     `idle-timeout = "${options.idleTimeout ?? '5m'}"`,
     `ready-timeout = "${options.readyTimeout ?? '90s'}"`,
     '',
@@ -285,6 +289,18 @@ export async function hypervisorsUsing(dir: string): Promise<number[]> {
     if (cmdline.includes('qemu-system') && cmdline.includes(dir)) found.push(Number(entry));
   }
   return found;
+}
+
+/** What a TCP connect to host:port comes to: 'connected' or the error code. */
+export function connectOutcome(host: string, port: number): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host, port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve('connected');
+    });
+    socket.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
+  });
 }
 
 export function sleep(ms: number): Promise<void> {

@@ -154,6 +154,26 @@ describe('ferry install on macOS (LaunchAgent)', () => {
     expect(result.changes).toBeGreaterThan(0);
   });
 
+  it('with [daemon] listen = "::1": the alias goes to ::1 (as OpenSSH reads it) and the machines line names only the alias', async () => {
+    const configFile = path.join(home, '.config/ferry/ferry.toml');
+    mkdirSync(path.dirname(configFile), { recursive: true });
+    writeFileSync(configFile, '[daemon]\nlisten = "::1"\nport = 31888\n');
+    await install(options({ platform: 'darwin' }));
+
+    const alias = readFileSync(aliasFile(), 'utf8');
+    expect(alias).toMatch(/^\s+HostName ::1$/m);
+    expect(alias).not.toMatch(/127\.0\.0\.1|\[/);
+    const resolved = await execa('ssh', ['-G', '-F', aliasFile(), 'ferry-builder']);
+    expect(resolved.stdout).toMatch(/^hostname ::1$/m);
+    expect(resolved.stdout).toMatch(/^port 31888$/m);
+    expect(out.join('\n')).toContain('ssh alias ferry-builder → [::1]:31888');
+
+    // Nix reaches the builder by the alias alone: no address in the line to go stale.
+    const line = readFileSync(machinesFile(), 'utf8').split('\n')[2]!;
+    expect(line.split(' ')[0]).toBe('ssh-ng://ferry-builder');
+    expect(line).not.toMatch(/127\.0\.0\.1|::1/);
+  });
+
   it('uninstall leaves the root byte for byte as it was, and bootouts the agent', async () => {
     const before = treeHash(root);
     await install(options({ platform: 'darwin' }));

@@ -158,12 +158,13 @@ describe('SshFront', () => {
   const client = pair('client');
   const unreachable = { open: () => Promise.reject(new Error('no guest in this test')) };
 
-  it('refuses to listen anywhere but 127.0.0.1, and bad ports', () => {
-    for (const host of ['0.0.0.0', '::', '::1', 'localhost', '192.0.2.2']) {
+  it('refuses to listen anywhere but 127.0.0.1 and ::1, and bad ports', () => {
+    for (const host of ['0.0.0.0', '::', 'localhost', '192.0.2.2', '::ffff:127.0.0.1']) {
       expect(() => new SshFront({ host, hostKeyPath: path.join(dir, 'k'), authorizedKeys: [], guest: unreachable })).toThrow(
-        `the SSH front listens on 127.0.0.1 only, not on ${host}`,
+        `the SSH front listens on a loopback address only (127.0.0.1 or ::1), not on ${host}`,
       );
     }
+    for (const host of ['127.0.0.1', '::1']) expect(() => new SshFront({ host, port: 0, hostKeyPath: path.join(dir, 'k'), authorizedKeys: [], guest: unreachable })).not.toThrow();
     expect(() => new SshFront({ port: 70000, hostKeyPath: path.join(dir, 'k'), authorizedKeys: [], guest: unreachable })).toThrow(/not a TCP port/);
   });
 
