@@ -82,7 +82,8 @@ ${setting('kernel-cmdline-extra', vm.kernelCmdlineExtra)}
 
 [daemon]
 # The SSH endpoint the host's nix-daemon uses. Only "127.0.0.1" or "::1": the daemon never
-# listens beyond this machine.
+# listens beyond this machine. A new port or listen takes effect when the daemon restarts
+# (run \`ferry install\` again so the ssh alias follows).
 ${setting('port', daemon.port)}
 ${setting('listen', daemon.listen)}
 # Stop the guest after this long without a session ("0" = never); the next build boots it again.
