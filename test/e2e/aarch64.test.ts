@@ -16,14 +16,27 @@
  * same accelerator (tcg), booted by `ferry up` with the same image cache.
  */
 import { execa } from 'execa';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { HostInfo } from '../../src/config/host.js';
+import { parseConfigText } from '../../src/config/load.js';
+import { resolvePaths } from '../../src/config/paths.js';
+import { ROSETTA_TAG } from '../../src/image/guest-os/binfmt.js';
+import type { ImageManifest } from '../../src/image/manifest.js';
+import { RecordingRunner, type FakeChild } from '../../src/process/runner.js';
+import { chooseBackend } from '../../src/vm/instance/boot.js';
+import { guestVmSpec } from '../../src/vm/instance/spec.js';
+import { detectKernelFormat } from '../../src/vm/kernel-image.js';
+import { runFilesOf } from '../../src/vm/run-files.js';
+import { vfkitMac } from '../../src/vm/vfkit.js';
 import { hypervisorsUsing, IMAGE_CACHE, ROOT, TestDaemon } from '../support/daemon.js';
 
 const timings: Record<string, number> = {};
+/** The manifest of the arm64 image the daemon built (in the shared image cache; read by the vfkit argv check). */
+let armManifestPath: string;
 
 function aarch64Config(port: number, interpreter: 'qemu-user' | 'rosetta' = 'qemu-user'): string {
   return [
@@ -78,6 +91,7 @@ describe('an aarch64-linux guest under qemu-system-aarch64 (tcg), through the da
 
   beforeAll(async () => {
     daemon = await TestDaemon.start((port) => aarch64Config(port), { readyTimeoutMs: 900_000 });
+    armManifestPath = (JSON.parse(await readFile(daemon.paths.currentImage, 'utf8')) as { current: string }).current;
     busyboxDir = path.join(daemon.work, 'x86_64-busybox');
     await mkdir(busyboxDir);
     await copyFile('/bin/busybox', path.join(busyboxDir, 'busybox'));
@@ -147,6 +161,63 @@ describe('an aarch64-linux guest under qemu-system-aarch64 (tcg), through the da
     expect(await readFile(expectBuilt(build, daemon), 'utf8')).toBe('still-serving\n');
     expect((await daemon.status()).guest.boots).toBe(1);
   }, 300_000);
+});
+
+describe('the same real arm64 image on an Apple-silicon Mac: backend auto → vfkit, console on hvc0 (crc-org/vfkit doc/usage.md)', () => {
+  // vfkit cannot run here: the argv comes from ferry's real selection and start, through the
+  // recording runner, for the image the daemon above built — not from a hand-written manifest.
+  it('is the documented syntax, flag by flag, with the backend’s console first and the Rosetta share', async () => {
+    const work = await mkdtemp(path.join(tmpdir(), 'ferry-vfkit-argv-'));
+    try {
+      const host: HostInfo = { platform: 'darwin', arch: 'arm64', cpus: 8, memoryBytes: 16 * 2 ** 30, homeDir: work };
+      const toml = '[guest]\nsystem = "aarch64-linux"\npreset = "debian"\ncpus = 4\nmemory = "3GiB"\nextra-systems = ["x86_64-linux"]\n';
+      const config = parseConfigText(toml, path.join(work, 'ferry.toml'), { host });
+      expect([config.vm.backend, config.guest.interpreter]).toEqual(['auto', 'rosetta']); // the Mac defaults
+      const paths = resolvePaths({ env: { FERRY_STATE_DIR: path.join(work, 'state'), FERRY_CACHE_DIR: IMAGE_CACHE } });
+      const manifest = JSON.parse(await readFile(armManifestPath, 'utf8')) as ImageManifest;
+      expect(manifest.system).toBe('aarch64-linux');
+      expect(manifest.cmdline).not.toMatch(/console=/); // the image never guesses its backend's console
+      await mkdir(paths.vmDir, { recursive: true });
+      await writeFile(paths.stateDisk, '');
+
+      const runner = new RecordingRunner(['vfkit', 'qemu-system-aarch64']);
+      const backend = await chooseBackend(config, paths, runner, host);
+      expect(backend.facts.name).toBe('vfkit');
+      const spec = guestVmSpec({ manifest, config, paths, facts: backend.facts, now: 1700000000 });
+      const vm = await backend.start(spec);
+      const argv = runner.commands[0].args;
+      (runner.children[0] as FakeChild).exit({ code: 0, signal: null });
+      await vm.exited;
+
+      const pairs: Array<[string, string]> = [];
+      for (let i = 0; i < argv.length; i += 2) pairs.push([argv[i]!, argv[i + 1]!]);
+      const bootloader = pairs.find(([flag]) => flag === '--bootloader')![1];
+      const kernel = /kernel=([^,]+)/.exec(bootloader)![1];
+      expect(pairs).toEqual([
+        ['--cpus', '4'], // "Number of virtual CPUs"
+        ['--memory', '3072'], // "The value is in MiB"
+        // "--bootloader linux,kernel=…,initrd=…,cmdline=\"…\"": an uncompressed Image ("must be uncompressed")
+        ['--bootloader', `linux,kernel=${kernel},initrd=${manifest.initrd.path},cmdline="console=hvc0 ${manifest.cmdline} ferry.time=1700000000 ferry.net=dhcp"`],
+        ['--device', `virtio-blk,path=${manifest.systemDisk.path}`],
+        ['--device', `virtio-blk,path=${paths.stateDisk}`],
+        ['--device', `virtio-net,nat,mac=${vfkitMac('ferry')}`],
+        ['--device', `virtio-serial,logFilePath=${paths.consoleLog}`],
+        ['--device', 'virtio-rng'],
+        ['--device', `rosetta,mountTag=${ROSETTA_TAG}`], // "--device rosetta,mountTag=rosetta-share"
+        ['--restful-uri', `unix://${runFilesOf(spec).vfkitRestSocket}`],
+      ]);
+      // Debian's cloud-arm64 kernel already is an uncompressed Image, so vfkit gets it as it is
+      // (a compressed one would be unpacked into paths.kernelsDir: test/unit/vm-argv.test.ts).
+      expect(kernel).toBe(manifest.kernel.path);
+      const head = Buffer.alloc(64);
+      const handle = await open(kernel, 'r');
+      await handle.read(head, 0, 64, 0);
+      await handle.close();
+      expect(detectKernelFormat(head)).toEqual({ kind: 'arm64-image' });
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+  }, 120_000);
 });
 
 describe('speed: the x86_64 guest under the same accelerator (tcg), for comparison', () => {
