@@ -8,7 +8,8 @@
  * change during a build waits for the build, then the guest runs the new image; a broken config
  * keeps the old guest serving; an image that never gets ready is rolled back; a killed qemu fails
  * the build in flight with a readable message and the next build boots a new guest; unknown keys
- * and passwords are refused; nothing listens beyond 127.0.0.1; the guest stops when idle.
+ * and passwords are refused; nothing listens beyond 127.0.0.1; the guest stops when idle. With
+ * `[daemon] listen = "::1"` (issue 10) a build goes over ::1 and nothing answers on 127.0.0.1.
  *
  * One daemon per describe block, to save boots (~5-7 s each under tcg on this machine).
  */
