@@ -1,48 +1,23 @@
 /**
- * Every process ferry starts goes through a `Runner`, so tests can record the commands issued
- * for tools that do not exist on the test machine (hyperkit, vfkit, launchctl) and the real
- * thing (execa) runs everywhere else.
+ * Every process ferry starts goes through a `Runner` (types.ts): argv arrays only, never a
+ * shell. This is the real one (execa, children killed if ferry itself exits); tests of tools
+ * that do not exist on the test machine (hyperkit, vfkit, launchctl) use RecordingRunner.
  */
 import { constants as fsConstants } from 'node:fs';
 import { access } from 'node:fs/promises';
 import path from 'node:path';
-import { execa } from 'execa';
+import { Readable } from 'node:stream';
+import { execa, type Result } from 'execa';
+import { runChecked } from './process-error.js';
+import type { Runner, RunOptions, RunResult } from './types.js';
 
-/** How a process ended: its exit code, or the signal that ended it. */
-export interface ExitStatus {
-  code: number | null;
-  signal: string | null;
-}
-
-export interface ChildHandle {
-  /** Undefined only when the process could not be started at all (see `exited`). */
-  readonly pid: number | undefined;
-  readonly exited: Promise<ExitStatus & { error?: string }>;
-  kill(signal?: NodeJS.Signals): boolean;
-  /** The last few KiB of the process's stdout and stderr, for error messages. */
-  output(): string;
-}
-
-export interface RunResult {
-  exitCode: number | undefined;
-  signal: string | undefined;
-  stdout: string;
-  stderr: string;
-  timedOut: boolean;
-  /** Set when the command could not be started (e.g. ENOENT). */
-  error?: string;
-}
-
-export interface Runner {
-  /** Starts a long-running process (a hypervisor). */
-  spawn(file: string, args: readonly string[], options?: { env?: Record<string, string> }): ChildHandle;
-  /** Runs a command to completion; never throws for a non-zero exit. */
-  run(file: string, args: readonly string[], options?: { timeoutMs?: number }): Promise<RunResult>;
-  /** The absolute path of an executable found on PATH (or the path itself if it is one). */
-  which(binary: string): Promise<string | undefined>;
-}
+export type { ChildHandle, ExitStatus, ProcessErrorOptions, Runner, RunOptions, RunResult } from './types.js';
+export { ProcessError, runChecked } from './process-error.js';
+export { FakeChild, RecordingRunner, type RecordedAnswer, type RecordedCommand } from './recording.js';
 
 const OUTPUT_TAIL_BYTES = 8192;
+/** What `run` keeps of a command's output (`nix-store --dump-db` of a big closure is tens of MB). */
+const MAX_BUFFER = 1 << 30;
 
 /** The real runner: execa, with children killed if ferry itself exits. */
 export function createExecaRunner(): Runner {
@@ -74,24 +49,62 @@ export function createExecaRunner(): Runner {
       };
     },
 
-    async run(file, args, options = {}) {
-      const result = await execa(file, [...args], {
-        reject: false,
-        stdin: 'ignore',
-        timeout: options.timeoutMs,
-        forceKillAfterDelay: 1000,
-      });
-      return {
-        exitCode: result.exitCode,
-        signal: result.signal,
-        stdout: String(result.stdout ?? ''),
-        stderr: String(result.stderr ?? ''),
-        timedOut: result.timedOut,
-        error: result.failed && result.exitCode === undefined && !result.signal ? result.shortMessage : undefined,
-      };
+    run: runWithExeca,
+
+    check(file, args, options = {}) {
+      return runChecked(this, file, args, options);
     },
 
     which: findOnPath,
+  };
+}
+
+async function runWithExeca(file: string, args: readonly string[], options: RunOptions = {}): Promise<RunResult> {
+  const { input, stdout } = options;
+  const streamed = stdout !== undefined && !('file' in stdout) ? stdout : undefined;
+  const child = execa(file, [...args], {
+    reject: false,
+    cwd: options.cwd,
+    env: options.env as Record<string, string> | undefined,
+    timeout: options.timeoutMs,
+    forceKillAfterDelay: 1000,
+    maxBuffer: MAX_BUFFER,
+    stripFinalNewline: options.stripFinalNewline ?? true,
+    ...(input instanceof Readable ? { stdin: 'pipe' as const } : input !== undefined ? { input } : { stdin: 'ignore' as const }),
+    ...(stdout === undefined ? {} : 'file' in stdout ? { stdout: { file: stdout.file } } : { stdout: 'pipe' as const, buffer: { stdout: false } }),
+  });
+  if (input instanceof Readable && child.stdin) {
+    // The command may exit before it read everything (EPIPE): its exit status tells what happened.
+    child.stdin.on('error', () => {});
+    input.pipe(child.stdin);
+  }
+  if (streamed && child.stdout) child.stdout.pipe(streamed);
+  const result: Result = await child;
+  if (streamed) await ended(streamed);
+  const ran = fromExeca(result);
+  return stdout === undefined ? ran : { ...ran, stdout: '' };
+}
+
+function ended(stream: NodeJS.WritableStream & { writableFinished?: boolean }): Promise<void> {
+  if (stream.writableFinished) return Promise.resolve();
+  return new Promise((resolve) => {
+    stream.once('finish', () => resolve());
+    stream.once('close', () => resolve());
+    stream.once('error', () => resolve());
+  });
+}
+
+function fromExeca(result: Result): RunResult {
+  const notStarted = result.failed && result.exitCode === undefined && !result.signal && !result.timedOut;
+  return {
+    exitCode: result.exitCode,
+    signal: result.signal,
+    stdout: typeof result.stdout === 'string' ? result.stdout : '',
+    stderr: typeof result.stderr === 'string' ? result.stderr : '',
+    timedOut: result.timedOut,
+    error: notStarted ? result.shortMessage : undefined,
+    errorCode: notStarted ? (result as { code?: string }).code : undefined,
+    cause: result.failed ? result : undefined,
   };
 }
 
@@ -108,75 +121,4 @@ export async function findOnPath(binary: string, searchPath = process.env.PATH ?
     }
   }
   return undefined;
-}
-
-export interface RecordedCommand {
-  kind: 'spawn' | 'run';
-  file: string;
-  args: string[];
-}
-
-/**
- * A runner that starts nothing: it records each command and hands back fake children that the
- * test ends with `exit()`. `installed` lists the binaries `which` finds (as /usr/local/bin/NAME).
- */
-export class RecordingRunner implements Runner {
-  readonly commands: RecordedCommand[] = [];
-  readonly children: FakeChild[] = [];
-  private nextPid = 90_000;
-
-  constructor(
-    private readonly installed: readonly string[] = [],
-    private readonly onRun: (file: string, args: string[]) => RunResult = () => ({
-      exitCode: 0,
-      signal: undefined,
-      stdout: '',
-      stderr: '',
-      timedOut: false,
-    }),
-  ) {}
-
-  spawn(file: string, args: readonly string[]): ChildHandle {
-    this.commands.push({ kind: 'spawn', file, args: [...args] });
-    const child = new FakeChild(this.nextPid++);
-    this.children.push(child);
-    return child;
-  }
-
-  async run(file: string, args: readonly string[]): Promise<RunResult> {
-    this.commands.push({ kind: 'run', file, args: [...args] });
-    return this.onRun(file, [...args]);
-  }
-
-  async which(binary: string): Promise<string | undefined> {
-    const name = path.basename(binary);
-    return this.installed.includes(name) ? `/usr/local/bin/${name}` : undefined;
-  }
-}
-
-export class FakeChild implements ChildHandle {
-  readonly signals: string[] = [];
-  readonly exited: Promise<ExitStatus>;
-  private resolveExit!: (status: ExitStatus) => void;
-  private done = false;
-
-  constructor(readonly pid: number) {
-    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
-  }
-
-  kill(signal: NodeJS.Signals = 'SIGTERM'): boolean {
-    this.signals.push(signal);
-    if (signal === 'SIGKILL') this.exit({ code: null, signal: 'SIGKILL' });
-    return !this.done;
-  }
-
-  exit(status: ExitStatus): void {
-    if (this.done) return;
-    this.done = true;
-    this.resolveExit(status);
-  }
-
-  output(): string {
-    return '';
-  }
 }

@@ -332,11 +332,11 @@ class SudoRunner extends RecordingRunner {
       expected = snapshot();
       return { ...ok, exitCode: ran.status ?? undefined, stderr: ran.stderr };
     });
-    this.check = () => expect(snapshot(), "root's files changed without sudo after the last sudo command").toBe(expected);
+    this.checkRootUntouched = () => expect(snapshot(), "root's files changed without sudo after the last sudo command").toBe(expected);
   }
 
   /** Nothing changed under root's directories since the last sudo command. */
-  check: () => void;
+  checkRootUntouched: () => void;
 }
 
 describe('ferry install as a user (not root): root\'s files through sudo', () => {
@@ -355,7 +355,7 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
     const sudo = new SudoRunner(etc);
     runner = sudo;
     await install(asUser({ port: 31999 }));
-    sudo.check();
+    sudo.checkRootUntouched();
 
     const alias = aliasFile();
     expect(sudoCommands(runner)).toEqual([
@@ -391,7 +391,7 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
     const undo = new SudoRunner(etc);
     runner = undo;
     await uninstall(asUser());
-    undo.check();
+    undo.checkRootUntouched();
     expect(sudoCommands(runner)).toEqual([
       `sudo install -m 0640 TEMP ${machinesFile()}`,
       `sudo rm -f ${alias}`,
@@ -410,7 +410,7 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
     const undo = new SudoRunner(etc);
     runner = undo;
     await uninstall(asUser());
-    undo.check();
+    undo.checkRootUntouched();
     expect(sudoCommands(runner)[0]).toBe(`sudo install -m 0644 TEMP ${machinesFile()}`);
     expect(readFileSync(machinesFile(), 'utf8')).toBe(OTHER_BUILDER + added);
   });
