@@ -18,9 +18,8 @@ import {
   NIX_REGISTRATION_STAMP_PATH,
   NixLayer,
   nixRegistrationLoadScript,
-  execaRunner,
-  type CommandRunner,
 } from '../../src/image/layers/nix.js';
+import { createExecaRunner, ProcessError, type Runner } from '../../src/process/runner.js';
 import { Tree, type Inode } from '../../src/image/tree.js';
 import {
   addTextToStore,
@@ -141,9 +140,13 @@ describe('NixLayer', () => {
 
   it('splits --dump-db over several command lines for big closures, with the same text', async () => {
     const calls: string[][] = [];
-    const runner: CommandRunner = (file, args) => {
-      calls.push([...args]);
-      return execaRunner(file, args);
+    const real = createExecaRunner();
+    const runner: Runner = {
+      ...real,
+      run: (file, args, options) => {
+        calls.push([...args]);
+        return real.run(file, args, options);
+      },
     };
     const whole = await new NixLayer({ paths: [closure.top, text] }).registration();
     const batched = await new NixLayer({ paths: [closure.top, text], runner, maxPathsPerCommand: 3 }).registration();
@@ -218,6 +221,17 @@ describe('NixLayer', () => {
     expect(error).toBeInstanceOf(LayerError);
     expect((error as Error).message).toContain('/nonexistent/bin/nix-store');
     expect((error as Error).message).toMatch(/Hint: install Nix/);
+  });
+
+  it('quotes what nix-store said about a path that is not in the store, with the command as the cause', async () => {
+    const bogus = '/nix/store/00000000000000000000000000000000-ferry-not-there';
+    const error = await new NixLayer({ paths: [bogus] }).fingerprint().catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(LayerError);
+    expect((error as Error).message).toMatch(/nix-store could not query the closure of ".*ferry-not-there": nix-store exited with code 1: error: .*ferry-not-there/);
+    const cause = (error as Error).cause as ProcessError;
+    expect(cause).toBeInstanceOf(ProcessError);
+    expect(cause.args).toEqual(['--query', '--requisites', bogus]);
+    expect(cause.status.code).toBe(1);
   });
 
   it('refuses an empty path list', () => {

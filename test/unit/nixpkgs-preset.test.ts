@@ -22,7 +22,6 @@ import { buildImage } from '../../src/image/build.js';
 import { ferryKeys } from '../../src/keys/ferry-keys.js';
 import { writeExt4 } from '../../src/image/ext4/index.js';
 import { STAGE1_MODULES } from '../../src/image/guest-os/stage1.js';
-import type { CommandRunner } from '../../src/image/layers/nix.js';
 import { NixLayer } from '../../src/image/layers/nix.js';
 import {
   nixBuildArgv,
@@ -32,6 +31,7 @@ import {
   type NixpkgsPaths,
 } from '../../src/image/presets/nixpkgs.js';
 import { Tree } from '../../src/image/tree.js';
+import { ProcessError, RecordingRunner } from '../../src/process/runner.js';
 import { addPathToStore } from '../support/nix.js';
 
 const KERNEL_VERSION = '6.6.63-ferry-stand-in';
@@ -42,13 +42,10 @@ interface Call {
   args: readonly string[];
 }
 
+/** `nix` with the binary cache cannot run here: a RecordingRunner answers for it. */
 function recordingRunner(reply: (args: readonly string[]) => { exitCode: number; stdout: string; stderr: string }) {
-  const calls: Call[] = [];
-  const runner: CommandRunner = async (file, args) => {
-    calls.push({ file, args });
-    return reply(args);
-  };
-  return { calls, runner };
+  const runner = new RecordingRunner([], (_file, args) => ({ signal: undefined, timedOut: false, ...reply(args) }));
+  return { calls: runner.commands, runner };
 }
 
 let work: string;
@@ -114,7 +111,7 @@ describe('nixpkgs preset: resolution', () => {
     }));
     const resolved = await resolveNixpkgsPaths(system, { runner, flake: 'nixpkgs' });
     expect(resolved).toEqual(paths);
-    expect(calls).toEqual([
+    expect(calls.map(({ file, args }): Call => ({ file, args }))).toEqual([
       {
         file: 'nix',
         args: [
@@ -159,10 +156,11 @@ describe('nixpkgs preset: resolution', () => {
 
   it('quotes any other nix failure, and says how to get nix when it is missing', async () => {
     const { runner } = recordingRunner(() => ({ exitCode: 1, stdout: '', stderr: "error: cannot find flake 'flake:nixpkgs' in the flake registries\n" }));
-    await expect(resolveNixpkgsPaths('x86_64-linux', { runner, flake: 'nixpkgs' })).rejects.toThrow(/exit code 1\): error: cannot find flake 'flake:nixpkgs'/);
-    const missing: CommandRunner = async () => {
-      throw Object.assign(new Error('spawn nix ENOENT'), { code: 'ENOENT' });
-    };
+    const error = await resolveNixpkgsPaths('x86_64-linux', { runner, flake: 'nixpkgs' }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ProcessError);
+    expect((error as ProcessError).message).toBe("nix build of the nixpkgs preset for x86_64-linux exited with code 1: error: cannot find flake 'flake:nixpkgs' in the flake registries");
+    expect((error as ProcessError).hint).toMatch(/^the command was: nix --extra-experimental-features 'nix-command flakes' build --max-jobs 0 --builders '' /);
+    const missing = new RecordingRunner([], () => ({ exitCode: undefined, signal: undefined, stdout: '', stderr: '', timedOut: false, error: 'spawn nix ENOENT', errorCode: 'ENOENT' }));
     await expect(resolveNixpkgsPaths('x86_64-linux', { runner: missing })).rejects.toThrow(/needs the host's nix, and none was found/);
   });
 

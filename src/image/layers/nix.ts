@@ -18,7 +18,7 @@
 import { createHash } from 'node:crypto';
 import { lstat, readdir, readlink } from 'node:fs/promises';
 import type { Stats } from 'node:fs';
-import { execa } from 'execa';
+import { createExecaRunner, ProcessError, type Runner, type RunResult } from '../../process/runner.js';
 import type { Tree } from '../tree.js';
 import { LayerError, type Layer } from './layer.js';
 
@@ -77,38 +77,21 @@ function shellQuote(value: string): string {
 /** The store directory. Store paths are only meaningful at this exact prefix (they embed it). */
 export const NIX_STORE_DIR = '/nix/store';
 
-/** Where Nix is commonly installed, for hosts whose PATH lacks it (launchd agents, for one). */
-const WELL_KNOWN_NIX_STORE_BINS = [
-  '/nix/var/nix/profiles/default/bin/nix-store',
-  '/run/current-system/sw/bin/nix-store',
-];
-
 /**
- * Runs a command (argv array, never a shell). Resolves with the exit code and output for any
- * command that ran; rejects with an error whose `code` is `ENOENT` when the program is missing.
+ * Where to look for one of Nix's programs: on PATH, then where Nix is commonly installed, for
+ * hosts whose PATH lacks it (launchd agents, for one).
  */
-export type CommandRunner = (
-  file: string,
-  args: readonly string[],
-) => Promise<{ exitCode: number; stdout: string; stderr: string }>;
-
-export const execaRunner: CommandRunner = async (file, args) => {
-  const result = await execa(file, [...args], { reject: false, stripFinalNewline: false, maxBuffer: 1 << 30 });
-  if (result.exitCode === undefined) {
-    // The program did not run at all (missing, not executable): surface the spawn error.
-    const error = new Error(result.message) as NodeJS.ErrnoException;
-    error.code = (result as { code?: string }).code;
-    throw error;
-  }
-  return { exitCode: result.exitCode, stdout: String(result.stdout), stderr: String(result.stderr) };
-};
+export function nixProgramCandidates(program: string): string[] {
+  return [program, `/nix/var/nix/profiles/default/bin/${program}`, `/run/current-system/sw/bin/${program}`];
+}
 
 export interface NixLayerOptions {
   /** Store paths (or paths inside the store, or symlinks to them such as `./result`). */
   paths: string[];
   /** The `nix-store` program; default: `nix-store` on PATH, then the usual install locations. */
   nixStoreBin?: string;
-  runner?: CommandRunner;
+  /** What runs nix-store (default: the real runner). */
+  runner?: Runner;
   /** Store paths per `nix-store --dump-db` command line (default 500; smaller only in tests). */
   maxPathsPerCommand?: number;
 }
@@ -129,7 +112,7 @@ export class NixLayer implements Layer {
   readonly description: string;
   private readonly paths: string[];
   private readonly explicitBin?: string;
-  private readonly runner: CommandRunner;
+  private readonly runner: Runner;
   private readonly pathsPerCommand: number;
   private closurePromise?: Promise<string[]>;
   private registrationPromise?: Promise<NixRegistration>;
@@ -138,7 +121,7 @@ export class NixLayer implements Layer {
   constructor(options: NixLayerOptions) {
     this.paths = [...options.paths];
     this.explicitBin = options.nixStoreBin;
-    this.runner = options.runner ?? execaRunner;
+    this.runner = options.runner ?? createExecaRunner();
     this.pathsPerCommand = Math.max(1, options.maxPathsPerCommand ?? DEFAULT_PATHS_PER_COMMAND);
     this.description = `nix ${this.paths.join(' ')}`;
     if (this.paths.length === 0) {
@@ -212,33 +195,29 @@ export class NixLayer implements Layer {
     return { text, sha256: createHash('sha256').update(text).digest('hex') };
   }
 
-  /** Runs nix-store; a failure becomes a LayerError that quotes the command's stderr. */
+  /** Runs nix-store; a failure becomes a LayerError that quotes the command's error (ProcessError, its cause). */
   private async nixStore(args: string[], what: string): Promise<string> {
-    const result = await this.run(args);
+    const { bin, result } = await this.run(args);
     if (result.exitCode !== 0) {
-      const stderr = result.stderr.trim() || '(no output on stderr)';
+      const failure = new ProcessError(bin, args, result);
       throw new LayerError(
         this.description,
-        `nix-store could not ${what} ${this.paths.map((p) => JSON.stringify(p)).join(', ')} ` +
-          `(exit code ${result.exitCode}): ${stderr}\n` +
+        `nix-store could not ${what} ${this.paths.map((p) => JSON.stringify(p)).join(', ')}: ${failure.message}\n` +
           'Each path must be a valid path in the host\'s Nix store (build or fetch it first, e.g. `nix build`, `nix-store --realise`).',
+        { cause: failure },
       );
     }
     return result.stdout;
   }
 
-  private async run(args: string[]): Promise<{ exitCode: number; stdout: string; stderr: string }> {
-    if (this.resolvedBin) return this.runner(this.resolvedBin, args);
-    const candidates = this.explicitBin ? [this.explicitBin] : ['nix-store', ...WELL_KNOWN_NIX_STORE_BINS];
+  /** The first nix-store that can be started (then always that one) runs `args`; its output is kept exact. */
+  private async run(args: string[]): Promise<{ bin: string; result: RunResult }> {
+    const candidates = this.resolvedBin ? [this.resolvedBin] : this.explicitBin ? [this.explicitBin] : nixProgramCandidates('nix-store');
     for (const bin of candidates) {
-      try {
-        const result = await this.runner(bin, args);
-        this.resolvedBin = bin;
-        return result;
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code;
-        if (code !== 'ENOENT' && code !== 'EACCES') throw error;
-      }
+      const result = await this.runner.run(bin, args, { stripFinalNewline: false });
+      if (result.errorCode === 'ENOENT' || result.errorCode === 'EACCES') continue;
+      this.resolvedBin = bin;
+      return { bin, result };
     }
     throw new LayerError(
       this.description,

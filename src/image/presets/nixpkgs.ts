@@ -48,15 +48,15 @@
  * one most likely to be missing for some nixpkgs revision; the error then names it), and that
  * the resulting guest boots.
  */
-import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, readdirSync, readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ExitCode, FerryError } from '../../errors.js';
-import { execaRunner, NixLayer, type CommandRunner } from '../layers/nix.js';
-import type { Layer } from '../layers/layer.js';
-import type { InodeInit, Tree } from '../tree.js';
-import type { PresetInputs } from './preset.js';
 import { writeFileAtomicSync } from '../../atomic-file.js';
+import { ExitCode, FerryError } from '../../errors.js';
+import { shellWord } from '../../process/process-error.js';
+import { createExecaRunner, ProcessError, type Runner, type RunResult } from '../../process/runner.js';
+import { nixProgramCandidates } from '../layers/nix.js';
+import { CA_BUNDLE, NixpkgsRootLayer } from './nixpkgs-root.js';
+import type { PresetInputs } from './preset.js';
 
 /** The nixpkgs attribute (below legacyPackages.<system>) and output for each input. */
 export const NIXPKGS_ATTRIBUTES = {
@@ -103,12 +103,10 @@ export function nixDryRunArgv(flake: string, system: string, input: NixpkgsInput
   return [...NIX_OPTIONS, 'build', '--dry-run', '--max-jobs', '0', '--builders', '', '--no-link', nixpkgsInstallable(flake, system, input)];
 }
 
-/** Where Nix is commonly installed, for hosts whose PATH lacks it (launchd agents, for one). */
-const NIX_CANDIDATES = ['nix', '/nix/var/nix/profiles/default/bin/nix', '/run/current-system/sw/bin/nix'];
-
 export interface NixpkgsResolveOptions {
   flake?: string;
-  runner?: CommandRunner;
+  /** What runs `nix` (default: the real runner). */
+  runner?: Runner;
   /** The `nix` program; default: `nix` on PATH, then the usual install locations. */
   nixBin?: string;
 }
@@ -123,8 +121,9 @@ const CANNOT_BUILD = /unable to start any build/i;
  */
 export async function resolveNixpkgsPaths(system: string, options: NixpkgsResolveOptions = {}): Promise<NixpkgsPaths> {
   const flake = options.flake ?? nixpkgsFlake();
-  const runner = options.runner ?? execaRunner;
-  const { bin, result } = await runNix(runner, options.nixBin, nixBuildArgv(flake, system));
+  const runner = options.runner ?? createExecaRunner();
+  const argv = nixBuildArgv(flake, system);
+  const { bin, result } = await runNix(runner, options.nixBin, argv);
   if (result.exitCode !== 0) {
     const stderr = result.stderr.trim() || '(no output on stderr)';
     if (CANNOT_BUILD.test(stderr)) {
@@ -135,14 +134,16 @@ export async function resolveNixpkgsPaths(system: string, options: NixpkgsResolv
           `nix said: ${stderr}`,
         {
           exitCode: ExitCode.Unavailable,
+          cause: new ProcessError(bin, argv, result),
           hint:
             'pin a nixpkgs whose binaries are in the cache with FERRY_NIXPKGS (e.g. FERRY_NIXPKGS=github:NixOS/nixpkgs/nixos-unstable), ' +
             'check that cache.nixos.org is among the host\'s substituters and reachable, or use preset = "debian" under [guest]',
         },
       );
     }
-    throw new FerryError(`nix build of the nixpkgs preset for ${system} failed (exit code ${result.exitCode}): ${stderr}`, {
-      hint: `the command was: ${bin} ${nixBuildArgv(flake, system).map(shellWord).join(' ')}`,
+    throw new ProcessError(bin, argv, result, {
+      label: `nix build of the nixpkgs preset for ${system}`,
+      hint: `the command was: ${[bin, ...argv].map(shellWord).join(' ')}`,
     });
   }
   const lines = result.stdout.split('\n').map((line) => line.trim()).filter(Boolean);
@@ -157,10 +158,10 @@ export async function resolveNixpkgsPaths(system: string, options: NixpkgsResolv
   return paths;
 }
 
-async function attributesNeedingBuilds(runner: CommandRunner, bin: string, flake: string, system: string): Promise<NixpkgsInput[]> {
+async function attributesNeedingBuilds(runner: Runner, bin: string, flake: string, system: string): Promise<NixpkgsInput[]> {
   const missing: NixpkgsInput[] = [];
   for (const input of INPUTS) {
-    const result = await runner(bin, nixDryRunArgv(flake, system, input));
+    const result = await runner.run(bin, nixDryRunArgv(flake, system, input));
     // `--dry-run` lists "will be built" derivations on stderr (and exits 0); fetches are fine.
     if (result.exitCode !== 0 || /will be built/i.test(result.stderr)) missing.push(input);
   }
@@ -172,15 +173,12 @@ function describeMissing(missing: NixpkgsInput[], flake: string, system: string)
   return missing.map((input) => nixpkgsInstallable(flake, system, input)).join(', ');
 }
 
-async function runNix(runner: CommandRunner, explicit: string | undefined, args: string[]) {
-  const candidates = explicit ? [explicit] : NIX_CANDIDATES;
+/** Runs `nix` `args` with the first candidate that can be started. */
+async function runNix(runner: Runner, explicit: string | undefined, args: string[]): Promise<{ bin: string; result: RunResult }> {
+  const candidates = explicit ? [explicit] : nixProgramCandidates('nix');
   for (const bin of candidates) {
-    try {
-      return { bin, result: await runner(bin, args) };
-    } catch (error) {
-      const code = (error as NodeJS.ErrnoException).code;
-      if (code !== 'ENOENT' && code !== 'EACCES') throw error;
-    }
+    const result = await runner.run(bin, args);
+    if (result.errorCode !== 'ENOENT' && result.errorCode !== 'EACCES') return { bin, result };
   }
   throw new FerryError(`the nixpkgs preset needs the host's nix, and none was found (tried ${candidates.join(', ')})`, {
     exitCode: ExitCode.Unavailable,
@@ -206,8 +204,6 @@ function requiredFiles(paths: NixpkgsPaths, system: string): Array<[NixpkgsInput
     ['e2fsprogs', join(paths.e2fsprogs, 'bin', 'resize2fs')],
   ];
 }
-
-const CA_BUNDLE = 'etc/ssl/certs/ca-bundle.crt';
 
 function checkPaths(paths: NixpkgsPaths, system: string): void {
   for (const [input, file] of requiredFiles(paths, system)) {
@@ -287,124 +283,4 @@ export function nixpkgsPresetInputs(paths: NixpkgsPaths, system: string, flake =
 /** The store paths that go into the system disk: everything but the kernel (host-side only). */
 export function imageStorePaths(paths: NixpkgsPaths): string[] {
   return INPUTS.filter((input) => input !== 'kernel').map((input) => paths[input]);
-}
-
-/**
- * busybox applets that stage 2 (run by the initramfs's busybox, which stage 1 copies in, and which
- * finds applets through PATH unless built to prefer its own), shutdown, control and the udhcpc
- * script call by name. They are linked even when the busybox store path lists no applet links of
- * its own; pkgsStatic.busybox's default config has every one of them.
- */
-export const REQUIRED_APPLETS = [
-  'sh', 'ash', 'init', 'mount', 'umount', 'cat', 'cp', 'mkdir', 'ln', 'mv', 'rm', 'hostname', 'date', 'ip', 'sed',
-  'head', 'grep', 'chown', 'chgrp', 'chmod', 'dirname', 'setsid', 'sleep', 'kill', 'sync', 'poweroff', 'reboot',
-  'udhcpc', 'echo', 'test', '[', 'true', 'false', 'env', 'ls', 'ps', 'id', 'uname', 'nologin', 'tar', 'xz', 'gzip',
-] as const;
-
-/** /usr/bin and /usr/sbin entries besides the applets (PATH puts /usr first, so these win). */
-function rootSymlinks(paths: NixpkgsPaths): Array<[string, string]> {
-  const links: Array<[string, string]> = [
-    ['/usr/sbin/sshd', `${paths.openssh}/bin/sshd`],
-    ['/usr/sbin/resize2fs', `${paths.e2fsprogs}/bin/resize2fs`],
-    ['/usr/sbin/nologin', `${paths.busybox}/bin/busybox`],
-    ['/usr/bin/env', `${paths.busybox}/bin/busybox`],
-    ['/etc/ssl/certs/ca-certificates.crt', `${paths.cacert}/${CA_BUNDLE}`],
-    ['/etc/ssl/certs/ca-bundle.crt', `${paths.cacert}/${CA_BUNDLE}`],
-    ['/etc/mtab', '/proc/self/mounts'],
-  ];
-  // Every program of openssh (ssh, ssh-keygen, scp …) and of nix (nix-daemon, nix-store, nix …).
-  for (const pkg of [paths.openssh, paths.nix]) {
-    for (const name of listDir(join(pkg, 'bin'))) {
-      if (name !== 'sshd') links.push([`/usr/bin/${name}`, `${pkg}/bin/${name}`]);
-    }
-  }
-  return links;
-}
-
-/** The applets: the required ones plus every busybox link the store path has in bin/ or sbin/. */
-function applets(busybox: string): string[] {
-  const names = new Set<string>(REQUIRED_APPLETS);
-  for (const dir of ['bin', 'sbin']) {
-    for (const name of listDir(join(busybox, dir))) {
-      const path = join(busybox, dir, name);
-      if (lstatSync(path).isSymbolicLink() && readlinkSync(path).split('/').pop() === 'busybox') names.add(name);
-    }
-  }
-  names.delete('busybox');
-  return [...names].sort();
-}
-
-function listDir(path: string): string[] {
-  return existsSync(path) ? readdirSync(path).sort() : [];
-}
-
-/** uid/gid of OpenSSH's privilege separation user (NixOS gives sshd a dynamic id; any fixed one works). */
-const SSHD_ID = 74;
-
-const ROOT_FILES: Array<[string, number, string]> = [
-  ['/etc/passwd', 0o644,
-    'root:x:0:0:root:/root:/bin/sh\n' +
-    `sshd:x:${SSHD_ID}:${SSHD_ID}:OpenSSH privilege separation:/var/empty:/usr/sbin/nologin\n` +
-    'nobody:x:65534:65534:nobody:/var/empty:/usr/sbin/nologin\n'],
-  // gid 5 is the group stage 2 mounts devpts with.
-  ['/etc/group', 0o644, `root:x:0:\ntty:x:5:\nsshd:x:${SSHD_ID}:\nnogroup:x:65534:\n`],
-  ['/etc/shadow', 0o600, 'root:!:1::::::\nsshd:!:1::::::\nnobody:!:1::::::\n'],
-  ['/etc/nsswitch.conf', 0o644, 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n'],
-  ['/etc/os-release', 0o644, 'NAME="ferry guest (nixpkgs)"\nID=ferry-nixpkgs\n'],
-  ['/etc/shells', 0o644, '/bin/sh\n'],
-];
-
-const ROOT_DIRS: Array<[string, number]> = [
-  ['/bin', 0o755], ['/sbin', 0o755], ['/usr', 0o755], ['/usr/bin', 0o755], ['/usr/sbin', 0o755],
-  ['/usr/lib', 0o755], ['/etc', 0o755], ['/etc/ssh', 0o755], ['/etc/ssl', 0o755], ['/etc/ssl/certs', 0o755],
-  ['/etc/nix', 0o755], ['/root', 0o700], ['/home', 0o755], ['/var', 0o755], ['/var/log', 0o755], ['/var/lib', 0o755],
-  // sshd's privilege separation directory: must be root's and writable by no one else.
-  ['/var/empty', 0o555],
-  ['/tmp', 0o1777], ['/run', 0o755], ['/proc', 0o555], ['/sys', 0o555], ['/dev', 0o755], ['/mnt', 0o755],
-];
-
-/**
- * The root skeleton around the store paths: directories, the files that define users, and the
- * symlinks that put the store's programs where stage 1 and stage 2 look for them. Applied after
- * the NixLayer; everything is owned by root with mtime 1 (the image is reproducible).
- */
-export class NixpkgsRootLayer implements Layer {
-  readonly description: string;
-
-  constructor(private readonly paths: NixpkgsPaths) {
-    this.description = `nixpkgs root skeleton (${paths.busybox}, ${paths.openssh}, ${paths.nix})`;
-  }
-
-  /** Every entry the layer adds, in order (computed from the store paths' listings). */
-  entries(): Array<[string, InodeInit]> {
-    const meta = { uid: 0, gid: 0, mtime: 1 };
-    const out: Array<[string, InodeInit]> = [];
-    for (const [path, perm] of ROOT_DIRS) out.push([path, { kind: 'dir', perm, ...meta }]);
-    for (const [path, perm, text] of ROOT_FILES) {
-      const data = Buffer.from(text);
-      out.push([path, { kind: 'file', perm, ...meta, size: data.length, content: { kind: 'bytes', data } }]);
-    }
-    const busybox = `${this.paths.busybox}/bin/busybox`;
-    out.push(['/bin/busybox', { kind: 'symlink', perm: 0o777, ...meta, target: busybox }]);
-    for (const name of applets(this.paths.busybox)) out.push([`/bin/${name}`, { kind: 'symlink', perm: 0o777, ...meta, target: busybox }]);
-    for (const [path, target] of rootSymlinks(this.paths)) out.push([path, { kind: 'symlink', perm: 0o777, ...meta, target }]);
-    return out;
-  }
-
-  async fingerprint(): Promise<string> {
-    const hash = createHash('sha256').update('ferry-nixpkgs-root-1\n');
-    for (const [path, init] of this.entries()) {
-      const content = init.content?.kind === 'bytes' ? init.content.data.toString('base64') : '';
-      hash.update(`${path}\0${init.kind}\0${init.perm}\0${init.target ?? ''}\0${content}\n`);
-    }
-    return hash.digest('hex');
-  }
-
-  async apply(tree: Tree): Promise<void> {
-    for (const [path, init] of this.entries()) tree.add(path, init, { uid: 0, gid: 0, mtime: 1 });
-  }
-}
-
-function shellWord(word: string): string {
-  return /^[\w@%+=:,./#^-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
