@@ -75,13 +75,17 @@ export function outputTail(text: string): string {
   return tail;
 }
 
+/** Last lines that only say that an earlier line said what went wrong (GNU tar's). */
+const SUMMARY_LINE = /due to previous errors$/;
+
 /**
  * The line of the output that says what went wrong: the first that looks like an error
- * (`E: …` from apt and mmdebstrap, `error: …` from Nix, `fatal: …`), else the last one.
+ * (`E: …` from apt and mmdebstrap, `error: …` from Nix, `fatal: …`), else the last one that is
+ * not a mere summary.
  */
 export function telltaleLine(tail: string): string {
   const lines = tail.split('\n').map((line) => line.trim()).filter(Boolean);
-  const line = lines.find((l) => /^(E|error|fatal|ERROR|Error):\s/.test(l)) ?? lines.at(-1) ?? '';
+  const line = lines.find((l) => /^(E|error|fatal|ERROR|Error):\s/.test(l)) ?? lines.filter((l) => !SUMMARY_LINE.test(l)).at(-1) ?? lines.at(-1) ?? '';
   return line.length > MESSAGE_LINE_CHARS ? `${line.slice(0, MESSAGE_LINE_CHARS - 1)}…` : line;
 }
 

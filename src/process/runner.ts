@@ -6,7 +6,7 @@
 import { constants as fsConstants } from 'node:fs';
 import { access } from 'node:fs/promises';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import { Readable, type Writable } from 'node:stream';
 import { execa, type Result } from 'execa';
 import { runChecked } from './process-error.js';
 import type { Runner, RunOptions, RunResult } from './types.js';
@@ -74,19 +74,27 @@ async function runWithExeca(file: string, args: readonly string[], options: RunO
     ...(stdout === undefined ? {} : 'file' in stdout ? { stdout: { file: stdout.file } } : { stdout: 'pipe' as const, buffer: { stdout: false } }),
   });
   if (input instanceof Readable && child.stdin) {
-    // The command may exit before it read everything (EPIPE): its exit status tells what happened.
+    // The command may exit before it read everything (EPIPE): its exit status tells what happened,
+    // and the stream is destroyed, so whatever writes into it (another command) is not left blocked.
     child.stdin.on('error', () => {});
+    child.stdin.once('close', () => input.destroy());
     input.pipe(child.stdin);
   }
-  if (streamed && child.stdout) child.stdout.pipe(streamed);
+  if (streamed && child.stdout) {
+    const out = child.stdout;
+    out.pipe(streamed);
+    // Nobody reads any more (the next command in a pipe exited): the command gets EPIPE, as in a shell pipe.
+    streamed.once('close', () => out.destroy());
+  }
   const result: Result = await child;
   if (streamed) await ended(streamed);
   const ran = fromExeca(result);
   return stdout === undefined ? ran : { ...ran, stdout: '' };
 }
 
-function ended(stream: NodeJS.WritableStream & { writableFinished?: boolean }): Promise<void> {
-  if (stream.writableFinished) return Promise.resolve();
+/** Resolves once everything written to `stream` is flushed (or the stream is gone). */
+function ended(stream: Writable): Promise<void> {
+  if (stream.writableFinished || stream.destroyed) return Promise.resolve();
   return new Promise((resolve) => {
     stream.once('finish', () => resolve());
     stream.once('close', () => resolve());

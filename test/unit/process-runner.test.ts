@@ -62,6 +62,18 @@ describe('run', () => {
     expect(consumer.stdout.trim()).toBe('20000');
   });
 
+  it('ends the writer of a pipe whose reader exited early, as a shell pipe does', async () => {
+    const pipe = new PassThrough();
+    const started = Date.now();
+    const [producer, consumer] = await Promise.all([
+      runner.run('seq', ['1', '100000000'], { stdout: pipe }),
+      runner.run('head', ['-n', '1'], { input: pipe }),
+    ]);
+    expect(consumer).toMatchObject({ exitCode: 0, stdout: '1' });
+    expect(producer.exitCode === 0).toBe(false);
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
   it('stops a command at its time limit', async () => {
     const started = Date.now();
     const result = await runner.run('sleep', ['10'], { timeoutMs: 200 });

@@ -25,11 +25,11 @@ import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import { publishDirectory } from '../../atomic-file.js';
 import { ExitCode, FerryError } from '../../errors.js';
+import { ProcessError, type Runner } from '../../process/runner.js';
 import { QEMU_USER_DIR } from '../guest-os/binfmt.js';
-import { packageInfo } from './apt.js';
+import { extractDebMember, hostRunner, packageInfo } from './apt.js';
 import { cachedMmdebstrap } from './mmdebstrap.js';
 
 /** What the guest needs to be a Nix builder; `?essential` stands in for the essential variant's base. */
@@ -90,8 +90,8 @@ export function mmdebstrapArm64Argv(suite: string): string[] {
  * qemu-x86_64-static for arm64, the one file taken from qemu-user-static:arm64 (the package
  * holds every target, ~375 MB unpacked; only this one is extracted). Cached per version.
  */
-export async function qemuX86_64ForArm64(downloadsDir: string): Promise<{ path: string; packageVersion: string }> {
-  const info = await packageInfo('qemu-user-static', 'arm64');
+export async function qemuX86_64ForArm64(downloadsDir: string, runner: Runner = hostRunner): Promise<{ path: string; packageVersion: string }> {
+  const info = await packageInfo('qemu-user-static', 'arm64', runner);
   const root = join(downloadsDir, 'qemu-user-static');
   const dir = join(root, `${info.name}_${info.arch}_${info.version.replaceAll(':', '%3a')}`);
   const binary = join(dir, 'qemu-x86_64-static');
@@ -101,12 +101,13 @@ export async function qemuX86_64ForArm64(downloadsDir: string): Promise<{ path: 
   const work = await mkdtemp(join(root, '.download-'));
   try {
     const spec = `${info.name}:arm64=${info.version}`;
-    const result = await execa('apt-get', ['download', '-q', spec], { cwd: work, reject: false });
-    if (result.exitCode !== 0) throw new FerryError(`apt-get download ${spec} failed:\n${result.stderr}`, { exitCode: ExitCode.Unavailable });
+    const download = ['download', '-q', spec];
+    const result = await runner.run('apt-get', download, { cwd: work });
+    if (result.exitCode !== 0) throw new ProcessError('apt-get', download, result, { label: `apt-get download ${spec}`, exitCode: ExitCode.Unavailable });
     const deb = (await readdir(work)).find((f) => f.endsWith('.deb'));
     if (!deb) throw new FerryError(`apt-get download ${spec} left no .deb in ${work}`);
     const member = './usr/bin/qemu-x86_64-static';
-    await execa('sh', ['-c', 'dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" "$3"', 'sh', join(work, deb), work, member]);
+    await extractDebMember(join(work, deb), work, member, runner);
     const extracted = join(work, member);
     if (!existsSync(extracted)) throw new FerryError(`${spec} has no ${member.slice(1)}`);
     const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
@@ -120,6 +121,6 @@ export async function qemuX86_64ForArm64(downloadsDir: string): Promise<{ path: 
 }
 
 /** The arm64 rootfs tarball, cached by the mmdebstrap argv (hook included) and the interpreter's version. */
-export async function debianArm64RootfsTar(downloadsDir: string, suite: string, qemu: { path: string; packageVersion: string }): Promise<string> {
-  return cachedMmdebstrap(downloadsDir, mmdebstrapArm64Argv(suite), { keyExtra: [qemu.packageVersion], env: { [QEMU_ENV]: qemu.path } });
+export async function debianArm64RootfsTar(downloadsDir: string, suite: string, qemu: { path: string; packageVersion: string }, runner?: Runner): Promise<string> {
+  return cachedMmdebstrap(downloadsDir, mmdebstrapArm64Argv(suite), { keyExtra: [qemu.packageVersion], env: { [QEMU_ENV]: qemu.path }, runner });
 }

@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { writeFileAtomicSync } from '../../atomic-file.js';
 import { join } from 'node:path';
 import { FerryError } from '../../errors.js';
+import type { Runner } from '../../process/runner.js';
 import { packageInfo, unpackedPackage, type DebianArch } from './apt.js';
 import { cachedMmdebstrap } from './mmdebstrap.js';
 import { debianArm64RootfsTar, mmdebstrapArm64Argv, qemuX86_64ForArm64 } from './debian-arm64.js';
@@ -26,16 +27,16 @@ export function mmdebstrapArgv(arch: DebianArch): string[] {
   return ['--variant=essential', `--include=${DEBIAN_PACKAGES.join(',')}`, `--architectures=${arch}`, DEBIAN_SUITE];
 }
 
-export async function debianRootfsTar(downloadsDir: string, arch: DebianArch): Promise<string> {
-  return cachedMmdebstrap(downloadsDir, mmdebstrapArgv(arch));
+export async function debianRootfsTar(downloadsDir: string, arch: DebianArch, runner?: Runner): Promise<string> {
+  return cachedMmdebstrap(downloadsDir, mmdebstrapArgv(arch), { runner });
 }
 
-export async function debianKernel(downloadsDir: string, arch: DebianArch) {
-  const meta = await packageInfo(`linux-image-cloud-${arch}`, arch);
+export async function debianKernel(downloadsDir: string, arch: DebianArch, runner?: Runner) {
+  const meta = await packageInfo(`linux-image-cloud-${arch}`, arch, runner);
   const dependency = /^(linux-image-[0-9][^\s,(]*)/.exec(meta.depends)?.[1];
   if (!dependency) throw new FerryError(`linux-image-cloud-${arch} has no versioned linux-image dependency: ${meta.depends}`);
-  const real = await packageInfo(dependency, arch);
-  const dir = await unpackedPackage(join(downloadsDir, 'kernel'), real);
+  const real = await packageInfo(dependency, arch, runner);
+  const dir = await unpackedPackage(join(downloadsDir, 'kernel'), real, runner);
   const version = dependency.replace(/^linux-image-/, '');
   const kernel = join(dir, 'boot', `vmlinuz-${version}`);
   const modulesDir = join(dir, 'lib', 'modules', version);
@@ -45,9 +46,9 @@ export async function debianKernel(downloadsDir: string, arch: DebianArch) {
   return { kernel, modulesDir, version, packageVersion: `${real.name}=${real.version}` };
 }
 
-export async function debianBusybox(downloadsDir: string, arch: DebianArch) {
-  const info = await packageInfo('busybox-static', arch);
-  const dir = await unpackedPackage(join(downloadsDir, 'busybox-static'), info);
+export async function debianBusybox(downloadsDir: string, arch: DebianArch, runner?: Runner) {
+  const info = await packageInfo('busybox-static', arch, runner);
+  const dir = await unpackedPackage(join(downloadsDir, 'busybox-static'), info, runner);
   const binary = join(dir, 'bin', 'busybox');
   if (!existsSync(binary)) throw new FerryError(`${info.name} ${info.version} unpacked to ${dir} has no bin/busybox`);
   return { busybox: binary, packageVersion: `${info.name}=${info.version}` };
@@ -62,6 +63,7 @@ export async function debianPreset(
   system: string,
   onStep?: (label: string) => void,
   refresh = false,
+  runner?: Runner,
 ): Promise<PresetInputs> {
   const arch = debianArch(system);
   const record = join(downloadsDir, `debian-${arch}.json`);
@@ -71,27 +73,27 @@ export async function debianPreset(
     const samePackages = saved.identity.endsWith(`:${mmdebstrapArgv(arch).join(' ')}`);
     if (samePackages && [saved.rootfsTar!, saved.kernel, saved.modulesDir, saved.busybox].every((p) => existsSync(p))) return saved;
   }
-  const inputs = await resolveDebianPreset(downloadsDir, arch, onStep);
+  const inputs = await resolveDebianPreset(downloadsDir, arch, onStep, runner);
   writeFileAtomicSync(record, JSON.stringify(inputs, null, 2));
   return inputs;
 }
 
-async function resolveDebianPreset(downloadsDir: string, arch: DebianArch, onStep?: (label: string) => void): Promise<PresetInputs> {
+async function resolveDebianPreset(downloadsDir: string, arch: DebianArch, onStep?: (label: string) => void, runner?: Runner): Promise<PresetInputs> {
   onStep?.(`fetching the Debian ${arch} kernel`);
-  const kernel = await debianKernel(downloadsDir, arch);
+  const kernel = await debianKernel(downloadsDir, arch, runner);
   onStep?.(`fetching busybox-static:${arch}`);
-  const busybox = await debianBusybox(downloadsDir, arch);
+  const busybox = await debianBusybox(downloadsDir, arch, runner);
   let rootfs: string;
   let extra = '';
   if (arch === 'arm64') {
     onStep?.('fetching qemu-x86_64-static from qemu-user-static:arm64');
-    const qemu = await qemuX86_64ForArm64(downloadsDir);
+    const qemu = await qemuX86_64ForArm64(downloadsDir, runner);
     onStep?.(`making the Debian ${DEBIAN_SUITE} ${arch} root filesystem (mmdebstrap --variant=extract)`);
-    rootfs = await debianArm64RootfsTar(downloadsDir, DEBIAN_SUITE, qemu);
+    rootfs = await debianArm64RootfsTar(downloadsDir, DEBIAN_SUITE, qemu, runner);
     extra = `:${qemu.packageVersion}`;
   } else {
     onStep?.(`making the Debian ${DEBIAN_SUITE} ${arch} root filesystem (mmdebstrap)`);
-    rootfs = await debianRootfsTar(downloadsDir, arch);
+    rootfs = await debianRootfsTar(downloadsDir, arch, runner);
   }
   return {
     name: 'debian',

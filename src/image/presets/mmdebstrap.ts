@@ -7,14 +7,15 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { execa } from 'execa';
 import { publishDirectory } from '../../atomic-file.js';
-import { ExitCode, FerryError } from '../../errors.js';
+import { ExitCode } from '../../errors.js';
+import { ProcessError, type Runner } from '../../process/runner.js';
+import { hostRunner } from './apt.js';
 
 export async function cachedMmdebstrap(
   downloadsDir: string,
   argv: readonly string[],
-  options: { keyExtra?: readonly string[]; env?: Record<string, string> } = {},
+  options: { keyExtra?: readonly string[]; env?: Record<string, string>; runner?: Runner } = {},
 ): Promise<string> {
   const key = createHash('sha256')
     .update(JSON.stringify(['mmdebstrap', ...argv, ...(options.keyExtra ?? [])]))
@@ -28,12 +29,12 @@ export async function cachedMmdebstrap(
   const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(staging);
   try {
-    const result = await execa('mmdebstrap', ['--quiet', ...argv, join(staging, 'rootfs.tar')], { reject: false, all: true, env: options.env });
+    const args = ['--quiet', ...argv, join(staging, 'rootfs.tar')];
+    const result = await (options.runner ?? hostRunner).run('mmdebstrap', args, { env: options.env });
     if (result.exitCode !== 0) {
-      const missing = (result as { code?: string }).code === 'ENOENT';
-      throw new FerryError(missing ? 'mmdebstrap is not installed' : `mmdebstrap ${argv.join(' ')} failed (exit ${result.exitCode}):\n${result.all}`, {
+      throw new ProcessError('mmdebstrap', args, result, {
         exitCode: ExitCode.Unavailable,
-        hint: missing ? 'apt-get install mmdebstrap' : undefined,
+        hint: result.errorCode === 'ENOENT' ? 'apt-get install mmdebstrap' : `mmdebstrap's suite and packages: ${argv.filter((arg) => !arg.includes('\n')).join(' ')}`,
       });
     }
     await publishDirectory(staging, dir, tar); // or another process's, if it made the same rootfs first
