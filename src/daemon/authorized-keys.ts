@@ -7,6 +7,7 @@ import { timingSafeEqual } from 'node:crypto';
 import ssh2 from 'ssh2';
 import type { ParsedKey } from 'ssh2';
 import { ExitCode, FerryError } from '../errors.js';
+import { parsePublicKeyLine } from '../keys/public-key-line.js';
 
 export interface AllowedKey {
   /** Key type as OpenSSH writes it, e.g. `ssh-ed25519`. */
@@ -39,8 +40,8 @@ export function parseAllowedKeys(lines: readonly string[], source = 'allowed key
           hint: 'expected a line like `ssh-ed25519 AAAAC3Nza… comment`, as in a .pub file',
         });
       }
-      const fields = line.split(/\s+/);
-      keys.push({ type: key.type, data: key.getPublicSSH(), comment: fields.slice(2).join(' '), parsed: key });
+      const fields = parsePublicKeyLine(line);
+      keys.push({ type: key.type, data: key.getPublicSSH(), comment: fields instanceof Error ? '' : fields.comment, parsed: key });
     });
   return keys;
 }

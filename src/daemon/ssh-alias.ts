@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { writeFileAtomicSync } from '../atomic-file.js';
 import type { FerryPaths } from '../config/paths.js';
+import { publicKeyWithoutComment } from '../keys/public-key-line.js';
 
 /** The host name Nix and `ferry ssh` use; it must not be `localhost`. */
 export const BUILDER_ALIAS = 'ferry-builder';
@@ -26,7 +27,7 @@ export function frontAddress(host: string, port: number): string {
 
 /** The daemon's public host key as `type base64` (no comment). */
 export function daemonHostPublicKey(paths: FerryPaths): string {
-  return readFileSync(`${paths.daemonHostKey}.pub`, 'utf8').trim().split(/\s+/).slice(0, 2).join(' ');
+  return publicKeyWithoutComment(readFileSync(`${paths.daemonHostKey}.pub`, 'utf8'), `${paths.daemonHostKey}.pub`);
 }
 
 /**

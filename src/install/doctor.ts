@@ -7,14 +7,14 @@
  */
 import { constants as fsConstants, existsSync, readFileSync } from 'node:fs';
 import { access } from 'node:fs/promises';
-import { execa } from 'execa';
 import { loadConfig } from '../config/load.js';
 import type { FerryConfig } from '../config/types.js';
 import { callDaemon } from '../daemon/control-client.js';
 import { BUILDER_ALIAS } from '../daemon/ssh-alias.js';
 import { FerryError } from '../errors.js';
+import { parsePublicKeyLine, PublicKeyLineError } from '../keys/public-key-line.js';
 import { selectBackend } from '../vm/index.js';
-import { createExecaRunner, findOnPath, type Runner } from '../process/runner.js';
+import { createExecaRunner, findOnPath, ProcessError, type Runner } from '../process/runner.js';
 import { readIfExists } from './files.js';
 import { hostContext, type HostContext, type HostOptions } from './install.js';
 import { LAUNCHD_LABEL, SYSTEMD_UNIT, underRoot } from './layout.js';
@@ -199,7 +199,10 @@ function checkAlias(ctx: HostContext, config: FerryConfig | undefined): Check {
   const identity = aliasSetting(text, 'IdentityFile');
   if (identity !== layout.paths.clientKey) problems.push(`IdentityFile is ${identity ?? 'missing'}, expected ${layout.paths.clientKey}`);
   const knownHosts = aliasSetting(text, 'UserKnownHostsFile');
-  const hostKey = daemonPublicKey(ctx)?.split(/\s+/).slice(0, 2).join(' ');
+  const daemonKey = daemonPublicKey(ctx);
+  const parsedKey = daemonKey === undefined ? undefined : parsePublicKeyLine(daemonKey);
+  if (parsedKey instanceof PublicKeyLineError) problems.push(`${ctx.layout.paths.daemonHostKey}.pub is ${parsedKey.message}`);
+  const hostKey = parsedKey && !(parsedKey instanceof PublicKeyLineError) ? `${parsedKey.type} ${parsedKey.base64}` : undefined;
   if (!knownHosts || !existsSync(knownHosts)) problems.push(`UserKnownHostsFile ${knownHosts ?? '(missing)'} does not exist`);
   else if (hostKey && !readFileSync(knownHosts, 'utf8').includes(hostKey)) problems.push(`${knownHosts} does not pin the daemon's host key`);
   if (problems.length > 0) return { name: 'ssh alias', status: 'fail', detail: `${layout.sshAlias}: ${problems.join('; ')}`, fix: 'ferry install (rewrites the alias for the configured port and key)' };
@@ -248,11 +251,12 @@ async function checkBuild(ctx: HostContext, config: FerryConfig): Promise<Check>
     env.NIX_SSHOPTS = `-F ${ctx.layout.sshAlias}`;
   }
   const nixBuild = (await ctx.runner.which('nix-build')) ?? 'nix-build';
-  const result = await execa(nixBuild, args, { reject: false, timeout: 600_000, env: { ...ctx.env, ...env } as Record<string, string> });
-  const out = String(result.stdout).trim().split('\n').at(-1) ?? '';
+  const result = await ctx.runner.run(nixBuild, args, { timeoutMs: 600_000, env: { ...ctx.env, ...env } });
+  const out = result.stdout.trim().split('\n').at(-1) ?? '';
   if (result.exitCode === 0 && out.startsWith('/nix/store/')) return { name: 'build', status: 'ok', detail: `built ${out} in the guest` };
-  const tail = String(result.stderr).trim().split('\n').slice(-6).join(' | ');
-  return { name: 'build', status: 'fail', detail: `nix-build through ${BUILDER_ALIAS} failed: ${tail}`, fix: `ferry logs (and ${ctx.layout.paths.consoleLog} for the guest's console)` };
+  const failure = result.exitCode === 0 ? `nix-build printed no store path: ${out}` : new ProcessError(nixBuild, args, result, { label: `nix-build through ${BUILDER_ALIAS}`, timeoutMs: 600_000 }).message;
+  const tail = result.stderr.trim().split('\n').slice(-6).join(' | ');
+  return { name: 'build', status: 'fail', detail: tail ? `${failure}; its last lines: ${tail}` : failure, fix: `ferry logs (and ${ctx.layout.paths.consoleLog} for the guest's console)` };
 }
 
 export function renderChecks(checks: readonly Check[]): string {

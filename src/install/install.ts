@@ -15,10 +15,10 @@ import type { FerryConfig } from '../config/types.js';
 import { BUILDER_ALIAS, frontAddress } from '../daemon/ssh-alias.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { buildImage } from '../image/build.js';
+import { publicKeyWithoutComment } from '../keys/public-key-line.js';
 import { ensureKeyPair } from '../keys/ssh-keys.js';
 import type { Progress } from '../ui/progress.js';
-import { RecordingRunner, type Runner } from '../process/runner.js';
-import { createExecaRunner } from '../process/runner.js';
+import { createExecaRunner, ProcessError, RecordingRunner, type Runner } from '../process/runner.js';
 import { FileWriter, readIfExists, type Report } from './files.js';
 import { SystemWrites } from './privileged.js';
 import { installLayout, LAUNCHD_LABEL, SYSTEMD_UNIT, type InstallLayout } from './layout.js';
@@ -179,7 +179,7 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
     record.service = { kind: layout.serviceKind, file: layout.serviceFile, label: layout.serviceKind === 'launchd' ? LAUNCHD_LABEL : SYSTEMD_UNIT };
 
     // 5. Nix wiring: the alias (with the port) and its known_hosts, then the machines line.
-    await writer.write(layout.aliasKnownHosts, `${BUILDER_ALIAS} ${hostKeyLine.split(/\s+/).slice(0, 2).join(' ')}\n`, 0o644, "the daemon's host key, for the alias");
+    await writer.write(layout.aliasKnownHosts, `${BUILDER_ALIAS} ${publicKeyWithoutComment(hostKeyLine, "the daemon's host key")}\n`, 0o644, "the daemon's host key, for the alias");
     const aliasManaged = managedByNixStore(layout.sshAlias, ctx.root);
     if (aliasManaged) out(`leave ${layout.sshAlias} alone: it is managed by Nix (${aliasManaged}); add the alias from \`ferry doctor\` to your configuration`);
     else await writer.write(layout.sshAlias, sshAliasText(config.daemon, paths.clientKey, layout.aliasKnownHosts), 0o644, `ssh alias ${BUILDER_ALIAS} → ${frontAddress(config.daemon.listen, port)}`);
@@ -222,7 +222,8 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
 }
 
 async function ensureKeys(writer: FileWriter, paths: InstallLayout['paths'], dryRun: boolean): Promise<string> {
-  let hostKeyLine = 'ssh-ed25519 AAAA…(generated on install) ferry daemon host key';
+  // A dry run before the key exists: a well-formed stand-in (all-zero ed25519 key), never written.
+  let hostKeyLine = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA (generated on install) ferry daemon host key';
   for (const [file, comment, what] of [
     [paths.clientKey, 'ferry-client', "client key the host's nix-daemon logs in with"],
     [paths.daemonHostKey, 'ferry daemon host key', "the daemon's host key"],
@@ -302,7 +303,9 @@ async function runCommand(ctx: HostContext, command: ServiceCommand, log: Servic
   const ok = result.exitCode === 0;
   if (!quiet) ctx.out(`${ctx.recordOnly ? 'record (not run, --root)' : 'ran'}: ${shown}${ok || !command.mayFail ? '' : ' (not loaded before; fine)'}`);
   if (!ok && !command.mayFail) {
-    throw new FerryError(`\`${shown}\` failed (${result.error ?? `exit ${result.exitCode}`}): ${(result.stderr || result.stdout).trim().slice(0, 500)}`, {
+    throw new ProcessError(command.file, command.args, result, {
+      label: `\`${shown}\``,
+      timeoutMs: 60_000,
       exitCode: ExitCode.Unavailable,
       hint: 'the files are written and recorded; fix the cause and run `ferry install` again, or `ferry uninstall`',
     });

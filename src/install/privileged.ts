@@ -16,7 +16,7 @@ import { chmodSync, mkdirSync, mkdtempSync, renameSync, rmdirSync, rmSync, write
 import os from 'node:os';
 import path from 'node:path';
 import { ExitCode, FerryError } from '../errors.js';
-import type { Runner } from '../process/runner.js';
+import { ProcessError, type Runner } from '../process/runner.js';
 import { underRoot } from './layout.js';
 
 /** Where install and uninstall say what they change, one line at a time. */
@@ -146,7 +146,9 @@ export class SystemWrites {
     const result = await runner.run(argv[0], argv.slice(1), { timeoutMs: SUDO_TIMEOUT_MS });
     report(`${recordOnly ? 'record (not run, --root)' : 'ran'}: ${shown}`);
     if (result.exitCode !== 0) {
-      throw new FerryError(`\`${shown}\` failed (${result.error ?? (result.timedOut ? 'timed out' : `exit ${result.exitCode}`)}): ${(result.stderr || result.stdout).trim().slice(0, 500)}`, {
+      throw new ProcessError(argv[0], argv.slice(1), result, {
+        label: `\`${shown}\``,
+        timeoutMs: SUDO_TIMEOUT_MS,
         exitCode: ExitCode.CantCreate,
         hint: 'sudo must be able to ask for your password (run ferry from a terminal); `ferry install --dry-run` lists every command it runs as root',
       });

@@ -430,7 +430,7 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
   it('a sudo that fails (no password) stops the install naming the command; uninstall still restores everything', async () => {
     const before = treeHash(root);
     runner = new RecordingRunner([], (file) => ({ exitCode: file === 'sudo' ? 1 : 0, signal: undefined, stdout: '', stderr: 'sudo: a terminal is required to read the password', timedOut: false }));
-    await expect(install(asUser())).rejects.toThrow(/`sudo mkdir -m 0755 \S+\/etc\/ssh` failed \(exit 1\): sudo: a terminal is required/);
+    await expect(install(asUser())).rejects.toThrow(/`sudo mkdir -m 0755 \S+\/etc\/ssh` exited with code 1: sudo: a terminal is required/);
     runner = new SudoRunner(etc);
     await uninstall(asUser());
     expect(treeHash(root)).toBe(before);
@@ -482,7 +482,7 @@ describe('ferry install on Linux (systemd)', () => {
   it('a failing systemctl stops the install with its output, and what was written is recorded for uninstall', async () => {
     const before = treeHash(root);
     runner = new RecordingRunner([], (file, args) => ({ exitCode: args.includes('enable') ? 1 : 0, signal: undefined, stdout: '', stderr: 'Failed to connect to bus', timedOut: false }));
-    await expect(install(options({ platform: 'linux' }))).rejects.toThrow(/systemctl --user enable --now ferry.service` failed \(exit 1\): Failed to connect to bus/);
+    await expect(install(options({ platform: 'linux' }))).rejects.toThrow(/systemctl --user enable --now ferry.service` exited with code 1: Failed to connect to bus/);
     runner = new RecordingRunner();
     await uninstall(options({ platform: 'linux' }));
     expect(treeHash(root)).toBe(before);
