@@ -8,14 +8,19 @@ import type { Logger } from 'pino';
 import type { FerryPaths } from '../config/paths.js';
 import type { FerryConfig } from '../config/types.js';
 import { ensureStateDisk } from '../image/state-disk.js';
-import { bootGuest, runningGuest, stopGuest } from '../vm/guest.js';
+import { bootGuest, type BootedGuest } from '../vm/instance/boot.js';
+import { removeGuestRecord, runningGuest } from '../vm/instance/record.js';
+import { stopRecordedGuest } from '../vm/instance/stop.js';
 import type { SupervisorDeps } from './supervisor.js';
 
 /** A guest left running by a daemon that died is not ours to adopt: stop it cleanly. */
 export async function stopLeftoverGuest(paths: FerryPaths, log: Logger): Promise<void> {
   if (!(await runningGuest(paths))) return;
   log.warn('a guest from an earlier daemon is still running; stopping it');
-  await stopGuest(paths).catch((error) => log.error({ err: error }, 'could not stop the old guest'));
+  await stopRecordedGuest(paths).then(
+    (result) => log.info({ how: result.how, ms: result.ms }, 'stopped the old guest'),
+    (error: unknown) => log.error({ err: error }, 'could not stop the old guest'),
+  );
 }
 
 /**
@@ -23,14 +28,22 @@ export async function stopLeftoverGuest(paths: FerryPaths, log: Logger): Promise
  * it); `onBooted` runs once a guest is up (it sets its clock from the command line at boot).
  */
 export function guestVmDeps(paths: FerryPaths, config: () => FerryConfig, onBooted: () => void): Pick<SupervisorDeps, 'boot' | 'stop' | 'guestHostKey'> {
+  // The guest this daemon booted: it is stopped through its own VM (the one stop ladder), which
+  // also knows when it has already exited.
+  let booted: BootedGuest | undefined;
   return {
     boot: async (manifest) => {
       await ensureStateDisk(paths.stateDisk, config().guest.stateDiskSizeBytes);
-      const guest = await bootGuest({ manifest, config: config(), paths, detached: false });
+      booted = await bootGuest({ manifest, config: config(), paths, detached: false });
       onBooted();
-      return guest;
+      return booted;
     },
-    stop: ({ hard }) => stopGuest(paths, { hard }),
+    stop: async ({ hard }) => {
+      if (!booted) return stopRecordedGuest(paths, { hard });
+      const result = await booted.vm.stop({ hard });
+      await removeGuestRecord(paths);
+      return result;
+    },
     guestHostKey: () => readFileSync(`${paths.guestHostKey}.pub`, 'utf8').trim(),
   };
 }

@@ -10,7 +10,9 @@ import { watch } from 'chokidar';
 import { loadConfig } from '../config/load.js';
 import type { FerryPaths } from '../config/paths.js';
 import type { FerryConfig } from '../config/types.js';
-import { buildImage, type ImageManifest } from '../image/build.js';
+import { buildImage } from '../image/build.js';
+import type { ImageManifest } from '../image/manifest.js';
+import { ferryKeys } from '../keys/ferry-keys.js';
 import type { SwapResult } from './supervisor.js';
 
 /** What the last reload left behind, for status. */
@@ -78,7 +80,7 @@ export class ConfigReload {
     deps.log.info({ reason }, 'building the image for the new config');
     let manifest: ImageManifest;
     try {
-      manifest = await buildImage({ config: next, paths: deps.paths });
+      manifest = await buildImage({ config: next, paths: deps.paths, keys: ferryKeys(deps.paths) });
       state.buildError = undefined;
     } catch (error) {
       state.buildError = (error as Error).message;

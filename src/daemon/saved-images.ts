@@ -8,7 +8,9 @@ import type { Logger } from 'pino';
 import { writeFileAtomic } from '../atomic-file.js';
 import type { FerryPaths } from '../config/paths.js';
 import type { FerryConfig } from '../config/types.js';
-import { buildImage, type ImageManifest } from '../image/build.js';
+import { buildImage } from '../image/build.js';
+import type { ImageManifest } from '../image/manifest.js';
+import { ferryKeys } from '../keys/ferry-keys.js';
 
 interface SavedImages {
   current: string;
@@ -28,7 +30,7 @@ export async function initialImages(paths: FerryPaths, config: FerryConfig, log:
   const saved = await loadSavedImages(paths);
   try {
     log.info('building the image (a cache hit when nothing changed)');
-    const built = await buildImage({ config, paths, onStep: (step) => log.info(step) });
+    const built = await buildImage({ config, paths, keys: ferryKeys(paths), onStep: (step) => log.info(step) });
     const previous = saved.current && saved.current.id !== built.id ? saved.current : saved.previous;
     await saveImages(paths, built, previous);
     return { current: built, previous };

@@ -8,9 +8,10 @@
  */
 import { EventEmitter } from 'node:events';
 import type { Logger } from 'pino';
-import type { ImageManifest } from '../image/build.js';
+import type { ImageManifest } from '../image/manifest.js';
 import type { GuestEndpoint } from '../vm/backend.js';
-import type { BootedGuest, StopGuestResult } from '../vm/guest.js';
+import type { BootedGuest } from '../vm/instance/boot.js';
+import type { StopGuestResult } from '../vm/instance/stop.js';
 
 export type GuestState = 'stopped' | 'booting' | 'running' | 'stopping';
 

@@ -20,7 +20,7 @@ import path from 'node:path';
 import { createInterface } from 'node:readline';
 import ssh2 from 'ssh2';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { guestFilesOf, type GuestRecord } from '../../src/vm/guest.js';
+import type { GuestRecord } from '../../src/vm/instance/record.js';
 import { configText, connectOutcome, sleep, TestDaemon, type DaemonStatus } from '../support/daemon.js';
 
 /** Wall times seen, printed at the end of each block (the report quotes them). */
@@ -61,7 +61,7 @@ async function logLines(file: string, options: { cutTailAllowed?: boolean } = {}
 }
 
 async function guestRecord(daemon: TestDaemon): Promise<GuestRecord> {
-  return JSON.parse(await readFile(guestFilesOf(daemon.paths).record, 'utf8')) as GuestRecord;
+  return JSON.parse(await readFile(daemon.paths.guestRecord, 'utf8')) as GuestRecord;
 }
 
 /** Listening TCP sockets (`ss -ltnpH`) of process `pid`: their local addresses. */

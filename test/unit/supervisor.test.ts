@@ -12,9 +12,10 @@ import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Logger } from 'pino';
 import { Supervisor, type SupervisorDeps } from '../../src/daemon/supervisor.js';
-import type { ImageManifest } from '../../src/image/build.js';
+import type { ImageManifest } from '../../src/image/manifest.js';
 import type { ExitStatus, RunningVm } from '../../src/vm/backend.js';
-import type { BootedGuest, StopGuestResult } from '../../src/vm/guest.js';
+import type { BootedGuest } from '../../src/vm/instance/boot.js';
+import type { StopGuestResult } from '../../src/vm/instance/stop.js';
 
 const image = (id: string) => ({ id, manifestPath: `/images/${id}.json` }) as ImageManifest;
 const A = image('aaaa');
@@ -73,7 +74,7 @@ class FakeVms {
         const guest = {
           vm: { exited: exit.promise, pid: port } as unknown as RunningVm,
           endpoint: { host: '127.0.0.1', port, readyLine: 'FERRY-READY' },
-          record: { backend: 'fake', readyMs: 5, imageId: manifest.id } as BootedGuest['record'],
+          record: { backend: 'qemu', readyMs: 5, imageId: manifest.id } as unknown as BootedGuest['record'],
         } as BootedGuest;
         if (this.failing.has(manifest.id)) done.reject(new Error(`guest 'ferry' did not become ready: FERRY-FAILED (${manifest.id})`));
         else if (this.autoBoot) done.resolve(guest);
@@ -86,7 +87,7 @@ class FakeVms {
         // A real stop ends the hypervisor: the exit the supervisor watches follows.
         const last = this.boots.at(-1);
         last?.exit.resolve({ code: 0, signal: null });
-        return { how: hard ? 'killed' : 'clean', ms: 1 };
+        return { how: hard ? 'killed' : 'guest', ms: 1 };
       },
       guestHostKey: () => 'ssh-ed25519 AAAAfake',
       saveImages: async (current, previous) => {
@@ -132,7 +133,7 @@ describe('Supervisor', () => {
     expect(new Set(targets.map((t) => t.port)).size).toBe(1);
     expect(targets[0]).toEqual({ host: '127.0.0.1', port: 40001, hostKey: 'ssh-ed25519 AAAAfake' });
     expect(supervisor.state).toBe('running');
-    expect(supervisor.status()).toMatchObject({ state: 'running', boots: 1, image: 'aaaa', backend: 'fake' });
+    expect(supervisor.status()).toMatchObject({ state: 'running', boots: 1, image: 'aaaa', backend: 'qemu' });
     await supervisor.ensureRunning();
     expect(vms.boots).toHaveLength(1);
   });
