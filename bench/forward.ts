@@ -15,6 +15,7 @@
  * untimed warm-up per path first (the front's pool connects to the guest then, as it would have
  * long before in the daemon: the guest is up).
  */
+import { ensureKeyPair } from '../src/keys/ssh-keys.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -77,7 +78,7 @@ const pool = new GuestPool({
   privateKey: sshd.clientPrivateKey,
   username: sshd.user,
 });
-const front = new SshFront({ port: 0, hostKeyPath: join(work, 'front_host_ed25519'), authorizedKeys: [clientPublic], guest: pool });
+const front = new SshFront({ port: 0, hostKey: ensureKeyPair(join(work, 'front_host_ed25519'), 'test front').privateKey, authorizedKeys: [clientPublic], guest: pool });
 const { port: frontPort } = await front.listen();
 const frontHostKey = readFileSync(join(work, 'front_host_ed25519.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ');
 const guestHostKey = sshd.hostKey.split(' ').slice(0, 2).join(' ');

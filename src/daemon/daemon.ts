@@ -10,7 +10,7 @@ import { loadConfig } from '../config/load.js';
 import type { FerryPaths } from '../config/paths.js';
 import type { FerryConfig } from '../config/types.js';
 import { ExitCode, FerryError } from '../errors.js';
-import { ensureKeyPair } from '../keys/ssh-keys.js';
+import { ferryKeys } from '../keys/ferry-keys.js';
 import { daemonIsRunning } from './control-client.js';
 import { ControlServer } from './control-server.js';
 import { ClockWatch, clockCheckedSource } from './guest-control.js';
@@ -42,8 +42,8 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   log.info({ version: DAEMON_VERSION, config: paths.configFile, stateDir: paths.stateDir }, 'ferry daemon starting');
   await writeFile(paths.daemonPid, `${process.pid}\n`);
 
-  const clientKey = ensureKeyPair(paths.clientKey, 'ferry-client');
-  const guestKey = ensureKeyPair(paths.guestClientKey, 'ferry-daemon-to-guest');
+  const keys = ferryKeys(paths);
+  const { client: clientKey, guestClient: guestKey } = keys;
   await stopLeftoverGuest(paths, log);
 
   const { current, previous } = await initialImages(paths, config, log);
@@ -70,7 +70,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   const front = new SshFront({
     host: config.daemon.listen,
     port: config.daemon.port,
-    hostKeyPath: paths.daemonHostKey,
+    hostKey: keys.daemonHost.privateKey,
     authorizedKeys: authorizedKeyLines(config, clientKey.publicKey, log),
     guest: clockCheckedSource({ supervisor, pool, clock, privateKey: guestKey.privateKey, log }),
     logger: log,

@@ -11,7 +11,6 @@ import ssh2 from 'ssh2';
 import type { Connection, PublicKeyAuthContext } from 'ssh2';
 import { LOOPBACK_ADDRESSES } from '../config/schema.js';
 import { ExitCode, FerryError } from '../errors.js';
-import { ensureKeyPair } from '../keys/ssh-keys.js';
 import { coalesceWrites } from './coalesce-writes.js';
 import { decideAuth, parseAllowedKeys, type AllowedKey } from './authorized-keys.js';
 import { forwardSession, type GuestChannelSource } from './forward.js';
@@ -35,8 +34,8 @@ export interface SshFrontOptions {
   readonly host?: string;
   /** Default 31322; 0 picks a free port (tests). */
   readonly port?: number;
-  /** The front's host key (OpenSSH private key); created on first use, then reused. */
-  readonly hostKeyPath: string;
+  /** The front's host key (OpenSSH private key, from `ferryKeys`: the same across restarts, so the key Nix pins stays valid). */
+  readonly hostKey: string;
   /** OpenSSH public key lines allowed to log in. */
   readonly authorizedKeys: readonly string[];
   /** Where sessions go (a GuestPool). */
@@ -81,8 +80,7 @@ export class SshFront extends EventEmitter {
     this.#options = { ...options, port, host };
     this.#logger = options.logger ?? silentLogger;
     this.#allowed = parseAllowedKeys(options.authorizedKeys, 'SSH front authorized keys');
-    const hostKey = ensureKeyPair(options.hostKeyPath, 'ferry daemon host key');
-    this.#server = new ssh2.Server({ hostKeys: [hostKey.privateKey], ident: 'ferry', algorithms: { cipher: [...FRONT_CIPHERS] } }, (connection, info) =>
+    this.#server = new ssh2.Server({ hostKeys: [options.hostKey], ident: 'ferry', algorithms: { cipher: [...FRONT_CIPHERS] } }, (connection, info) =>
       this.#accept(connection, info.ip),
     );
     this.#listener = net.createServer((socket) => this.#server.injectSocket(coalesceWrites(socket)));

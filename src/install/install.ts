@@ -15,8 +15,8 @@ import type { FerryConfig } from '../config/types.js';
 import { BUILDER_ALIAS, frontAddress } from '../daemon/ssh-alias.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { buildImage } from '../image/build.js';
+import { ferryKey, ferryKeys } from '../keys/ferry-keys.js';
 import { publicKeyWithoutComment } from '../keys/public-key-line.js';
-import { ensureKeyPair } from '../keys/ssh-keys.js';
 import type { Progress } from '../ui/progress.js';
 import { createExecaRunner, ProcessError, RecordingRunner, type Runner } from '../process/runner.js';
 import { FileWriter, readIfExists, type Report } from './files.js';
@@ -224,10 +224,11 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
 async function ensureKeys(writer: FileWriter, paths: InstallLayout['paths'], dryRun: boolean): Promise<string> {
   // A dry run before the key exists: a well-formed stand-in (all-zero ed25519 key), never written.
   let hostKeyLine = 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA (generated on install) ferry daemon host key';
-  for (const [file, comment, what] of [
-    [paths.clientKey, 'ferry-client', "client key the host's nix-daemon logs in with"],
-    [paths.daemonHostKey, 'ferry daemon host key', "the daemon's host key"],
+  for (const [name, what] of [
+    ['client', "client key the host's nix-daemon logs in with"],
+    ['daemonHost', "the daemon's host key"],
   ] as const) {
+    const file = name === 'client' ? paths.clientKey : paths.daemonHostKey;
     const existed = existsSync(file);
     if (dryRun) {
       if (!existed) {
@@ -238,7 +239,7 @@ async function ensureKeys(writer: FileWriter, paths: InstallLayout['paths'], dry
     }
     const hadPublic = existsSync(`${file}.pub`);
     await writer.ensureDir(path.dirname(file), 0o700);
-    const pair = ensureKeyPair(file, comment);
+    const pair = ferryKey(paths, name);
     if (!existed) writer.noteCreated(file, `${what}, mode 600`);
     if (!hadPublic) writer.noteCreated(`${file}.pub`);
     if (file === paths.daemonHostKey) hostKeyLine = pair.publicKey;
@@ -280,17 +281,19 @@ export function withPort(text: string, port: number): string {
 
 async function buildWithProgress(writer: FileWriter, config: FerryConfig, paths: InstallLayout['paths'], progress: Progress | undefined, out: Report): Promise<void> {
   const guestKeys = [paths.guestHostKey, paths.guestClientKey].filter((key) => !existsSync(key));
+  const keys = ferryKeys(paths);
+  for (const key of guestKeys) {
+    writer.noteCreated(key, 'guest key');
+    writer.noteCreated(`${key}.pub`);
+  }
   const manifest = await buildImage({
     config,
     paths,
+    keys,
     onStep: (label) => progress?.step(label),
     onProgress: (p) => p.phase === 'data' && progress?.update(p.done, p.total, 'bytes'),
   });
   progress?.done();
-  for (const key of guestKeys) {
-    if (existsSync(key)) writer.noteCreated(key, 'guest key');
-    if (existsSync(`${key}.pub`)) writer.noteCreated(`${key}.pub`);
-  }
   const hit = manifest.systemDisk.cacheHit && manifest.initrd.cacheHit;
   out(`image ${manifest.id} (${manifest.preset}, ${manifest.system}): ${hit ? 'already built' : 'built'} in ${paths.imagesDir}`);
 }

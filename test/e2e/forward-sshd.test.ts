@@ -2,6 +2,7 @@
  * The SSH front and forwarding against real OpenSSH on both sides: the OpenSSH client talks to
  * the front, and a real sshd (MaxSessions 2) plays the guest.
  */
+import { ensureKeyPair } from '../../src/keys/ssh-keys.js';
 import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -81,7 +82,7 @@ describe('SSH front forwarding to a real sshd', () => {
     });
     front = new SshFront({
       port: 0,
-      hostKeyPath: path.join(sshd.dir, 'front', 'ssh_host_ed25519_key'),
+      hostKey: ensureKeyPair(path.join(sshd.dir, 'front', 'ssh_host_ed25519_key'), 'test front').privateKey,
       authorizedKeys: [readFileSync(`${clientKey}.pub`, 'utf8')],
       guest: pool,
       onSession: (record) => records.push(record),
@@ -233,13 +234,13 @@ describe('SSH front forwarding to a real sshd', () => {
       });
       expect(error?.code, `connecting to ${address}:${port}`).toBe('ECONNREFUSED');
     }
-    expect(() => new SshFront({ host: '0.0.0.0', hostKeyPath: path.join(sshd.dir, 'x'), authorizedKeys: [], guest: pool })).toThrow(/127\.0\.0\.1 only/);
+    expect(() => new SshFront({ host: '0.0.0.0', hostKey: ensureKeyPair(path.join(sshd.dir, 'x'), 'test front').privateKey, authorizedKeys: [], guest: pool })).toThrow(/127\.0\.0\.1 only/);
   });
 
   it('tells the client the guest is unreachable instead of hanging', async () => {
     const unreachable = new SshFront({
       port: 0,
-      hostKeyPath: path.join(sshd.dir, 'front', 'ssh_host_ed25519_key'),
+      hostKey: ensureKeyPair(path.join(sshd.dir, 'front', 'ssh_host_ed25519_key'), 'test front').privateKey,
       authorizedKeys: [readFileSync(`${clientKey}.pub`, 'utf8')],
       guest: new GuestPool({ target: async () => Promise.reject(new Error('the guest did not boot (test)')), privateKey: sshd.clientPrivateKey }),
     });

@@ -11,7 +11,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { resolvePaths } from '../../src/config/paths.js';
 import { BUILDER_ALIAS, frontAddress, writeDaemonSshConfig } from '../../src/daemon/ssh-alias.js';
 import { SshFront } from '../../src/daemon/ssh-front.js';
-import { ensureKeyPair } from '../../src/keys/ssh-keys.js';
+import { ferryKey } from '../../src/keys/ferry-keys.js';
 import { connectOutcome } from '../support/daemon.js';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-alias-'));
@@ -26,8 +26,8 @@ describe('the daemon’s builder alias', () => {
 
   it('with listen = "::1": HostName ::1 (no brackets), and OpenSSH through it reaches the front on ::1 only', async () => {
     const paths = resolvePaths({ env: { FERRY_STATE_DIR: path.join(dir, 'state'), FERRY_CACHE_DIR: path.join(dir, 'cache') } });
-    const client = ensureKeyPair(paths.clientKey, 'ferry-client');
-    const front = new SshFront({ host: '::1', port: 0, hostKeyPath: paths.daemonHostKey, authorizedKeys: [client.publicKey], guest: unreachable });
+    const client = ferryKey(paths, 'client');
+    const front = new SshFront({ host: '::1', port: 0, hostKey: ferryKey(paths, 'daemonHost').privateKey, authorizedKeys: [client.publicKey], guest: unreachable });
     const listening = await front.listen();
     try {
       expect(listening.host).toBe('::1');

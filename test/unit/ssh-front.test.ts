@@ -3,6 +3,7 @@
  * listen-address rule, the persistent host key, and the session count / idle event (driven by
  * an in-process ssh2 client against a guest that cannot be reached).
  */
+import { ensureKeyPair } from '../../src/keys/ssh-keys.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -160,27 +161,19 @@ describe('SshFront', () => {
 
   it('refuses to listen anywhere but 127.0.0.1 and ::1, and bad ports', () => {
     for (const host of ['0.0.0.0', '::', 'localhost', '192.0.2.2', '::ffff:127.0.0.1']) {
-      expect(() => new SshFront({ host, hostKeyPath: path.join(dir, 'k'), authorizedKeys: [], guest: unreachable })).toThrow(
+      expect(() => new SshFront({ host, hostKey: ensureKeyPair(path.join(dir, 'k'), 'test front').privateKey, authorizedKeys: [], guest: unreachable })).toThrow(
         `the SSH front listens on a loopback address only (127.0.0.1 or ::1), not on ${host}`,
       );
     }
-    for (const host of ['127.0.0.1', '::1']) expect(() => new SshFront({ host, port: 0, hostKeyPath: path.join(dir, 'k'), authorizedKeys: [], guest: unreachable })).not.toThrow();
-    expect(() => new SshFront({ port: 70000, hostKeyPath: path.join(dir, 'k'), authorizedKeys: [], guest: unreachable })).toThrow(/not a TCP port/);
-  });
-
-  it('keeps its host key across restarts', () => {
-    const keyPath = path.join(dir, 'keys', 'ssh_host_ed25519_key');
-    new SshFront({ port: 0, hostKeyPath: keyPath, authorizedKeys: [], guest: unreachable });
-    const first = readFileSync(keyPath, 'utf8');
-    new SshFront({ port: 0, hostKeyPath: keyPath, authorizedKeys: [], guest: unreachable });
-    expect(readFileSync(keyPath, 'utf8')).toBe(first);
+    for (const host of ['127.0.0.1', '::1']) expect(() => new SshFront({ host, port: 0, hostKey: ensureKeyPair(path.join(dir, 'k'), 'test front').privateKey, authorizedKeys: [], guest: unreachable })).not.toThrow();
+    expect(() => new SshFront({ port: 70000, hostKey: ensureKeyPair(path.join(dir, 'k'), 'test front').privateKey, authorizedKeys: [], guest: unreachable })).toThrow(/not a TCP port/);
   });
 
   it('counts sessions, signals idle, and tells the client when the guest is unreachable', async () => {
     const records: SessionRecord[] = [];
     const front = new SshFront({
       port: 0,
-      hostKeyPath: path.join(dir, 'front_key'),
+      hostKey: ensureKeyPair(path.join(dir, 'front_key'), 'test front').privateKey,
       authorizedKeys: [client.public],
       guest: unreachable,
       onSession: (r) => records.push(r),
@@ -220,7 +213,7 @@ describe('SshFront', () => {
   });
 
   it('refuses a password login from an ssh2 client', async () => {
-    const front = new SshFront({ port: 0, hostKeyPath: path.join(dir, 'front_key'), authorizedKeys: [client.public], guest: unreachable });
+    const front = new SshFront({ port: 0, hostKey: ensureKeyPair(path.join(dir, 'front_key'), 'test front').privateKey, authorizedKeys: [client.public], guest: unreachable });
     const { port } = await front.listen();
     const connection = new ssh2.Client();
     try {

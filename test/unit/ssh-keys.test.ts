@@ -9,6 +9,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ssh2 from 'ssh2';
 import { afterAll, describe, expect, it } from 'vitest';
+import { resolvePaths } from '../../src/config/paths.js';
+import { ferryKeys } from '../../src/keys/ferry-keys.js';
 import { ensureKeyPair, generateKeyPair } from '../../src/keys/ssh-keys.js';
 
 const work = mkdtempSync(join(tmpdir(), 'ferry-keys-'));
@@ -30,5 +32,21 @@ describe('ssh key pairs', () => {
     const derived = execFileSync('ssh-keygen', ['-y', '-f', path], { encoding: 'utf8' }).trim();
     expect(first.publicKey.startsWith(derived)).toBe(true);
     expect(ensureKeyPair(path, 'ferry-test').privateKey).toBe(first.privateKey);
+  });
+
+  it('ferryKeys makes every pair ferry uses once, where paths names them, and loads the same ones after', () => {
+    const paths = resolvePaths({ env: { FERRY_STATE_DIR: join(work, 'state'), FERRY_CACHE_DIR: join(work, 'cache') } });
+    const first = ferryKeys(paths);
+    expect([first.daemonHost.privatePath, first.client.privatePath, first.guestHost.privatePath, first.guestClient.privatePath]).toEqual([
+      paths.daemonHostKey,
+      paths.clientKey,
+      paths.guestHostKey,
+      paths.guestClientKey,
+    ]);
+    expect(new Set(Object.values(first).map((pair) => pair.publicKey)).size).toBe(4);
+    for (const pair of Object.values(first)) expect(statSync(pair.privatePath).mode & 0o777).toBe(0o600);
+    expect(statSync(paths.keysDir).mode & 0o777).toBe(0o700);
+    const again = ferryKeys(paths);
+    for (const name of ['daemonHost', 'client', 'guestHost', 'guestClient'] as const) expect(again[name].privateKey).toBe(first[name].privateKey);
   });
 });
