@@ -22,7 +22,7 @@ import { parseArgs } from 'node:util';
 import { execa } from 'execa';
 import { resolvePaths } from '../src/config/paths.js';
 import { callDaemon } from '../src/daemon/control-client.js';
-import { BUILDER_ALIAS, daemonFiles } from '../src/daemon/ssh-alias.js';
+import { BUILDER_ALIAS } from '../src/daemon/ssh-alias.js';
 import { freePort } from '../src/vm/free-port.js';
 import { SSH_HOST } from '../src/vm/instance/ssh.js';
 import { configText, derivationExpr, IMAGE_CACHE, ROOT } from '../test/support/daemon.js';
@@ -71,7 +71,7 @@ try {
   say('booting the guest (ferry start)…');
   await callDaemon(paths.controlSocket, 'POST', '/start');
 
-  const viaDaemon = ['-F', daemonFiles(paths).sshConfig, BUILDER_ALIAS];
+  const viaDaemon = ['-F', paths.builderSshConfig, BUILDER_ALIAS];
   const direct = ['-F', paths.sshConfig, SSH_HOST];
   const timeSsh = async (argv: string[]) => {
     const started = performance.now();
@@ -93,7 +93,7 @@ try {
     await writeFile(file, derivationExpr(name, 'echo hi > $out'));
     const builder =
       through === 'daemon'
-        ? { uri: `ssh-ng://${BUILDER_ALIAS}`, key: paths.clientKey, config: daemonFiles(paths).sshConfig }
+        ? { uri: `ssh-ng://${BUILDER_ALIAS}`, key: paths.clientKey, config: paths.builderSshConfig }
         : { uri: `ssh-ng://${SSH_HOST}`, key: paths.guestClientKey, config: paths.sshConfig };
     const started = performance.now();
     const result = await execa(

@@ -20,7 +20,7 @@ import { removeGuestRecord, requireRunning, runningGuest, type GuestRecord } fro
 import { shellQuote, sshArgv } from '../vm/instance/ssh.js';
 import { stopRecordedGuest } from '../vm/instance/stop.js';
 import { daemonIsRunning } from '../daemon/control-client.js';
-import { BUILDER_ALIAS, daemonFiles } from '../daemon/ssh-alias.js';
+import { BUILDER_ALIAS } from '../daemon/ssh-alias.js';
 
 export function registerGuestCommands(program: Command): void {
   program
@@ -159,7 +159,7 @@ export function registerGuestCommands(program: Command): void {
  */
 async function viaDaemonOrGuest(paths: FerryPaths, command: readonly string[], tty: boolean): Promise<string[]> {
   if (await daemonIsRunning(paths.controlSocket)) {
-    const argv = ['-F', daemonFiles(paths).sshConfig];
+    const argv = ['-F', paths.builderSshConfig];
     if (tty) argv.push('-t');
     argv.push(BUILDER_ALIAS);
     if (command.length) argv.push('--', command.map(shellQuote).join(' '));

@@ -7,11 +7,12 @@ import type { Logger } from 'pino';
 import ssh2 from 'ssh2';
 import type { GuestChannelSource } from './forward.js';
 import type { GuestChannelRequest } from './guest-pool.js';
+import { publicKeyWithoutComment } from '../keys/public-key-line.js';
 import type { GuestTarget, Supervisor } from './supervisor.js';
 
 export async function runControlCommand(target: GuestTarget, privateKey: string | Buffer, command: string, timeoutMs = 10_000): Promise<string> {
   const client = new ssh2.Client();
-  const expected = target.hostKey.trim().split(/\s+/)[1];
+  const expected = publicKeyWithoutComment(target.hostKey, "the guest's host key").split(' ')[1];
   return new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => {
       client.end();

@@ -5,7 +5,6 @@
  */
 import path from 'node:path';
 import { resolvePaths, SERVICE_NAMES, SYSTEM_FILES, type FerryPaths } from '../config/paths.js';
-import { daemonFiles } from '../daemon/ssh-alias.js';
 
 export const LAUNCHD_LABEL = SERVICE_NAMES.launchdLabel;
 export const SYSTEMD_UNIT = SERVICE_NAMES.systemdUnit;
@@ -61,7 +60,7 @@ export function installLayout(target: InstallTarget): InstallLayout {
     machinesFile: underRoot(root, SYSTEM_FILES.nixMachines),
     nixConf: underRoot(root, SYSTEM_FILES.nixConf),
     sshAlias: underRoot(root, SYSTEM_FILES.sshAlias),
-    aliasKnownHosts: daemonFiles(paths).knownHosts,
+    aliasKnownHosts: paths.builderKnownHosts,
     serviceFile,
     serviceKind,
   };

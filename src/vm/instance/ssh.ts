@@ -8,6 +8,7 @@ import { writeFileAtomic } from '../../atomic-file.js';
 import { createExecaRunner, type Runner } from '../../process/runner.js';
 import { sshConfigText, type SshHostBlock } from '../../ssh/client-config.js';
 import { readFile } from 'node:fs/promises';
+import { publicKeyWithoutComment } from '../../keys/public-key-line.js';
 import type { GuestRecord } from './record.js';
 
 /** ssh_config host names: the builder, and root's forced control command. */
@@ -35,7 +36,7 @@ export function guestSshConfigText(paths: FerryPaths, address: Address): string 
 
 /** Writes the guest's known_hosts line and the client config (both mode 600). */
 export async function writeGuestSshConfig(paths: FerryPaths, address: Address): Promise<void> {
-  const hostKey = (await readFile(`${paths.guestHostKey}.pub`, 'utf8')).trim().split(/\s+/).slice(0, 2).join(' ');
+  const hostKey = publicKeyWithoutComment(await readFile(`${paths.guestHostKey}.pub`, 'utf8'), `${paths.guestHostKey}.pub`);
   await writeFileAtomic(paths.guestKnownHosts, `${SSH_HOST} ${hostKey}\n`, 0o600);
   await writeFileAtomic(paths.sshConfig, guestSshConfigText(paths, address), 0o600);
 }
@@ -63,7 +64,6 @@ const CONTROL_TIMEOUT_MS = 15_000;
  */
 export function guestPowerOff(paths: FerryPaths, runner: Runner = createExecaRunner()): () => Promise<void> {
   return async () => {
-    const result = await runner.run('ssh', sshArgv(paths, ['poweroff'], { host: SSH_CONTROL_HOST }), { timeoutMs: CONTROL_TIMEOUT_MS });
-    if (result.exitCode !== 0) throw new Error(`the control command did not answer (ssh: ${result.stderr.trim() || `exit ${result.exitCode ?? result.signal}`})`);
+    await runner.check('ssh', sshArgv(paths, ['poweroff'], { host: SSH_CONTROL_HOST }), { timeoutMs: CONTROL_TIMEOUT_MS });
   };
 }
