@@ -112,6 +112,22 @@ export function vmRunFiles(runDir: string, name: string) {
 /** A writable disk's lock: beside the disk, not in a run dir, so a second guest with another run dir sees it too. */
 export const diskLockFile = (diskPath: string): string => `${diskPath}.ferry-lock`;
 
+/** What the base presets keep in the cache's downloads dir, keyed inside by their inputs. */
+export const DOWNLOAD_FILES = {
+  /** debian: which packages (and rootfs) the last resolution chose, per architecture. */
+  debianRecord: (arch: string) => `debian-${arch}.json`,
+  /** nixpkgs: the flake and store paths the last resolution chose, per guest system. */
+  nixpkgsRecord: (system: string) => `nixpkgs-${system}.json`,
+  /** debian: mmdebstrap's rootfs tarballs, one directory per input key. */
+  rootfsDir: 'rootfs',
+  rootfsTar: 'rootfs.tar',
+  /** debian: the unpacked kernel and busybox-static packages. */
+  kernelDir: 'kernel',
+  busyboxDir: 'busybox-static',
+  /** debian arm64: qemu-user-static for x86_64 builds, unpacked. */
+  qemuUserDir: 'qemu-user-static',
+} as const;
+
 /** The content-addressed image cache's names (in the cache's images dir). */
 export const IMAGE_FILES = {
   /** The manifest of the latest `ferry image build`. */

@@ -31,6 +31,7 @@ import { ProcessError, type Runner } from '../../process/runner.js';
 import { QEMU_USER_DIR } from '../guest-os/binfmt.js';
 import { extractDebMember, hostRunner, packageInfo } from './apt.js';
 import { cachedMmdebstrap } from './mmdebstrap.js';
+import { DOWNLOAD_FILES } from '../../config/paths.js';
 
 /** What the guest needs to be a Nix builder; `?essential` stands in for the essential variant's base. */
 export const DEBIAN_ARM64_PACKAGES = ['openssh-server', 'nix-bin', 'busybox', 'iproute2', 'ca-certificates', 'e2fsprogs', 'mawk'] as const;
@@ -92,7 +93,7 @@ export function mmdebstrapArm64Argv(suite: string): string[] {
  */
 export async function qemuX86_64ForArm64(downloadsDir: string, runner: Runner = hostRunner): Promise<{ path: string; packageVersion: string }> {
   const info = await packageInfo('qemu-user-static', 'arm64', runner);
-  const root = join(downloadsDir, 'qemu-user-static');
+  const root = join(downloadsDir, DOWNLOAD_FILES.qemuUserDir);
   const dir = join(root, `${info.name}_${info.arch}_${info.version.replaceAll(':', '%3a')}`);
   const binary = join(dir, 'qemu-x86_64-static');
   const packageVersion = `${info.name}:arm64=${info.version}`;

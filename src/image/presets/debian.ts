@@ -12,6 +12,7 @@ import { packageInfo, unpackedPackage, type DebianArch } from './apt.js';
 import { cachedMmdebstrap } from './mmdebstrap.js';
 import { debianArm64RootfsTar, mmdebstrapArm64Argv, qemuX86_64ForArm64 } from './debian-arm64.js';
 import type { PresetInputs } from './preset.js';
+import { DOWNLOAD_FILES } from '../../config/paths.js';
 
 /** What the guest needs to be a Nix builder, on top of `--variant=essential`. */
 export const DEBIAN_PACKAGES = ['openssh-server', 'nix-bin', 'busybox', 'iproute2', 'ca-certificates', 'e2fsprogs'] as const;
@@ -36,7 +37,7 @@ export async function debianKernel(downloadsDir: string, arch: DebianArch, runne
   const dependency = /^(linux-image-[0-9][^\s,(]*)/.exec(meta.depends)?.[1];
   if (!dependency) throw new FerryError(`linux-image-cloud-${arch} has no versioned linux-image dependency: ${meta.depends}`);
   const real = await packageInfo(dependency, arch, runner);
-  const dir = await unpackedPackage(join(downloadsDir, 'kernel'), real, runner);
+  const dir = await unpackedPackage(join(downloadsDir, DOWNLOAD_FILES.kernelDir), real, runner);
   const version = dependency.replace(/^linux-image-/, '');
   const kernel = join(dir, 'boot', `vmlinuz-${version}`);
   const modulesDir = join(dir, 'lib', 'modules', version);
@@ -48,7 +49,7 @@ export async function debianKernel(downloadsDir: string, arch: DebianArch, runne
 
 export async function debianBusybox(downloadsDir: string, arch: DebianArch, runner?: Runner) {
   const info = await packageInfo('busybox-static', arch, runner);
-  const dir = await unpackedPackage(join(downloadsDir, 'busybox-static'), info, runner);
+  const dir = await unpackedPackage(join(downloadsDir, DOWNLOAD_FILES.busyboxDir), info, runner);
   const binary = join(dir, 'bin', 'busybox');
   if (!existsSync(binary)) throw new FerryError(`${info.name} ${info.version} unpacked to ${dir} has no bin/busybox`);
   return { busybox: binary, packageVersion: `${info.name}=${info.version}` };
@@ -66,7 +67,7 @@ export async function debianPreset(
   runner?: Runner,
 ): Promise<PresetInputs> {
   const arch = debianArch(system);
-  const record = join(downloadsDir, `debian-${arch}.json`);
+  const record = join(downloadsDir, DOWNLOAD_FILES.debianRecord(arch));
   if (!refresh && existsSync(record)) {
     const saved = JSON.parse(readFileSync(record, 'utf8')) as PresetInputs;
     // A changed package list (DEBIAN_PACKAGES) must make a new rootfs, not reuse the recorded one.

@@ -11,6 +11,7 @@ import { publishDirectory } from '../../atomic-file.js';
 import { ExitCode } from '../../errors.js';
 import { ProcessError, type Runner } from '../../process/runner.js';
 import { hostRunner } from './apt.js';
+import { DOWNLOAD_FILES } from '../../config/paths.js';
 
 export async function cachedMmdebstrap(
   downloadsDir: string,
@@ -21,15 +22,15 @@ export async function cachedMmdebstrap(
     .update(JSON.stringify(['mmdebstrap', ...argv, ...(options.keyExtra ?? [])]))
     .digest('hex')
     .slice(0, 16);
-  const root = join(downloadsDir, 'rootfs');
+  const root = join(downloadsDir, DOWNLOAD_FILES.rootfsDir);
   const dir = join(root, key);
-  const tar = join(dir, 'rootfs.tar');
+  const tar = join(dir, DOWNLOAD_FILES.rootfsTar);
   if (existsSync(tar)) return tar;
   await mkdir(root, { recursive: true });
   const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
   await mkdir(staging);
   try {
-    const args = ['--quiet', ...argv, join(staging, 'rootfs.tar')];
+    const args = ['--quiet', ...argv, join(staging, DOWNLOAD_FILES.rootfsTar)];
     const result = await (options.runner ?? hostRunner).run('mmdebstrap', args, { env: options.env });
     if (result.exitCode !== 0) {
       throw new ProcessError('mmdebstrap', args, result, {

@@ -57,6 +57,7 @@ import { createExecaRunner, ProcessError, type Runner, type RunResult } from '..
 import { nixProgramCandidates } from '../layers/nix.js';
 import { CA_BUNDLE, NixpkgsRootLayer } from './nixpkgs-root.js';
 import type { PresetInputs } from './preset.js';
+import { DOWNLOAD_FILES } from '../../config/paths.js';
 
 /** The nixpkgs attribute (below legacyPackages.<system>) and output for each input. */
 export const NIXPKGS_ATTRIBUTES = {
@@ -247,7 +248,7 @@ export interface NixpkgsPresetOptions extends NixpkgsResolveOptions {
 export async function nixpkgsPreset(downloadsDir: string, system: string, options: NixpkgsPresetOptions = {}): Promise<PresetInputs> {
   const flake = options.flake ?? nixpkgsFlake();
   const attributes = INPUTS.map((input) => nixpkgsInstallable(flake, system, input));
-  const record = join(downloadsDir, `nixpkgs-${system}.json`);
+  const record = join(downloadsDir, DOWNLOAD_FILES.nixpkgsRecord(system));
   let paths: NixpkgsPaths | undefined;
   if (!options.refresh && existsSync(record)) {
     const saved = JSON.parse(readFileSync(record, 'utf8')) as NixpkgsRecord;
