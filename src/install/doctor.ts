@@ -13,6 +13,7 @@ import { callDaemon } from '../daemon/control-client.js';
 import { BUILDER_ALIAS } from '../daemon/ssh-alias.js';
 import { FerryError } from '../errors.js';
 import { parsePublicKeyLine, PublicKeyLineError } from '../keys/public-key-line.js';
+import { installHint } from '../vm/facts.js';
 import { selectBackend } from '../vm/index.js';
 import { createExecaRunner, findOnPath, ProcessError, type Runner } from '../process/runner.js';
 import { readIfExists } from './files.js';
@@ -92,8 +93,8 @@ async function checkBackend(ctx: HostContext, config: FerryConfig): Promise<Chec
     const found = (await ctx.runner.which(binary))!;
     const version = await ctx.runner.run(found, [...facts.versionArgs], { timeoutMs: 10_000 });
     const first = `${version.stdout}\n${version.stderr}`.trim().split('\n')[0] ?? '';
-    if (version.exitCode !== 0) return { name: 'backend', status: 'fail', detail: `${found} does not run: ${version.error ?? first}`, fix: `reinstall ${binary} (${facts.installHint(host)})` };
-    return { name: 'backend', status: 'ok', detail: `${facts.name}: ${found} (${first})` };
+    if (version.exitCode !== 0) return { name: 'backend', status: 'fail', detail: `${found} does not run: ${version.error ?? first}`, fix: `reinstall ${binary} (${installHint(facts, host)})` };
+    return { name: 'backend', status: 'ok', detail: `${facts.name}: ${found} (${first}); stops the guest by its control command, then ${facts.stop}` };
   } catch (error) {
     const hint = error instanceof FerryError ? error.hint : undefined;
     return { name: 'backend', status: 'fail', detail: (error as Error).message, fix: hint?.replace(/^install (it|one of): /, '') ?? 'install qemu' };

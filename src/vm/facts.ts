@@ -47,12 +47,12 @@ export interface BackendFacts {
   readonly versionArgs: readonly string[];
   /** The nixpkgs attribute that provides the binary (so it can come from the host's Nix). */
   readonly nixpkgsAttribute: string;
-  /** How to install the binary, per host OS. */
-  installHint(host: HostPlatform): string;
-  /** The backend's own way to stop a guest, after the guest's control command and before signals. */
-  readonly stop: 'qmp' | 'rest' | 'acpi';
-  /** The hypervisor itself enforces a read-only disk (else only the guest's read-only mount does). */
-  readonly readOnlyDisks: boolean;
+  /** Homebrew's formula for the binary, where Homebrew ships it. */
+  readonly brewFormula?: string;
+  /** Debian's packages for the binary, where Debian ships it. */
+  readonly debianPackages?: string;
+  /** The backend's own way to stop a guest, after the guest's control command and before signals (doctor names it). */
+  readonly stop: 'QMP system_powerdown' | "vfkit's REST Stop" | 'the ACPI power button';
   /** The kernel must be an uncompressed arm64 `Image` for an aarch64 guest (Virtualization.framework). */
   readonly needsUncompressedArm64Kernel: boolean;
 }
@@ -85,12 +85,9 @@ const qemu: BackendFacts = {
   binary: (system) => (system === 'x86_64-linux' ? 'qemu-system-x86_64' : 'qemu-system-aarch64'),
   versionArgs: ['--version'],
   nixpkgsAttribute: 'qemu',
-  installHint(host) {
-    if (isMac(host)) return '`brew install qemu`, or `nix profile install nixpkgs#qemu`';
-    return '`apt-get install qemu-system-x86` (or qemu-system-arm), or your distribution\'s qemu package';
-  },
-  stop: 'qmp',
-  readOnlyDisks: true,
+  brewFormula: 'qemu',
+  debianPackages: 'qemu-system-x86 qemu-system-arm',
+  stop: 'QMP system_powerdown',
   needsUncompressedArm64Kernel: false,
 };
 
@@ -108,10 +105,8 @@ const vfkit: BackendFacts = {
   binary: () => 'vfkit',
   versionArgs: ['--version'],
   nixpkgsAttribute: 'vfkit',
-  installHint: (host) => (isMac(host) ? '`brew install vfkit`, or `nix profile install nixpkgs#vfkit`' : 'vfkit runs on macOS only'),
-  stop: 'rest',
-  // doc/usage.md lists only path= and deviceId= for virtio-blk: read-only rests on the guest's mount.
-  readOnlyDisks: false,
+  brewFormula: 'vfkit',
+  stop: "vfkit's REST Stop",
   needsUncompressedArm64Kernel: true,
 };
 
@@ -128,14 +123,20 @@ const hyperkit: BackendFacts = {
   versionArgs: ['-v'],
   nixpkgsAttribute: 'hyperkit',
   // Homebrew disabled its formula in 2025; nixpkgs still builds it for x86_64-darwin.
-  installHint: (host) => (intelMac(host) ? '`nix profile install nixpkgs#hyperkit` (Homebrew no longer ships it)' : 'hyperkit runs on Intel Macs only'),
   // -A gives the guest ACPI; SIGTERM to hyperkit presses its power button.
-  stop: 'acpi',
-  readOnlyDisks: true,
+  stop: 'the ACPI power button',
   needsUncompressedArm64Kernel: false,
 };
 
 export const BACKEND_FACTS: Readonly<Record<BackendName, BackendFacts>> = { qemu, vfkit, hyperkit };
+
+/** How to install a backend's binary on `host`: Homebrew or Debian where they ship it, else the host's Nix. */
+export function installHint(facts: BackendFacts, host: HostPlatform): string {
+  if (facts.systemsOn(host).length === 0) return `${facts.name} runs only on ${facts.hosts}`;
+  const fromNix = `\`nix profile install nixpkgs#${facts.nixpkgsAttribute}\``;
+  if (isMac(host)) return facts.brewFormula ? `\`brew install ${facts.brewFormula}\`, or ${fromNix}` : `${fromNix} (Homebrew no longer ships it)`;
+  return facts.debianPackages ? `\`apt-get install ${facts.debianPackages}\`, or ${fromNix}` : fromNix;
+}
 
 /**
  * What `backend = "auto"` tries on a host, in order; the first whose binary is installed and that

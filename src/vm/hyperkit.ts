@@ -11,7 +11,7 @@ import os from 'node:os';
 import { createExecaRunner, type ChildHandle, type Runner } from '../process/runner.js';
 import { bootCmdline, type RunningVm, type SpecProblem, type VmBackend, type VmHooks, type VmSpec } from './backend.js';
 import type { LineConsole } from './console.js';
-import { BACKEND_FACTS, type HostPlatform } from './facts.js';
+import { BACKEND_FACTS, installHint, type HostPlatform } from './facts.js';
 import { attachVm, launch, problemsError, type ConsoleFeed, type HypervisorControl } from './process-vm.js';
 import { runFilesOf } from './run-files.js';
 import { validateCommon, validateNoCommas } from './validate.js';
@@ -80,7 +80,7 @@ export function createHyperkitBackend(options: HyperkitBackendOptions = {}): VmB
     }
     if (spec.rosetta) problems.push({ field: 'rosetta', message: 'Rosetta needs vfkit on Apple silicon, not hyperkit' });
     if (!(await runner.which(facts.binary(spec.system)))) {
-      problems.push({ field: 'backend', message: 'hyperkit not found on PATH', hint: `install it: ${facts.installHint(host)}` });
+      problems.push({ field: 'backend', message: 'hyperkit not found on PATH', hint: `install it: ${installHint(facts, host)}` });
     }
     return problems;
   }

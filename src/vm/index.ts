@@ -9,7 +9,7 @@ import type { Accelerator as ConfiguredAccel } from '../config/types.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { createExecaRunner, type Runner } from '../process/runner.js';
 import type { GuestSystem, VmBackend } from './backend.js';
-import { BACKEND_FACTS, candidateBackends, whyBackendCannotRun, type BackendName, type HostPlatform } from './facts.js';
+import { BACKEND_FACTS, installHint, candidateBackends, whyBackendCannotRun, type BackendName, type HostPlatform } from './facts.js';
 import { createHyperkitBackend } from './hyperkit.js';
 import { createQemuBackend } from './qemu.js';
 import { createVfkitBackend } from './vfkit.js';
@@ -59,7 +59,7 @@ export async function selectBackend(choice: BackendChoice, system: GuestSystem, 
     if (!(await runner.which(binary))) {
       throw new FerryError(`VM backend '${choice}' needs ${binary}, which is not on PATH`, {
         exitCode: ExitCode.Unavailable,
-        hint: `install it: ${BACKEND_FACTS[choice].installHint(host)}`,
+        hint: `install it: ${installHint(BACKEND_FACTS[choice], host)}`,
       });
     }
     return createBackend(choice, withRunner);
@@ -70,7 +70,7 @@ export async function selectBackend(choice: BackendChoice, system: GuestSystem, 
     if (await runner.which(BACKEND_FACTS[name].binary(system))) return createBackend(name, withRunner);
   }
   const binaries = candidates.map((name) => BACKEND_FACTS[name].binary(system));
-  const wanted = candidates.map((name) => `${BACKEND_FACTS[name].binary(system)} (${BACKEND_FACTS[name].installHint(host)})`);
+  const wanted = candidates.map((name) => `${BACKEND_FACTS[name].binary(system)} (${installHint(BACKEND_FACTS[name], host)})`);
   throw new FerryError(`no VM backend for ${system} guests is installed: looked for ${binaries.join(', ') || 'nothing (no backend runs this guest here)'} on PATH`, {
     exitCode: ExitCode.Unavailable,
     hint: wanted.length ? `install one of: ${wanted.join('; ')}` : undefined,

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { diskLockFile } from '../config/paths.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { existingProcess } from '../process/existing.js';
+import { ProcessError } from '../process/process-error.js';
 import type { ChildHandle, ExitStatus, Runner } from '../process/runner.js';
 import type { GuestEndpoint, RecordedVm, RunningVm, SpecProblem, StopOptions, StopResult, VmHooks, VmSpec } from './backend.js';
 import { FileTail, LineConsole } from './console.js';
@@ -75,9 +76,8 @@ export async function launch(plan: LaunchPlan, hooks: VmHooks = {}): Promise<Run
   if (child.pid === undefined) {
     const status = await child.exited;
     await runCleanups(cleanups);
-    throw new FerryError(`${backend}: could not start ${plan.binary}: ${(status as { error?: string }).error ?? 'unknown error'}`, {
-      exitCode: ExitCode.Unavailable,
-    });
+    const result = { exitCode: undefined, signal: undefined, stdout: '', stderr: child.output(), timedOut: false, error: status.error };
+    throw new ProcessError(plan.binary, plan.args, result, { label: `${backend} (${plan.binary})`, exitCode: ExitCode.Unavailable });
   }
   await locks.setPid(child.pid);
   if (plan.writePidfile) await writeFile(runFilesOf(spec).pidfile, `${child.pid}\n`);

@@ -7,7 +7,7 @@ import { access } from 'node:fs/promises';
 import os from 'node:os';
 import { createExecaRunner, type Runner } from '../process/runner.js';
 import { bootCmdline, type RunningVm, type SpecProblem, type VmBackend, type VmHooks, type VmSpec } from './backend.js';
-import { BACKEND_FACTS, type HostPlatform, type QemuAccelerator } from './facts.js';
+import { BACKEND_FACTS, installHint, type HostPlatform, type QemuAccelerator } from './facts.js';
 import { attachVm, launch, problemsError, type HypervisorControl } from './process-vm.js';
 import { connectQmpWhenReady, QmpClient } from './qmp.js';
 import { runFilesOf } from './run-files.js';
@@ -155,7 +155,7 @@ async function validateQemuSpec(spec: VmSpec, runner: Runner, host: HostPlatform
   const problems = await validateCommon(spec);
   const binary = facts.binary(spec.system);
   if (!(await runner.which(binary))) {
-    problems.push({ field: 'system', message: `${binary} not found on PATH`, hint: `install it: ${facts.installHint(host)}` });
+    problems.push({ field: 'system', message: `${binary} not found on PATH`, hint: `install it: ${installHint(facts, host)}` });
   }
   if (spec.sshPortOnHost !== undefined && !(Number.isInteger(spec.sshPortOnHost) && spec.sshPortOnHost > 0 && spec.sshPortOnHost < 65536)) {
     problems.push({ field: 'sshPortOnHost', message: `expected a TCP port 1–65535, got ${spec.sshPortOnHost}` });

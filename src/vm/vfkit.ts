@@ -9,7 +9,7 @@ import http from 'node:http';
 import os from 'node:os';
 import { createExecaRunner, type Runner } from '../process/runner.js';
 import { bootCmdline, type RunningVm, type SpecProblem, type VmBackend, type VmHooks, type VmSpec } from './backend.js';
-import { BACKEND_FACTS, type HostPlatform } from './facts.js';
+import { BACKEND_FACTS, installHint, type HostPlatform } from './facts.js';
 import { ensureUncompressedKernel } from './kernel-image.js';
 import { attachVm, launch, problemsError, type HypervisorControl } from './process-vm.js';
 import { socketPathProblems } from './qemu.js';
@@ -93,7 +93,7 @@ export function createVfkitBackend(options: VfkitBackendOptions): VmBackend {
       problems.push({ field: 'rosetta', message: 'Rosetta for Linux needs an Apple silicon Mac' });
     }
     if (!(await runner.which(facts.binary(spec.system)))) {
-      problems.push({ field: 'backend', message: 'vfkit not found on PATH', hint: `install it: ${facts.installHint(host)}` });
+      problems.push({ field: 'backend', message: 'vfkit not found on PATH', hint: `install it: ${installHint(facts, host)}` });
     }
     problems.push(...socketPathProblems(runFilesOf(spec).vfkitRestSocket));
     return problems;

@@ -94,7 +94,7 @@ async function bootArgv(hostName: string, system: GuestSystem): Promise<{ backen
   const backend = await chooseBackend(config, paths, runner, host);
   const spec = guestVmSpec({ manifest, config, paths, facts: backend.facts, sshPort: 40022, now: 1700000000 });
   await mkdir(spec.runDir, { recursive: true });
-  const qmp = backend.facts.stop === 'qmp' ? await qmpStandIn(runFilesOf(spec).qmpSocket) : undefined;
+  const qmp = backend.facts.stop === 'QMP system_powerdown' ? await qmpStandIn(runFilesOf(spec).qmpSocket) : undefined;
   try {
     const vm = await backend.start(spec);
     const argv = runner.commands.find((c) => c.kind === 'spawn')!.args;

@@ -31,7 +31,7 @@ import { BACKEND_FACTS } from '../../src/vm/facts.js';
 import { buildQemuArgv, createQemuBackend } from '../../src/vm/qemu.js';
 import { runFilesOf } from '../../src/vm/run-files.js';
 import { diskLockFile } from '../../src/config/paths.js';
-import { RecordingRunner, type FakeChild } from '../../src/process/runner.js';
+import { createExecaRunner, ProcessError, RecordingRunner, type FakeChild } from '../../src/process/runner.js';
 import { buildVfkitArgv, createVfkitBackend, vfkitMac } from '../../src/vm/vfkit.js';
 
 let dir: string;
@@ -329,6 +329,18 @@ describe('validation', () => {
     ]);
     const vfkit = createVfkitBackend({ runner, host: appleSilicon, kernelCacheDir: dir });
     expect((await vfkit.validate({ ...spec, cmdline: 'a="b c"' })).map((p) => p.field)).toEqual(['system', 'cmdline']);
+  });
+
+  it('a hypervisor that cannot be started is one ProcessError line naming it; nothing is left behind', async () => {
+    // Executable, but its interpreter does not exist: the spawn itself fails (ENOENT).
+    const fake = path.join(dir, 'qemu-system-x86_64');
+    await writeFile(fake, '#!/nonexistent/interpreter\n', { mode: 0o755 });
+    const runner = { ...createExecaRunner(), which: async () => fake };
+    const error = await createQemuBackend({ runner, host: linuxX64, accel: 'tcg' }).start(spec).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ProcessError);
+    expect((error as ProcessError).message).toMatch(/^qemu \(.*qemu-system-x86_64\) could not be started/);
+    expect((error as ProcessError).exitCode).toBe(69);
+    await expect(stat(diskLockFile(spec.disks[1].path))).rejects.toThrow(/ENOENT/);
   });
 
   it('refuses a runDir too long for a unix socket', async () => {
