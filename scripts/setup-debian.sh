@@ -12,12 +12,13 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # qemu (x86_64 and aarch64 guests), the debian preset's tools (mmdebstrap, apt, dpkg),
 # nix-bin (the host's Nix client and the nix layer), OpenSSH (client, and sshd for the
-# forwarding tests), e2fsprogs/erofs-utils (the oracle and the benchmark reference),
-# qemu-user-static (x86_64 builds on an aarch64 guest), time (peak RSS in benchmarks).
+# forwarding tests), ssh-audit (the SSH front's algorithm test), e2fsprogs/erofs-utils (the
+# oracle and the benchmark reference), qemu-user-static (x86_64 builds on an aarch64 guest),
+# time (peak RSS in benchmarks).
 apt-get install -y -qq \
   qemu-system-x86 qemu-system-arm qemu-utils qemu-user-static ipxe-qemu \
   mmdebstrap nix-bin busybox-static \
-  openssh-client openssh-server \
+  openssh-client openssh-server ssh-audit \
   e2fsprogs erofs-utils \
   zstd xz-utils cpio kmod iproute2 ca-certificates python3 perl time >/dev/null
 mkdir -p /run/sshd

@@ -34,6 +34,11 @@ export const DEFAULTS = {
   // and a guest whose sshd accepts but never answers fails the session in 20 s, not the 5 min of
   // ready-timeout that used to bound this too.
   sshTimeoutMs: 20_000,
+  // Limits on the SSH front before login: OpenSSH's defaults (LoginGraceTime 120, MaxAuthTries 6,
+  // MaxStartups 10:30:100). The host's nix-daemon logs in with one key in well under a second.
+  loginGraceTimeMs: 120_000,
+  maxAuthTries: 6,
+  maxStartups: { start: 10, rate: 30, full: 100 },
 } as const;
 
 export interface DefaultsContext {
@@ -123,6 +128,9 @@ export function applyDefaults(file: ConfigFile, context: DefaultsContext): Ferry
       readyTimeoutMs: daemon['ready-timeout'] ?? DEFAULTS.readyTimeoutMs,
       sshTimeoutMs: daemon['ssh-timeout'] ?? DEFAULTS.sshTimeoutMs,
       authorizedKeys: (daemon['authorized-keys'] ?? []).map(resolve),
+      loginGraceTimeMs: daemon['login-grace-time'] ?? DEFAULTS.loginGraceTimeMs,
+      maxAuthTries: daemon['max-auth-tries'] ?? DEFAULTS.maxAuthTries,
+      maxStartups: daemon['max-startups'] ?? DEFAULTS.maxStartups,
       logLevel: daemon['log-level'] ?? 'info',
     },
   };

@@ -6,6 +6,7 @@
  */
 import { defaultConfig } from './load.js';
 import type { HostInfo } from './host.js';
+import { formatMaxStartups } from './schema.js';
 import { formatDuration, formatSize } from './units.js';
 
 export function renderDefaultConfig(host?: HostInfo): string {
@@ -95,6 +96,13 @@ ${setting('ready-timeout', formatDuration(daemon.readyTimeoutMs))}
 ${setting('ssh-timeout', formatDuration(daemon.sshTimeoutMs))}
 # Public keys accepted besides the one \`ferry install\` generated (paths to .pub files).
 ${setting('authorized-keys', daemon.authorizedKeys)}
+# Limits before login, as OpenSSH's sshd: a connection that has not logged in after
+# login-grace-time ("0" = never) or has failed max-auth-tries times is closed; new connections
+# are refused at random once max-startups' start ones wait to log in (rate% of them, rising to
+# all at full). They take effect when the daemon restarts.
+${setting('login-grace-time', formatDuration(daemon.loginGraceTimeMs))}
+${setting('max-auth-tries', daemon.maxAuthTries)}
+${setting('max-startups', formatMaxStartups(daemon.maxStartups))}
 # "trace", "debug", "info", "warn" or "error".
 ${setting('log-level', daemon.logLevel)}
 `;

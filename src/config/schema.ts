@@ -66,6 +66,36 @@ function duration(options: { allowZero: boolean }) {
   });
 }
 
+/**
+ * OpenSSH's MaxStartups: one number N (refuse every new connection while N are waiting to log
+ * in) or "start:rate:full" (refuse with probability rate% at `start` waiting, rising linearly to
+ * every connection at `full`).
+ */
+function maxStartups() {
+  const expected = 'expected "start:rate:full" like "10:30:100" (start ≤ full, rate 1-100) or one number of connections';
+  return z.unknown().transform((value, ctx) => {
+    const text = typeof value === 'number' ? String(value) : typeof value === 'string' ? value : undefined;
+    const match = text === undefined ? null : /^(\d+)(?::(\d+):(\d+))?$/.exec(text);
+    if (match === null) {
+      ctx.addIssue({ code: 'custom', message: expected });
+      return z.NEVER;
+    }
+    const start = Number(match[1]);
+    const rate = match[2] === undefined ? 100 : Number(match[2]);
+    const full = match[3] === undefined ? start : Number(match[3]);
+    if (start < 1 || rate < 1 || rate > 100 || full < start) {
+      ctx.addIssue({ code: 'custom', message: expected });
+      return z.NEVER;
+    }
+    return { start, rate, full };
+  });
+}
+
+/** max-startups as the file writes it: "start:rate:full". */
+export function formatMaxStartups(limit: { readonly start: number; readonly rate: number; readonly full: number }): string {
+  return `${limit.start}:${limit.rate}:${limit.full}`;
+}
+
 /** A word that goes into a space- or comma-separated list (nix.conf, /etc/nix/machines). */
 const word = z.string().regex(/^[A-Za-z0-9._+-]+$/, {
   message: 'expected a word of letters, digits, ".", "_", "+" or "-" (no spaces or commas)',
@@ -134,6 +164,10 @@ const daemonSchema = z.strictObject({
   'ready-timeout': duration({ allowZero: false }).optional(),
   'ssh-timeout': duration({ allowZero: false }).optional(),
   'authorized-keys': z.array(nonEmptyPath).optional(),
+  // Limits before login, as OpenSSH's LoginGraceTime, MaxAuthTries and MaxStartups.
+  'login-grace-time': duration({ allowZero: true }).optional(),
+  'max-auth-tries': z.int().min(1).optional(),
+  'max-startups': maxStartups().optional(),
   'log-level': z.enum(LOG_LEVELS).optional(),
 });
 

@@ -80,7 +80,24 @@ export interface DaemonConfig {
   readonly sshTimeoutMs: number;
   /** Public-key files accepted by the SSH front, besides the key `ferry install` generated. */
   readonly authorizedKeys: readonly string[];
+  /** Close a connection that has not logged in after this long; 0 = never (OpenSSH's LoginGraceTime). */
+  readonly loginGraceTimeMs: number;
+  /** Close a connection after this many failed login attempts (OpenSSH's MaxAuthTries). */
+  readonly maxAuthTries: number;
+  /** How many connections may wait to log in at once (OpenSSH's MaxStartups). */
+  readonly maxStartups: MaxStartups;
   readonly logLevel: LogLevel;
+}
+
+/**
+ * Below `start` connections waiting to log in, every new one is accepted; from `start` on, a new
+ * one is refused with probability `rate`%, rising linearly to 100% at `full` (OpenSSH's random
+ * early drop).
+ */
+export interface MaxStartups {
+  readonly start: number;
+  readonly rate: number;
+  readonly full: number;
 }
 
 export interface FerryConfig {

@@ -75,6 +75,9 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     guest: clockCheckedSource({ supervisor, pool, clock, privateKey: guestKey.privateKey, log }),
     logger: log,
     onSession: (record) => sessions.add(record),
+    loginGraceTimeMs: config.daemon.loginGraceTimeMs,
+    maxAuthTries: config.daemon.maxAuthTries,
+    maxStartups: config.daemon.maxStartups,
   });
   front.on('sessions', (open: number) => supervisor.sessionsChanged(open));
   const listening = await front.listen();

@@ -132,6 +132,9 @@ idle-timeout = "0"
 ready-timeout = "90s"
 ssh-timeout = "45s"
 authorized-keys = ["keys/extra.pub"]
+login-grace-time = "30s"
+max-auth-tries = 3
+max-startups = "5:50:20"
 log-level = "debug"
 `,
       '/etc/ferry/ferry.toml',
@@ -167,6 +170,9 @@ log-level = "debug"
         readyTimeoutMs: 90_000,
         sshTimeoutMs: 45_000,
         authorizedKeys: ['/etc/ferry/keys/extra.pub'],
+        loginGraceTimeMs: 30_000,
+        maxAuthTries: 3,
+        maxStartups: { start: 5, rate: 50, full: 20 },
         logLevel: 'debug',
       },
     });
@@ -281,6 +287,19 @@ describe('each kind of error names the file and the key', () => {
     expect(message).toBe(
       `expected a loopback address ("127.0.0.1" or "::1"), got ${JSON.stringify(address)} (string): the daemon hands a build machine to whoever connects, so it never listens beyond this host`,
     );
+  });
+
+  it('limits before login: OpenSSH’s defaults; max-startups as one number or start:rate:full', () => {
+    expect(defaultConfig({ host: linuxX64 }).daemon).toMatchObject({ loginGraceTimeMs: 120_000, maxAuthTries: 6, maxStartups: { start: 10, rate: 30, full: 100 } });
+    const startups = (value: string) => parseConfigText(`[daemon]\nmax-startups = ${value}\n`, 'ferry.toml', { host: linuxX64 }).daemon.maxStartups;
+    expect(startups('4')).toEqual({ start: 4, rate: 100, full: 4 });
+    expect(startups('"4"')).toEqual({ start: 4, rate: 100, full: 4 });
+    expect(parseConfigText('[daemon]\nlogin-grace-time = "0"\n', 'ferry.toml', { host: linuxX64 }).daemon.loginGraceTimeMs).toBe(0);
+    const expected = 'expected "start:rate:full" like "10:30:100" (start ≤ full, rate 1-100) or one number of connections';
+    for (const bad of ['"10:30"', '"10:0:100"', '"10:101:100"', '"20:30:10"', '0', '"many"', '2.5']) {
+      expect(messageFor(problemsOf(`[daemon]\nmax-startups = ${bad}\n`), 'daemon.max-startups')).toMatch(new RegExp(`^${expected.replace(/[()]/g, '\\$&')}, got `));
+    }
+    expect(messageFor(problemsOf('[daemon]\nmax-auth-tries = 0\n'), 'daemon.max-auth-tries')).toBe('expected at least 1, got 0 (number)');
   });
 
   it('port out of range', () => {

@@ -1,19 +1,23 @@
 /**
  * The SSH front's pieces that need no sshd: who may log in, the per-channel serial writer, the
- * listen-address rule, the persistent host key, and the session count / idle event (driven by
- * an in-process ssh2 client against a guest that cannot be reached).
+ * listen-address rule, the persistent host key, the session count / idle event, and the limits
+ * before login (driven by in-process ssh2 clients against a guest that cannot be reached).
  */
 import { ensureKeyPair } from '../../src/keys/ssh-keys.js';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import ssh2 from 'ssh2';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it, vi } from 'vitest';
 import { decideAuth, parseAllowedKeys } from '../../src/daemon/authorized-keys.js';
 import { forgetResumedChunks, SerialChannelWriter, type WritableChannel } from '../../src/daemon/channel-writer.js';
 import { isSessionLimitError } from '../../src/daemon/guest-pool.js';
 import type { SessionRecord } from '../../src/daemon/session-log.js';
-import { SshFront } from '../../src/daemon/ssh-front.js';
+import type { FrontLogger } from '../../src/daemon/session-log.js';
+import { shouldDropConnection, SshFront } from '../../src/daemon/ssh-front.js';
+
+/** Captured before any test fakes timers: waits in real time. */
+const realSetTimeout = globalThis.setTimeout;
 
 const pair = (comment: string, type: 'ed25519' | 'rsa' = 'ed25519') =>
   type === 'rsa' ? ssh2.utils.generateKeyPairSync('rsa', { bits: 2048, comment }) : ssh2.utils.generateKeyPairSync('ed25519', { comment });
@@ -235,5 +239,214 @@ describe('guest pool', () => {
     expect(isSessionLimitError(new Error('(SSH) Channel open failure: open failed'))).toBe(true);
     expect(isSessionLimitError(new Error('(SSH) Channel open failure: connect failed'))).toBe(false);
     expect(isSessionLimitError('open failed')).toBe(false);
+  });
+});
+
+/** Every line a front logs, by level. */
+function recordingLogger() {
+  const lines: { level: 'info' | 'warn' | 'debug'; message: string }[] = [];
+  const at = (level: 'info' | 'warn' | 'debug') => (_object: object, message?: string) => lines.push({ level, message: message ?? '' });
+  const logger: FrontLogger = { info: at('info'), warn: at('warn'), debug: at('debug') };
+  return { lines, logger, logged: (pattern: RegExp) => lines.filter((l) => l.level !== 'debug' && pattern.test(l.message)) };
+}
+
+/** Resolves with what `promise` gave, or with 'timeout' after `ms` of real time. */
+function within<T>(ms: number, promise: Promise<T>): Promise<T | 'timeout'> {
+  return Promise.race([promise, new Promise<'timeout'>((resolve) => realSetTimeout(() => resolve('timeout'), ms))]);
+}
+
+/**
+ * An ssh2 client that connects and then never answers its own auth handler: it sits where a
+ * login would happen. `atLogin` resolves once the key exchange is done; `closed` when the
+ * connection ends, and with how (the client gave up on nothing: readyTimeout 0).
+ */
+function waitingClient(port: number) {
+  const client = new ssh2.Client();
+  let reachedLogin = () => {};
+  const atLogin = new Promise<void>((resolve) => (reachedLogin = resolve));
+  const closed = new Promise<string>((resolve) => {
+    let error = '';
+    client.on('error', (e) => (error = e.message));
+    client.on('close', () => resolve(error || 'closed'));
+  });
+  client.connect({ host: '127.0.0.1', port, username: 'anyone', readyTimeout: 0, authHandler: () => reachedLogin() });
+  return { client, atLogin, closed };
+}
+
+describe('SshFront limits before login', () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-front-limits-'));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  afterEach(() => vi.useRealTimers());
+  const hostKey = ensureKeyPair(path.join(dir, 'front_key'), 'test front').privateKey;
+  const client = pair('client');
+  const stranger = pair('a stranger');
+  const unreachable = { open: () => Promise.reject(new Error('no guest in this test')) };
+
+  it('login-grace-time: closes a connection that has not logged in after 120 s (the default), once logged', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const log = recordingLogger();
+    const front = new SshFront({ port: 0, hostKey, authorizedKeys: [client.public], guest: unreachable, logger: log.logger });
+    const { port } = await front.listen();
+    const waiting = waitingClient(port);
+    try {
+      await waiting.atLogin;
+      vi.advanceTimersByTime(119_000);
+      expect(await within(300, waiting.closed)).toBe('timeout');
+      vi.advanceTimersByTime(1000);
+      expect(await within(2000, waiting.closed)).not.toBe('timeout');
+      expect(log.logged(/login-grace-time/)).toHaveLength(1);
+      expect(log.logged(/refused/)).toHaveLength(0);
+    } finally {
+      waiting.client.end();
+      await front.close();
+    }
+  });
+
+  it('login-grace-time: a connection that logged in stays', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'clearTimeout'] });
+    const front = new SshFront({ port: 0, hostKey, authorizedKeys: [client.public], guest: unreachable, loginGraceTimeMs: 1000 });
+    const { port } = await front.listen();
+    const connection = new ssh2.Client();
+    const closed = new Promise<void>((resolve) => connection.on('close', resolve));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        connection.once('ready', resolve).once('error', reject);
+        connection.connect({ host: '127.0.0.1', port, username: 'anyone', privateKey: client.private, readyTimeout: 0 });
+      });
+      vi.advanceTimersByTime(10_000);
+      expect(await within(300, closed)).toBe('timeout');
+    } finally {
+      connection.end();
+      await front.close();
+    }
+  });
+
+  it('max-auth-tries: the 6th failed attempt (the default) closes the connection, logged once', async () => {
+    const log = recordingLogger();
+    const front = new SshFront({ port: 0, hostKey, authorizedKeys: [client.public], guest: unreachable, logger: log.logger });
+    const { port } = await front.listen();
+    const connection = new ssh2.Client();
+    let tries = 0;
+    try {
+      const outcome = await within(
+        5000,
+        new Promise<string>((resolve) => {
+          connection.once('ready', () => resolve('logged in'));
+          connection.once('error', (e) => resolve(e.message));
+          connection.once('close', () => resolve('closed'));
+          connection.connect({
+            host: '127.0.0.1',
+            port,
+            username: 'mallory',
+            // A key the front does not know, again and again (50 times, were there no limit).
+            authHandler: (_left, _partial, next) => {
+              if (++tries <= 50) next({ type: 'publickey', username: 'mallory', key: stranger.private });
+            },
+          });
+        }),
+      );
+      expect(outcome).not.toBe('timeout');
+      expect(outcome).not.toBe('logged in');
+      // Six tries sent; the sixth is answered by the disconnect, so the handler runs no seventh.
+      expect(tries).toBe(6);
+      expect(log.logged(/refused/)).toHaveLength(1);
+      expect(log.logged(/refused/)[0]!.message).toMatch(/6 failed attempts.*max-auth-tries/);
+    } finally {
+      connection.end();
+      await front.close();
+    }
+  });
+
+  it('max-auth-tries: fewer failures then the right key logs in, and a refused connection is logged once when it ends', async () => {
+    const log = recordingLogger();
+    const front = new SshFront({ port: 0, hostKey, authorizedKeys: [client.public], guest: unreachable, logger: log.logger, maxAuthTries: 3 });
+    const { port } = await front.listen();
+    const login = (keys: string[]) => {
+      const connection = new ssh2.Client();
+      const outcome = new Promise<string>((resolve) => {
+        connection.once('ready', () => resolve('logged in'));
+        connection.once('error', (e) => resolve(e.message));
+        connection.connect({
+          host: '127.0.0.1',
+          port,
+          username: 'anyone',
+          authHandler: (_left, _partial, next) => {
+            const key = keys.shift();
+            if (key === undefined) return next(false as never);
+            next({ type: 'publickey', username: 'anyone', key });
+          },
+        });
+      });
+      return { connection, outcome };
+    };
+    const ok = login([stranger.private, stranger.private, client.private]);
+    const refused = login([stranger.private, stranger.private]);
+    try {
+      expect(await ok.outcome).toBe('logged in');
+      expect(await refused.outcome).toMatch(/All configured authentication methods failed/);
+      await new Promise((r) => realSetTimeout(r, 100));
+      expect(log.logged(/refused/)).toHaveLength(1);
+      expect(log.logged(/refused/)[0]!.message).toBe('login refused');
+    } finally {
+      ok.connection.end();
+      refused.connection.end();
+      await front.close();
+    }
+  });
+
+  it('max-startups: refuses a connection past `full` waiting to log in, logs it once, counts no logged-in ones', async () => {
+    const log = recordingLogger();
+    const front = new SshFront({ port: 0, hostKey, authorizedKeys: [client.public], guest: unreachable, logger: log.logger, maxStartups: { start: 2, rate: 100, full: 2 } });
+    const { port } = await front.listen();
+    const loggedIn = new ssh2.Client();
+    const clients: ReturnType<typeof waitingClient>[] = [];
+    try {
+      // A logged-in connection is not waiting: two more may wait beside it.
+      await new Promise<void>((resolve, reject) => {
+        loggedIn.once('ready', resolve).once('error', reject);
+        loggedIn.connect({ host: '127.0.0.1', port, username: 'anyone', privateKey: client.private });
+      });
+      const [a, b] = [waitingClient(port), waitingClient(port)];
+      clients.push(a, b);
+      await Promise.all([a.atLogin, b.atLogin]);
+
+      const [c, d] = [waitingClient(port), waitingClient(port)];
+      clients.push(c, d);
+      for (const refused of [c, d]) {
+        expect(await within(2000, refused.closed)).not.toBe('timeout');
+        expect(await within(0, refused.atLogin)).toBe('timeout');
+      }
+      expect(log.logged(/max-startups/)).toHaveLength(1);
+      expect(log.logged(/max-startups/)[0]!.message).toMatch(/refusing new connections: 2 are waiting/);
+
+      // One waiting connection leaves: the next one is let in.
+      a.client.end();
+      await a.closed;
+      await new Promise((r) => realSetTimeout(r, 100));
+      const e = waitingClient(port);
+      clients.push(e);
+      expect(await within(2000, e.atLogin)).not.toBe('timeout');
+      expect(log.logged(/max-startups/).map((l) => l.message)).toEqual([
+        'refusing new connections: 2 are waiting to log in (max-startups)',
+        'accepting new connections again, after refusing 2 (max-startups)',
+      ]);
+    } finally {
+      loggedIn.end();
+      for (const waiting of clients) waiting.client.end();
+      await front.close();
+    }
+  });
+
+  it('max-startups 10:30:100: none refused below 10, 30% at 10, rising linearly to all at 100 (OpenSSH’s formula)', () => {
+    const limit = { start: 10, rate: 30, full: 100 };
+    const share = (waiting: number) => Array.from({ length: 100 }, (_, i) => shouldDropConnection(waiting, limit, () => i / 100)).filter(Boolean).length;
+    expect(share(0)).toBe(0);
+    expect(share(9)).toBe(0);
+    expect(share(10)).toBe(30);
+    expect(share(55)).toBe(65);
+    expect(share(99)).toBe(99);
+    expect(share(100)).toBe(100);
+    expect(share(500)).toBe(100);
+    expect(shouldDropConnection(5, { start: 5, rate: 100, full: 5 }, () => 0.99)).toBe(true);
   });
 });
