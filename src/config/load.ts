@@ -25,8 +25,11 @@ export interface ParseOptions {
 }
 
 export interface LoadOptions extends ParseOptions {
-  /** A missing file is an error instead of "use the defaults" (e.g. an explicit `--config F`). */
-  readonly mustExist?: boolean;
+  /**
+   * A missing file is an error instead of "use the defaults": the user named the file (`--config
+   * F`, or FERRY_CONFIG — say which, so the message tells where the name came from).
+   */
+  readonly mustExist?: boolean | 'argument' | 'FERRY_CONFIG';
 }
 
 /** Reads and checks a config file; a missing file gives the defaults unless `mustExist`. */
@@ -38,7 +41,8 @@ export async function loadConfig(file: string, options: LoadOptions = {}): Promi
     const code = (error as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' && !options.mustExist) return defaultConfig(options);
     const reason = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : code === 'EISDIR' ? 'is a directory' : String((error as Error).message);
-    throw new ConfigError([{ file, message: `cannot read the configuration file: ${reason}` }], { cause: error });
+    const namedBy = options.mustExist === 'FERRY_CONFIG' ? ' (named by FERRY_CONFIG)' : '';
+    throw new ConfigError([{ file, message: `cannot read the configuration file${namedBy}: ${reason}` }], { cause: error });
   }
   return parseConfigText(text, file, options);
 }

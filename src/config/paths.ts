@@ -178,6 +178,11 @@ export interface FerryPaths {
   /** True for a system-wide install (`--system`). */
   readonly system: boolean;
   readonly configFile: string;
+  /**
+   * Who named the config file, when the user did: `--config` (an argument) or FERRY_CONFIG. A
+   * file the user named must exist; the platform's default file may be absent (then: defaults).
+   */
+  readonly configFileNamedBy?: 'argument' | 'FERRY_CONFIG';
   readonly stateDir: string;
   readonly cacheDir: string;
   readonly logDir: string;
@@ -237,6 +242,7 @@ export function resolvePaths(options: PathOptions = {}): FerryPaths {
     return value === undefined || value === '' ? undefined : path.resolve(value);
   };
   const configFile = options.configFile ?? fromEnv('FERRY_CONFIG') ?? base.configFile;
+  const configFileNamedBy = options.configFile !== undefined ? 'argument' : fromEnv('FERRY_CONFIG') !== undefined ? 'FERRY_CONFIG' : undefined;
   const explicitStateDir = options.stateDir ?? fromEnv('FERRY_STATE_DIR');
   const stateDir = path.resolve(explicitStateDir ?? base.stateDir);
   const cacheDir = path.resolve(options.cacheDir ?? fromEnv('FERRY_CACHE_DIR') ?? base.cacheDir);
@@ -249,6 +255,7 @@ export function resolvePaths(options: PathOptions = {}): FerryPaths {
   return {
     system,
     configFile: path.resolve(configFile),
+    configFileNamedBy,
     stateDir,
     cacheDir,
     logDir,

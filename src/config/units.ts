@@ -8,7 +8,9 @@
  *
  * Durations are Go-style ("90s", "30m", "1h30m") and come back in milliseconds. "0" is allowed
  * (for the timeouts where it means "never"); any other bare number is refused because its unit
- * would be a guess.
+ * would be a guess. Durations are at most MAX_DURATION_MS (24 days): every one of them ends up
+ * in a timer, and Node fires a timer of more than 2^31−1 ms (24.86 days) after 1 ms instead —
+ * an idle-timeout of "30d" would stop the guest at once.
  */
 
 export type UnitResult = { ok: true; value: number } | { ok: false; message: string };
@@ -43,6 +45,9 @@ export function parseSize(value: unknown): UnitResult {
 
 const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 
+/** The longest duration accepted: 24 days, the whole days below Node's timer limit of 2^31−1 ms. */
+export const MAX_DURATION_MS = 24 * DURATION_UNITS_MS.d;
+
 /** `"1h30m"` → 5400000 (milliseconds). `"0"` and `0` → 0. */
 export function parseDuration(value: unknown): UnitResult {
   if (value === 0 || value === '0') return { ok: true, value: 0 };
@@ -53,7 +58,11 @@ export function parseDuration(value: unknown): UnitResult {
   for (const part of text.matchAll(/(\d+(?:\.\d+)?)(ms|s|m|h|d)/g)) {
     total += Number(part[1]) * DURATION_UNITS_MS[part[2]];
   }
-  return { ok: true, value: Math.round(total) };
+  total = Math.round(total);
+  if (total > MAX_DURATION_MS) {
+    return { ok: false, message: `expected at most ${formatDuration(MAX_DURATION_MS)} (a longer timer would fire at once), got ${describeValue(value)}` };
+  }
+  return { ok: true, value: total };
 }
 
 /** The shortest exact spelling of a byte count: 4294967296 → "4GiB", 1000 → "1000". */

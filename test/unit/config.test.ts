@@ -282,6 +282,19 @@ describe('each kind of error names the file and the key', () => {
     );
   });
 
+  // Node runs a timer of more than 2^31−1 ms (24.86 days) after 1 ms: a longer timeout would fire at once.
+  it.each(['idle-timeout', 'ready-timeout', 'ssh-timeout', 'login-grace-time'])('daemon.%s longer than 24 days is refused, giving the largest value', (key) => {
+    for (const value of ['25d', '600h', '24d1s', '30d']) {
+      expect(messageFor(problemsOf(`[daemon]\n${key} = "${value}"\n`), `daemon.${key}`)).toBe(
+        `expected at most 24d (a longer timer would fire at once), got "${value}" (string)`,
+      );
+    }
+    const daemon = parseConfigText(`[daemon]\n${key} = "24d"\n`, 'ferry.toml', { host: linuxX64 }).daemon;
+    const ms = { 'idle-timeout': daemon.idleTimeoutMs, 'ready-timeout': daemon.readyTimeoutMs, 'ssh-timeout': daemon.sshTimeoutMs, 'login-grace-time': daemon.loginGraceTimeMs }[key];
+    expect(ms).toBe(24 * 86_400_000);
+    expect(ms).toBeLessThanOrEqual(2 ** 31 - 1);
+  });
+
   it.each(['0.0.0.0', '192.168.1.10', '::', 'localhost', '127.0.0.1:22'])('non-loopback listen %j is refused', (address) => {
     const message = messageFor(problemsOf(`[daemon]\nlisten = "${address}"\n`), 'daemon.listen');
     expect(message).toBe(
@@ -456,6 +469,20 @@ describe('loadConfig', () => {
     const error = await loadConfig(missing, { host: linuxX64, mustExist: true }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(ConfigError);
     expect((error as ConfigError).message).toBe(`${missing}: cannot read the configuration file: no such file`);
+  });
+
+  it('FERRY_CONFIG naming a missing file is an error naming the file and FERRY_CONFIG, not the defaults', async () => {
+    const missing = path.join(dir, 'gone.toml');
+    const paths = resolvePaths({ env: { FERRY_CONFIG: missing }, homeDir: dir, platform: 'linux' });
+    expect(paths.configFileNamedBy).toBe('FERRY_CONFIG');
+    const error = await loadConfig(paths.configFile, { host: linuxX64, mustExist: paths.configFileNamedBy }).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(ConfigError);
+    expect((error as ConfigError).exitCode).toBe(ExitCode.Config);
+    expect((error as ConfigError).message).toBe(`${missing}: cannot read the configuration file (named by FERRY_CONFIG): no such file`);
+    // The platform's default file is not named by the user (it may be missing); --config is.
+    expect(resolvePaths({ env: {}, homeDir: dir, platform: 'linux' }).configFileNamedBy).toBeUndefined();
+    expect(resolvePaths({ env: { FERRY_CONFIG: '' }, homeDir: dir, platform: 'linux' }).configFileNamedBy).toBeUndefined();
+    expect(resolvePaths({ configFile: 'x.toml', env: { FERRY_CONFIG: '/y.toml' }, homeDir: dir, platform: 'linux' }).configFileNamedBy).toBe('argument');
   });
 
   it('reads the file, resolves relative paths against its directory, names it in errors', async () => {
