@@ -3,7 +3,7 @@
  * socket: status, start, stop, restart, logs.
  */
 import type { Command } from 'commander';
-import { createReadStream, existsSync, statSync } from 'node:fs';
+import { createReadStream, existsSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { resolvePaths } from '../config/paths.js';
 import { ExitCode } from '../errors.js';
 import { callDaemon, DaemonNotRunning } from '../daemon/control-client.js';
@@ -20,7 +20,15 @@ export function registerDaemonCommands(program: Command): void {
     .addHelpText('after', '\nStop it with SIGTERM or Ctrl-C: the guest is powered off cleanly first.')
     .action(async (opts: { config?: string; jsonLogs?: boolean }) => {
       const { runDaemon } = await import('../daemon/daemon.js');
-      await runDaemon({ paths: resolvePaths({ configFile: opts.config }), pretty: opts.jsonLogs ? false : undefined });
+      const paths = resolvePaths({ configFile: opts.config });
+      try {
+        await runDaemon({ paths, pretty: opts.jsonLogs ? false : undefined });
+      } catch (error) {
+        // A daemon that ends on an error leaves no pid file behind to say it runs. Only its own:
+        // a second daemon refused because one already runs must not remove that one's file.
+        removeOwnPidFile(paths.daemonPid);
+        throw error;
+      }
     });
 
   program
@@ -111,6 +119,17 @@ export function registerDaemonCommands(program: Command): void {
         }, 500);
       });
     });
+}
+
+/** Removes the pid file if it holds this process's pid. */
+export function removeOwnPidFile(file: string): void {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return;
+  }
+  if (Number(text.trim()) === process.pid) rmSync(file, { force: true });
 }
 
 function renderStatus(s: DaemonStatus): string {

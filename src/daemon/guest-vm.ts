@@ -7,15 +7,28 @@ import { readFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import type { FerryPaths } from '../config/paths.js';
 import type { FerryConfig } from '../config/types.js';
+import { FerryError } from '../errors.js';
 import { ensureStateDisk } from '../image/state-disk.js';
 import { bootGuest, type BootedGuest } from '../vm/instance/boot.js';
 import { removeGuestRecord, runningGuest } from '../vm/instance/record.js';
 import { stopRecordedGuest } from '../vm/instance/stop.js';
 import type { SupervisorDeps } from './supervisor.js';
 
-/** A guest left running by a daemon that died is not ours to adopt: stop it cleanly. */
+/**
+ * A guest left running by a daemon that died is not ours to adopt: stop it cleanly. A damaged
+ * guest record names no process to stop: it is logged, and the daemon carries on (its first boot
+ * writes a new record over it).
+ */
 export async function stopLeftoverGuest(paths: FerryPaths, log: Logger): Promise<void> {
-  if (!(await runningGuest(paths))) return;
+  let leftover: Awaited<ReturnType<typeof runningGuest>>;
+  try {
+    leftover = await runningGuest(paths);
+  } catch (error) {
+    if (!(error instanceof FerryError)) throw error;
+    log.warn({ err: error, file: paths.guestRecord }, `${error.message}; not stopping a guest from an earlier daemon (if one still runs, stop its process by hand)`);
+    return;
+  }
+  if (!leftover) return;
   log.warn('a guest from an earlier daemon is still running; stopping it');
   await stopRecordedGuest(paths).then(
     (result) => log.info({ how: result.how, ms: result.ms }, 'stopped the old guest'),

@@ -2,14 +2,13 @@
  * Which image the guest runs and which it ran before, kept on disk (paths.currentImage) so that a
  * restarted daemon can still roll back; and the image the daemon starts with.
  */
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from '../atomic-file.js';
 import type { FerryPaths } from '../config/paths.js';
 import type { FerryConfig } from '../config/types.js';
 import { buildImage } from '../image/build.js';
-import type { ImageManifest } from '../image/manifest.js';
+import { readManifest, type ImageManifest } from '../image/manifest.js';
 import { ferryKeys } from '../keys/ferry-keys.js';
 
 interface SavedImages {
@@ -27,7 +26,7 @@ export interface StartImages {
  * fails but an image ran before, that one keeps serving and the error shows in status.
  */
 export async function initialImages(paths: FerryPaths, config: FerryConfig, log: Logger): Promise<StartImages> {
-  const saved = await loadSavedImages(paths);
+  const saved = await loadSavedImages(paths, log);
   try {
     log.info('building the image (a cache hit when nothing changed)');
     const built = await buildImage({ config, paths, keys: ferryKeys(paths), onStep: (step) => log.info(step) });
@@ -41,13 +40,51 @@ export async function initialImages(paths: FerryPaths, config: FerryConfig, log:
   }
 }
 
-async function loadSavedImages(paths: FerryPaths): Promise<Partial<StartImages>> {
-  const text = await readFile(paths.currentImage, 'utf8').catch(() => undefined);
-  if (!text) return {};
-  const saved = JSON.parse(text) as SavedImages;
-  const load = async (file?: string) =>
-    file && existsSync(file) ? (JSON.parse(await readFile(file, 'utf8')) as ImageManifest) : undefined;
+/**
+ * The images saved by the daemon that ran before. Everything here can be rebuilt, so nothing here
+ * stops the daemon: a damaged current-image.json is logged (naming it) and treated as none saved —
+ * the daemon starts from a fresh build; a saved manifest that is gone or damaged is logged and
+ * left out (no rollback to it).
+ */
+export async function loadSavedImages(paths: FerryPaths, log: Logger): Promise<Partial<StartImages>> {
+  const file = paths.currentImage;
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') log.warn({ err: error, file }, `cannot read ${file}; starting as if no image was saved`);
+    return {};
+  }
+  const saved = parseSavedImages(text);
+  if (typeof saved === 'string') {
+    log.warn({ file }, `${file} is damaged (${saved}); starting from a fresh build, as if no image was saved`);
+    return {};
+  }
+  const load = async (manifestFile: string | undefined): Promise<ImageManifest | undefined> => {
+    if (manifestFile === undefined) return undefined;
+    try {
+      return await readManifest(manifestFile, { missingOk: true });
+    } catch (error) {
+      log.warn({ err: error, file: manifestFile }, `${(error as Error).message}; ${file} names it, so that image is left out`);
+      return undefined;
+    }
+  };
   return { current: await load(saved.current), previous: await load(saved.previous) };
+}
+
+/** The saved record, or what is wrong with it. */
+function parseSavedImages(text: string): SavedImages | string {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (error) {
+    return `not valid JSON: ${(error as Error).message}`;
+  }
+  const record = value as Partial<Record<keyof SavedImages, unknown>> | null;
+  if (typeof record !== 'object' || record === null || Array.isArray(record) || typeof record.current !== 'string' || !['string', 'undefined'].includes(typeof record.previous)) {
+    return 'expected {"current": "<manifest path>", "previous": "<manifest path>"}';
+  }
+  return record as SavedImages;
 }
 
 export async function saveImages(paths: FerryPaths, current: ImageManifest, previous: ImageManifest | undefined): Promise<void> {

@@ -6,6 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IMAGE_FILES, type FerryPaths } from '../config/paths.js';
+import { ExitCode, FerryError } from '../errors.js';
 
 export interface BuiltPart {
   path: string;
@@ -43,11 +44,48 @@ export function imageCmdline(manifest: Pick<ImageManifest, 'cmdline'>): string {
 
 export const latestManifestFile = (paths: FerryPaths): string => join(paths.imagesDir, IMAGE_FILES.latest);
 
-/** Reads the manifest of the latest `ferry image build`, if any. */
+/** Reads the manifest of the latest `ferry image build`, if any; a damaged one is a FerryError naming it. */
 export async function latestManifest(paths: FerryPaths): Promise<ImageManifest | undefined> {
-  const text = await readFile(latestManifestFile(paths), 'utf8').catch((error: NodeJS.ErrnoException) => {
-    if (error.code === 'ENOENT') return undefined;
-    throw error;
-  });
-  return text === undefined ? undefined : (JSON.parse(text) as ImageManifest);
+  return readManifest(latestManifestFile(paths), { missingOk: true });
+}
+
+/**
+ * Reads a manifest written by a build (latest.json, build-<id>.json). A file that is not valid
+ * JSON, or lacks what a boot needs, is a FerryError naming the file (exit 65), never a stack
+ * trace; a missing file is one too (exit 66) unless `missingOk`.
+ */
+export async function readManifest(file: string, options: { missingOk: true }): Promise<ImageManifest | undefined>;
+export async function readManifest(file: string, options?: { missingOk?: false }): Promise<ImageManifest>;
+export async function readManifest(file: string, options: { missingOk?: boolean } = {}): Promise<ImageManifest | undefined> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' && options.missingOk) return undefined;
+    throw new FerryError(`cannot read the image manifest ${file}: ${code === 'ENOENT' ? 'no such file' : (error as Error).message}`, { exitCode: ExitCode.NoInput, cause: error });
+  }
+  const damaged = (what: string, cause?: unknown) =>
+    new FerryError(`the image manifest ${file} is damaged: ${what}`, { exitCode: ExitCode.DataError, cause, hint: '`ferry image build` writes it again' });
+  let manifest: unknown;
+  try {
+    manifest = JSON.parse(text);
+  } catch (error) {
+    throw damaged(`not valid JSON (${(error as Error).message})`, error);
+  }
+  const missing = missingFields(manifest);
+  if (missing.length > 0) throw damaged(`expected an image manifest, but ${missing.join(', ')} ${missing.length === 1 ? 'is' : 'are'} missing or of the wrong type`);
+  return manifest as ImageManifest;
+}
+
+/** The fields a boot and a rollback read, as `systemDisk.path`, that are absent or not what they should be. */
+function missingFields(value: unknown): string[] {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return ['everything (it is not an object)'];
+  const manifest = value as Record<string, unknown>;
+  const missing = ['id', 'system', 'cmdline', 'manifestPath'].filter((key) => typeof manifest[key] !== 'string');
+  for (const part of ['systemDisk', 'initramfs', 'config', 'initrd', 'kernel']) {
+    const entry = manifest[part];
+    if (typeof entry !== 'object' || entry === null || typeof (entry as Record<string, unknown>).path !== 'string') missing.push(`${part}.path`);
+  }
+  return missing;
 }

@@ -39,18 +39,30 @@ export function emptyRecord(platform: NodeJS.Platform, system: boolean, root: st
   return { version: 1, platform, system, root, files: [], dirs: [], installedAt: new Date().toISOString() };
 }
 
+/**
+ * The record, or undefined when there is none. A damaged one (bad JSON, not a record) is a
+ * FerryError naming the file, thrown before anything is changed: install and uninstall both
+ * work from it, and a guess would remove or keep the wrong files.
+ */
 export function readRecord(file: string): InstallRecord | undefined {
   if (!existsSync(file)) return undefined;
-  try {
-    const record = JSON.parse(readFileSync(file, 'utf8')) as InstallRecord;
-    if (record.version !== 1 || !Array.isArray(record.files) || !Array.isArray(record.dirs)) throw new Error('unknown format');
-    return record;
-  } catch (error) {
-    throw new FerryError(`the install record ${file} is not readable: ${(error as Error).message}`, {
+  const damaged = (what: string, cause?: unknown) =>
+    new FerryError(`the install record ${file} is damaged: ${what}; nothing was changed`, {
       exitCode: ExitCode.DataError,
-      hint: 'it lists what `ferry install` wrote; restore it from a backup, or remove the files it names by hand',
+      cause,
+      hint: 'it lists what `ferry install` wrote; restore it from a backup, or remove the files it names by hand and then the record',
     });
+  let record: Partial<InstallRecord> | null;
+  try {
+    record = JSON.parse(readFileSync(file, 'utf8')) as Partial<InstallRecord> | null;
+  } catch (error) {
+    if (error instanceof SyntaxError) throw damaged(`not valid JSON (${error.message})`, error);
+    throw new FerryError(`cannot read the install record ${file}: ${(error as Error).message}`, { exitCode: ExitCode.NoInput, cause: error });
   }
+  if (typeof record !== 'object' || record === null || Array.isArray(record) || record.version !== 1 || !Array.isArray(record.files) || !Array.isArray(record.dirs)) {
+    throw damaged('not an install record (expected an object with "version": 1, "files" and "dirs" lists)');
+  }
+  return record as InstallRecord;
 }
 
 /** Notes a file written by install; the first "before" wins. */

@@ -16,6 +16,7 @@ import { spawnSync } from 'node:child_process';
 import { execa } from 'execa';
 import plist from 'plist';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ExitCode, FerryError } from '../../src/errors.js';
 import { doctor, renderChecks, type Check } from '../../src/install/doctor.js';
 import { install, type InstallOptions } from '../../src/install/install.js';
 import { MACHINES_MARKER } from '../../src/install/nix-wiring.js';
@@ -183,6 +184,22 @@ describe('ferry install on macOS (LaunchAgent)', () => {
     expect(commandsOf(runner)).toEqual([`launchctl bootout gui/${UID}/dev.ferry.daemon`]);
     expect(treeHash(root)).toBe(before);
     expect(readFileSync(machinesFile(), 'utf8')).toBe(OTHER_BUILDER);
+  });
+
+  it('uninstall with a damaged install.json says so, naming it, and changes nothing', async () => {
+    await install(options({ platform: 'darwin' }));
+    const record = path.join(stateDir(), 'install.json');
+    for (const damaged of ['{"version": 1, "files": [', 'null', '[]', '{"version": 2, "files": [], "dirs": []}']) {
+      writeFileSync(record, damaged);
+      const before = treeHash(root);
+      runner = new RecordingRunner();
+      const error = await uninstall(options({ platform: 'darwin' })).then(() => undefined, (e: unknown) => e);
+      expect(error).toBeInstanceOf(FerryError);
+      expect((error as FerryError).exitCode).toBe(ExitCode.DataError);
+      expect((error as FerryError).message).toMatch(new RegExp(`^the install record ${record} is damaged: (not valid JSON|not an install record).*; nothing was changed$`));
+      expect(commandsOf(runner)).toEqual([]);
+      expect(treeHash(root)).toBe(before);
+    }
   });
 
   it('a second install changes nothing and says so', async () => {
