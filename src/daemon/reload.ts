@@ -45,8 +45,17 @@ const AT_RESTART = ['port', 'listen'] as const;
 export class ConfigReload {
   readonly state: ReloadState = {};
   #queue: Promise<unknown> = Promise.resolve();
+  /**
+   * What the front listens with: the config in force when the reloader is made (the daemon makes
+   * it once the front listens). A reload compares with these, not with the config before it —
+   * else a file removed (defaults) and restored warns about the port the front already has.
+   */
+  readonly #running: Pick<FerryConfig['daemon'], (typeof AT_RESTART)[number]>;
 
-  constructor(private readonly deps: ReloadDeps) {}
+  constructor(private readonly deps: ReloadDeps) {
+    const { port, listen } = deps.config().daemon;
+    this.#running = { port, listen };
+  }
 
   /** Queues a reload after the ones already asked for; resolves with its outcome. */
   reload(reason: string): Promise<ReloadResult> {
@@ -68,7 +77,9 @@ export class ConfigReload {
       return { outcome: 'config-error', error: state.configError };
     }
     for (const key of AT_RESTART) {
-      if (next.daemon[key] !== deps.config().daemon[key]) deps.log.warn({ [key]: next.daemon[key] }, `a new ${key} takes effect when the daemon restarts`);
+      // Once per new value: a reload that keeps it (another key changed) says nothing again.
+      const changed = next.daemon[key] !== this.#running[key] && next.daemon[key] !== deps.config().daemon[key];
+      if (changed) deps.log.warn({ [key]: next.daemon[key], running: this.#running[key] }, `a new ${key} takes effect when the daemon restarts`);
     }
     deps.adopt(next);
     // New logins use the new config's keys at once, whatever becomes of the image build.
