@@ -15,6 +15,14 @@ function platformOverride(): NodeJS.Platform | undefined {
   return value;
 }
 
+/** Asks "make these changes?" on the terminal; anything but yes ends the command with nothing changed. */
+async function confirm(): Promise<void> {
+  const rl = createInterface({ input: process.stdin, output: process.stdout });
+  const answer = await rl.question('make these changes? [y/N] ');
+  rl.close();
+  if (!/^y(es)?$/i.test(answer.trim())) throw new FerryError('nothing changed', { exitCode: ExitCode.Failure });
+}
+
 const rootOption = () => new Option('--root <dir>', 'treat DIR as the file system root (staging, tests); launchctl/systemctl are only printed').hideHelp();
 
 export function registerInstallCommands(program: Command): void {
@@ -39,10 +47,7 @@ export function registerInstallCommands(program: Command): void {
       if (!opts.dryRun && !opts.yes && process.stdin.isTTY && process.stdout.isTTY) {
         const plan = await install({ ...common, dryRun: true });
         if (plan.changes === 0) return;
-        const rl = createInterface({ input: process.stdin, output: process.stdout });
-        const answer = await rl.question('make these changes? [y/N] ');
-        rl.close();
-        if (!/^y(es)?$/i.test(answer.trim())) throw new FerryError('nothing changed', { exitCode: ExitCode.Failure });
+        await confirm();
       }
       await install({ ...common, dryRun: opts.dryRun, progress: createProgress() });
     });
@@ -53,9 +58,17 @@ export function registerInstallCommands(program: Command): void {
     .option('--system', 'the system-wide install')
     .option('--purge', 'also the state disk (the guest /nix), images and logs')
     .option('--dry-run', 'print what would be removed and change nothing')
+    .option('-y, --yes', 'do not ask before removing files')
     .addOption(rootOption())
-    .action(async (opts: { system?: boolean; purge?: boolean; dryRun?: boolean; root?: string }) => {
-      await uninstall({ system: opts.system, root: opts.root, purge: opts.purge, dryRun: opts.dryRun, platform: platformOverride() });
+    .action(async (opts: { system?: boolean; purge?: boolean; dryRun?: boolean; yes?: boolean; root?: string }) => {
+      const common = { system: opts.system, root: opts.root, purge: opts.purge, platform: platformOverride() };
+      // As install: on a terminal, the plan first and a question, unless --yes.
+      if (!opts.dryRun && !opts.yes && process.stdin.isTTY && process.stdout.isTTY) {
+        const plan = await uninstall({ ...common, dryRun: true });
+        if (plan.removed.length + plan.restored.length + plan.commands.length === 0) return;
+        await confirm();
+      }
+      await uninstall({ ...common, dryRun: opts.dryRun });
     });
 
   program
