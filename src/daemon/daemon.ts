@@ -75,9 +75,8 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     guest: clockCheckedSource({ supervisor, pool, clock, privateKey: guestKey.privateKey, log }),
     logger: log,
     onSession: (record) => sessions.add(record),
-    loginGraceTimeMs: config.daemon.loginGraceTimeMs,
-    maxAuthTries: config.daemon.maxAuthTries,
-    maxStartups: config.daemon.maxStartups,
+    // The limits before login, read at start (a change takes effect at restart).
+    ...pickLimits(config),
   });
   front.on('sessions', (open: number) => supervisor.sessionsChanged(open));
   const listening = await front.listen();
@@ -110,6 +109,10 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     clock.close();
     await rm(paths.daemonPid, { force: true });
   });
+}
+
+function pickLimits({ daemon }: FerryConfig): Pick<FerryConfig['daemon'], 'loginGraceTimeMs' | 'maxAuthTries' | 'maxStartups'> {
+  return { loginGraceTimeMs: daemon.loginGraceTimeMs, maxAuthTries: daemon.maxAuthTries, maxStartups: daemon.maxStartups };
 }
 
 /** The control socket's routes (`ferry status`, `start`, `stop`, `restart`, `rebuild`). */
