@@ -12,11 +12,18 @@ export function registerImageCommands(program: Command): void {
     .command('mkfs')
     .description('write an ext4 image from directories and tarballs (plain, gzip, xz, zstd), later sources overriding earlier ones')
     .argument('<source...>', 'directories or tarballs, applied in order')
-    .requiredOption('-o, --output <image>', 'the image file to write (replaced atomically)')
+    .requiredOption('-o, --output <image>', 'the image file to write: a new path or a regular file, replaced atomically')
     .option('--size <size>', 'image size, e.g. 2GiB (default: the content plus headroom)')
     .option('--label <label>', 'volume label, at most 16 bytes')
     .option('--json', 'print the result as JSON on stdout')
-    .addHelpText('after', '\nExit codes: 0 ok, 64 usage, 65 bad input (e.g. a tarball entry escaping the root), 66 a source is missing, 73 cannot write the image.')
+    .addHelpText(
+      'after',
+      '\nThe output is replaced only if it is a regular file. Anything else at that path is refused:\n' +
+        'a directory, a device, a FIFO or a socket, and a symlink, which is not followed (name its target).\n' +
+        'A /lost+found in the sources must be a directory (or absent; one is made).\n' +
+        'Exit codes: 0 ok, 64 usage, 65 bad input (e.g. a tarball entry escaping the root), 66 a source is missing,\n' +
+        '73 cannot write the image (the output directory is missing, the output is not a regular file or cannot be replaced).',
+    )
     .action(async (sources: string[], opts: { output: string; size?: string; label?: string; json?: boolean }) => {
       let sizeBytes: number | undefined;
       if (opts.size !== undefined) {

@@ -4,7 +4,7 @@
  * `ferry image mkfs` and `ferry image build`.
  */
 import { ExitCode, FerryError } from '../errors.js';
-import { Ext4Error } from './ext4/index.js';
+import { Ext4Error, Ext4OutputError } from './ext4/index.js';
 import { LayoutError } from './ext4/layout.js';
 import { LayerError } from './layers/layer.js';
 import { TreeError } from './tree.js';
@@ -19,6 +19,7 @@ export async function guard<T>(work: () => Promise<T>): Promise<T> {
       const missing = /ENOENT|no such file/i.test(error.message);
       throw new FerryError(error.message, { exitCode: missing ? ExitCode.NoInput : ExitCode.DataError, cause: error });
     }
+    if (error instanceof Ext4OutputError) throw new FerryError(error.message, { exitCode: ExitCode.CantCreate, cause: error });
     if (error instanceof TreeError) throw new FerryError(error.message, { exitCode: ExitCode.DataError, cause: error });
     if (error instanceof Ext4Error || error instanceof LayoutError) throw new FerryError(error.message, { exitCode: ExitCode.DataError, cause: error });
     const code = (error as NodeJS.ErrnoException).code;

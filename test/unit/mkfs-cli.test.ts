@@ -5,7 +5,8 @@
  */
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { lstatSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -221,5 +222,111 @@ describe('ferry image mkfs (the CLI)', () => {
       expect(sha256(output)).toBe(before);
       expect(readdirSync(dir)).toEqual(['root.ext4']);
     }
+  });
+
+  describe('the output path', () => {
+    it('a FIFO or a socket at -o stays what it was: exit 73, its kind named, nothing else written', async () => {
+      const dir = outDir();
+      const fifo = join(dir, 'fifo');
+      execFileSync('mkfifo', [fifo]);
+      const socket = join(dir, 'socket');
+      const server = createServer();
+      await new Promise<void>((done) => server.listen(socket, done));
+      try {
+        for (const [output, kind] of [[fifo, /FIFO/], [socket, /socket/]] as const) {
+          const stderr = await expectFailure(['image', 'mkfs', src, '-o', output], { exitCode: 73, message: kind, dir, before: ['fifo', 'socket'] });
+          expect(stderr).toContain(output);
+        }
+        expect(lstatSync(fifo).isFIFO()).toBe(true);
+        expect(lstatSync(socket).isSocket()).toBe(true);
+      } finally {
+        server.close();
+      }
+    });
+
+    it('a symlink at -o is refused, not followed and not replaced (as --help says)', async () => {
+      const dir = outDir();
+      const target = join(dir, 'target.ext4');
+      writeFileSync(target, 'old');
+      symlinkSync('target.ext4', join(dir, 'link.ext4'));
+      await expectFailure(['image', 'mkfs', src, '-o', join(dir, 'link.ext4')], {
+        exitCode: 73,
+        message: /link\.ext4 is a symlink/,
+        dir,
+        before: ['target.ext4', 'link.ext4'],
+      });
+      expect(lstatSync(join(dir, 'link.ext4')).isSymbolicLink()).toBe(true);
+      expect(readFileSync(target, 'utf8')).toBe('old');
+      const help = await ferry(['image', 'mkfs', '--help']);
+      expect(help.stdout).toMatch(/symlink.*not followed/is);
+    });
+
+    it('a missing output directory (with or without a trailing slash) is named as such: exit 73, no temporary file', async () => {
+      const dir = outDir();
+      const missing = join(dir, 'no-such-dir');
+      const stderr = await expectFailure(['image', 'mkfs', src, '-o', join(missing, 'x.ext4')], { exitCode: 73, message: /output directory .*no-such-dir does not exist/, dir });
+      expect(stderr).not.toMatch(/source|EBADF|internal/);
+      for (const output of [`${missing}/`, `${dir}/x.ext4/`]) {
+        const slashed = await expectFailure(['image', 'mkfs', src, '-o', output], { exitCode: 73, message: /ends with '\/'/, dir });
+        expect(slashed).not.toMatch(/EBADF|internal/);
+      }
+    });
+
+    it('an output whose parent is a regular file: exit 73, the parent named', async () => {
+      const dir = outDir();
+      writeFileSync(join(dir, 'plain'), 'x');
+      await expectFailure(['image', 'mkfs', src, '-o', join(dir, 'plain', 'x.ext4')], {
+        exitCode: 73,
+        message: /output directory .*plain is not a directory/,
+        dir,
+        before: ['plain'],
+      });
+    });
+
+    // Root can replace a read-only file and write in a read-only directory; an immutable file
+    // (chattr +i) is the output root cannot replace: the rename fails with EPERM after the
+    // image is written.
+    it('an existing output that cannot be replaced (immutable): the cause of the failed rename in one line, exit 73, no temporary file', async () => {
+      const dir = outDir();
+      const output = join(dir, 'x.ext4');
+      writeFileSync(output, 'old');
+      execFileSync('chattr', ['+i', output]);
+      try {
+        const stderr = await expectFailure(['image', 'mkfs', src, '-o', output], { exitCode: 73, message: /cannot put the image in place at .*x\.ext4: operation not permitted \(EPERM\)/, dir, before: ['x.ext4'] });
+        expect(stderr).not.toMatch(/EBADF|internal/);
+        expect(stderr.trim().split('\n').filter((line) => !line.endsWith('…'))).toHaveLength(1); // besides the progress steps
+      } finally {
+        execFileSync('chattr', ['-i', output]);
+      }
+      expect(readFileSync(output, 'utf8')).toBe('old');
+    });
+  });
+
+  describe('lost+found in the input', () => {
+    // Refused, not kept: a regular file or symlink named lost+found beside the synthesized
+    // directory is a duplicate entry, and alone e2fsck (without -n, as at boot) replaces it.
+    it('a tarball whose root holds a regular file lost+found is refused, naming the tarball and the entry', async () => {
+      const tarball = join(work, 'lost-found-file.tar');
+      pythonTar(tarball, [{ name: 'lost+found', data: 'not a directory' }, { name: 'etc/x', data: 'x' }]);
+      const dir = outDir();
+      const stderr = await expectFailure(['image', 'mkfs', tarball, '-o', join(dir, 'x.ext4')], { exitCode: 65, message: /lost-found-file\.tar.*\/lost\+found is a regular file/, dir });
+      expect(stderr).toMatch(/directory/);
+    });
+
+    it('a directory source whose lost+found is a symlink is refused; a later layer making it a directory gives a clean image', async () => {
+      const tree = join(work, 'lost-found-link');
+      mkdirSync(tree, { recursive: true });
+      symlinkSync('/tmp', join(tree, 'lost+found'));
+      const dir = outDir();
+      await expectFailure(['image', 'mkfs', tree, '-o', join(dir, 'x.ext4')], { exitCode: 65, message: /lost-found-link.*\/lost\+found is a symlink/, dir });
+      const fixed = join(work, 'lost-found-dir');
+      mkdirSync(join(fixed, 'lost+found'), { recursive: true });
+      const output = join(dir, 'ok.ext4');
+      const result = await ferry(['image', 'mkfs', tree, fixed, '-o', output]);
+      expect(result.exitCode, result.stderr).toBe(0);
+      const fsck = await e2fsck(output);
+      expect(fsck.exitCode, fsck.output).toBe(0);
+      expect((await readImage(output)).get('/lost+found')?.kind).toBe('dir');
+    });
   });
 });

@@ -3,24 +3,40 @@
  * writes, so blocks that are never written (free space, file holes, unused inode tables) stay
  * holes in the host file too.
  */
-import { closeSync, ftruncateSync, openSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, rmSync, writeSync } from 'node:fs';
 
 export class ImageFile {
-  private readonly fd: number;
+  private fd: number | undefined;
 
+  /** Creates `path` (which must not exist); on failure nothing is left behind. */
   constructor(path: string, sizeBytes: number) {
-    this.fd = openSync(path, 'wx', 0o644);
-    ftruncateSync(this.fd, sizeBytes);
+    const fd = openSync(path, 'wx', 0o644);
+    try {
+      ftruncateSync(fd, sizeBytes);
+    } catch (error) {
+      closeSync(fd);
+      rmSync(path, { force: true });
+      throw error;
+    }
+    this.fd = fd;
   }
 
   writeAt(data: Uint8Array, position: number): void {
+    if (this.fd === undefined) throw new Error('internal: write to a closed image file');
     let done = 0;
     while (done < data.length) {
       done += writeSync(this.fd, data, done, data.length - done, position + done);
     }
   }
 
+  /**
+   * Closes the file; a second call does nothing. (A second `closeSync` of the same descriptor
+   * threw EBADF, which hid the error that led to it and skipped removing the temporary file.)
+   */
   close(): void {
-    closeSync(this.fd);
+    const fd = this.fd;
+    if (fd === undefined) return;
+    this.fd = undefined;
+    closeSync(fd);
   }
 }

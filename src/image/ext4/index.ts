@@ -17,7 +17,7 @@ import { BlockAllocator, OutOfSpaceError, placeGroupMetadata, writeBitmapsAndCou
 import * as c from './constants.js';
 import { DataSink } from './data-sink.js';
 import { encodeDirectory, fileType, type DirEntry } from './directory.js';
-import { Ext4Error } from './errors.js';
+import { Ext4Error, Ext4OutputError } from './errors.js';
 import { placeJournal, writeExtentTrees, type Extent } from './extents.js';
 import { ImageFile } from './image-file.js';
 import { writeInodeTables } from './inode.js';
@@ -26,7 +26,7 @@ import { planTree, type Plan } from './plan.js';
 import { humanBytes } from '../../format.js';
 import { chooseUuid, encodeGroupDescriptors, encodeJournalSuperblock, encodeSuperblock, formatUuid } from './superblock.js';
 
-export { Ext4Error } from './errors.js';
+export { Ext4Error, Ext4OutputError } from './errors.js';
 export { formatUuid } from './superblock.js';
 
 export interface Ext4Progress {
@@ -68,11 +68,26 @@ export async function writeExt4(tree: Tree, outputPath: string, options: Ext4Opt
 
   const tempPath = join(dirname(outputPath), `.${basename(outputPath)}.tmp-${process.pid}`);
   rmSync(tempPath, { force: true });
-  const image = new ImageFile(tempPath, geometry.totalBlocks * c.BLOCK_SIZE);
+  let image: ImageFile;
+  try {
+    image = new ImageFile(tempPath, geometry.totalBlocks * c.BLOCK_SIZE);
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code;
+    const directory = dirname(outputPath);
+    if (code === 'ENOENT') throw new Ext4OutputError(`the output directory ${directory} does not exist`, code, { cause: error });
+    if (code === 'ENOTDIR') throw new Ext4OutputError(`the output directory ${directory} is not a directory`, code, { cause: error });
+    throw new Ext4OutputError(`cannot create the image in ${directory}: ${reason(error)}`, code, { cause: error });
+  }
   try {
     const result = await writeImage(image, tree, plan, geometry, uuid, label, time, options);
     image.close();
-    renameSync(tempPath, outputPath);
+    try {
+      renameSync(tempPath, outputPath);
+    } catch (error) {
+      throw new Ext4OutputError(`cannot put the image in place at ${outputPath}: ${reason(error)}`, (error as NodeJS.ErrnoException).code, {
+        cause: error,
+      });
+    }
     options.onProgress?.({ phase: 'done', done: 1, total: 1 });
     return { ...result, path: outputPath };
   } catch (error) {
@@ -85,6 +100,14 @@ export async function writeExt4(tree: Tree, outputPath: string, options: Ext4Opt
     }
     throw error;
   }
+}
+
+/** A system error's reason without the paths Node appends: "EPERM: operation not permitted, rename 'a' -> 'b'" → "operation not permitted (EPERM)". */
+function reason(error: unknown): string {
+  const { code, message } = error as NodeJS.ErrnoException;
+  if (!code) return String(message ?? error);
+  const text = message.startsWith(`${code}: `) ? message.slice(code.length + 2).replace(/, \w+ '.*$/s, '') : message;
+  return `${text} (${code})`;
 }
 
 async function writeImage(

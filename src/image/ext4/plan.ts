@@ -7,9 +7,10 @@
  * push the writer's memory past what a laptop should spend on making an image.
  */
 import { createHash } from 'node:crypto';
-import type { Inode, Tree } from '../tree.js';
+import type { Inode, NodeKind, Tree } from '../tree.js';
 import * as c from './constants.js';
 import { directoryBlocks } from './directory.js';
+import { Ext4Error } from './errors.js';
 import type { Extent } from './extents.js';
 
 export class Plan {
@@ -101,7 +102,11 @@ export function planTree(tree: Tree): Plan {
   tree.root.ino = c.ROOT_INO;
   seen.add(tree.root);
   // lost+found is inode 11, as mke2fs makes it; an existing directory of that name is reused.
+  // Anything else of that name is refused rather than kept beside a synthesized one (two entries
+  // of one name: e2fsck -fn "Duplicate entry 'lost+found'") or kept alone (e2fsck without -n,
+  // as at boot, unlinks a lost+found that is not a directory and makes one, changing the image).
   const existing = tree.root.children!.get('lost+found');
+  if (existing && existing.kind !== 'dir') throw new Ext4Error(lostFoundMessage(existing.kind));
   let lostFound: Inode | undefined;
   if (existing?.kind === 'dir') {
     nodes[c.FIRST_INO] = existing;
@@ -168,4 +173,19 @@ function syntheticLostFound(mtime: number): Inode {
     names: 1,
     ino: c.FIRST_INO,
   };
+}
+
+const KIND_NAMES: Record<NodeKind, string> = {
+  file: 'a regular file',
+  dir: 'a directory',
+  symlink: 'a symlink',
+  chardev: 'a character device',
+  blockdev: 'a block device',
+  fifo: 'a FIFO',
+  socket: 'a socket',
+};
+
+/** Why a non-directory `/lost+found` is refused; mkfs prefixes the source it came from. */
+export function lostFoundMessage(kind: NodeKind): string {
+  return `/lost+found is ${KIND_NAMES[kind]}; ext4 needs a directory there (e2fsck would remove it), so make it a directory or leave it out`;
 }
