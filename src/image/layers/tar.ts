@@ -10,10 +10,11 @@ import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
-import { extract as tarExtract, type Header } from 'tar-stream';
+import { extract as tarExtract } from 'tar-stream';
 import { TreeError, type Content, type InodeInit, type StreamSource, type Tree } from '../tree.js';
 import { openDecompressed, type Compression } from './decompress.js';
 import { LayerError, type Layer } from './layer.js';
+import { drainOrClose, MAX_TIME, MemberBody, MIN_TIME, paddedSize, paxNumber, type RawHeader } from './tar-member.js';
 
 export interface TarLayerOptions {
   /**
@@ -30,8 +31,6 @@ interface FileStamp {
   ino: number;
 }
 
-/** A header as tar-stream hands it over, with the fields its typings leave out. */
-type RawHeader = Header & { byteOffset?: number; pax?: Record<string, string> | null };
 
 type Visitor = (header: RawHeader, body: MemberBody, index: number) => Promise<'next' | 'stop'>;
 
@@ -356,80 +355,4 @@ export class TarLayer implements Layer, StreamSource {
       );
     }
   }
-}
-
-/**
- * One member's body, handed to a visitor. Its chunks may be read partly or not at all; `drain`
- * then skips the rest. (Breaking out of tar-stream's own entry iterator would destroy the whole
- * archive stream, so the visitor gets an iterable that only ever pulls.)
- */
-class MemberBody {
-  private readonly iterator: AsyncIterator<Buffer>;
-  private done = false;
-  /** An error from reading the archive itself (as opposed to one from whoever reads the chunks). */
-  failure: unknown;
-
-  /**
-   * `bodiless`: tar-stream reads no body for a directory, but its entry stream ends only when the
-   * size field is 0; pulling from a directory whose size field is not 0 waited forever (found by
-   * test/unit/tar-fuzz.test.ts: nothing left pending, so the CLI exited 0 without an image).
-   */
-  constructor(entry: AsyncIterable<Buffer>, bodiless: boolean) {
-    this.iterator = entry[Symbol.asyncIterator]();
-    this.done = bodiless;
-  }
-
-  readonly chunks: AsyncIterable<Buffer> = {
-    [Symbol.asyncIterator]: () => ({
-      next: async () => {
-        if (this.done) return { done: true, value: undefined };
-        return this.pull();
-      },
-      // Deliberately not forwarded: the rest is skipped by `drain`.
-      return: async () => ({ done: true, value: undefined }),
-    }),
-  };
-
-  async drain(): Promise<void> {
-    while (!this.done) await this.pull();
-  }
-
-  private async pull(): Promise<IteratorResult<Buffer>> {
-    try {
-      const result = await this.iterator.next();
-      if (result.done) this.done = true;
-      return result;
-    } catch (err) {
-      this.failure = err;
-      throw err;
-    }
-  }
-}
-
-/** ext4's seconds: a signed 32-bit field plus two epoch bits in *_extra. */
-const MIN_TIME = -(2 ** 31);
-const MAX_TIME = 2 ** 34 - 2 ** 31 - 1;
-
-function paddedSize(header: RawHeader): number {
-  // tar-stream reads no body for directories, whatever their size field says.
-  if (header.type === 'directory') return 0;
-  return Math.ceil(header.size / 512) * 512;
-}
-
-function paxNumber(value: string | undefined): number | undefined {
-  if (value === undefined || value.trim() === '') return undefined;
-  const number = Number(value);
-  return Number.isFinite(number) ? Math.floor(number) : undefined;
-}
-
-function drainOrClose(stream: { once(event: string, listener: () => void): unknown; off(event: string, listener: () => void): unknown }): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      stream.off('drain', done);
-      stream.off('close', done);
-      resolve();
-    };
-    stream.once('drain', done);
-    stream.once('close', done);
-  });
 }
