@@ -67,34 +67,52 @@ export function registerImageCommands(program: Command): void {
         'Exit codes: 0 ok, 65 bad layer, 66 missing input, 69 a tool or package is unavailable, 78 bad config.',
     )
     .action(async (opts: { config?: string; json?: boolean; refresh?: boolean }) => {
-      const paths = resolvePaths({ configFile: opts.config });
-      const { loadConfig } = await import('../config/load.js');
-      const { buildImage } = await import('../image/build.js');
-      const { ferryKeys } = await import('../keys/ferry-keys.js');
-      const config = await loadConfig(paths.configFile, { mustExist: opts.config !== undefined });
-      const progress = createProgress({ quiet: opts.json });
-      const manifest = await buildImage({
-        config,
-        paths,
-        keys: ferryKeys(paths),
-        refresh: opts.refresh,
-        onStep: (label) => progress.step(label),
-        onProgress: (p) => p.phase === 'data' && progress.update(p.done, p.total, 'bytes'),
-      });
-      progress.done();
-      if (opts.json) {
-        process.stdout.write(`${JSON.stringify(manifest, null, 2)}\n`);
-        return;
+      if (!opts.json) return buildCommand(opts);
+      // A script reading --json gets an object on failure too; the message on stderr and the
+      // exit code stay what they are without --json.
+      try {
+        await buildCommand(opts);
+      } catch (error) {
+        process.stdout.write(`${JSON.stringify(jsonError(error), null, 2)}\n`);
+        throw error;
       }
-      const part = (name: string, p: { path: string; sizeBytes: number; cacheHit: boolean }) =>
-        `  ${name.padEnd(12)} ${p.cacheHit ? 'cached ' : 'built  '} ${humanBytes(p.sizeBytes).padStart(10)}  ${p.path}\n`;
-      process.stdout.write(
-        `image ${manifest.id} (${manifest.preset}, ${manifest.system}, kernel ${manifest.kernel.version})\n` +
-          part('system disk', manifest.systemDisk) +
-          part('initramfs', manifest.initramfs) +
-          part('config', manifest.config) +
-          part('initrd', manifest.initrd) +
-          `  manifest     ${manifest.manifestPath}\n`,
-      );
     });
+}
+
+async function buildCommand(opts: { config?: string; json?: boolean; refresh?: boolean }): Promise<void> {
+  const paths = resolvePaths({ configFile: opts.config });
+  const { loadConfig } = await import('../config/load.js');
+  const { buildImage } = await import('../image/build.js');
+  const { ferryKeys } = await import('../keys/ferry-keys.js');
+  const config = await loadConfig(paths.configFile, { mustExist: paths.configFileNamedBy });
+  const progress = createProgress({ quiet: opts.json });
+  const manifest = await buildImage({
+    config,
+    paths,
+    keys: ferryKeys(paths),
+    refresh: opts.refresh,
+    onStep: (label) => progress.step(label),
+    onProgress: (p) => p.phase === 'data' && progress.update(p.done, p.total, 'bytes'),
+  });
+  progress.done();
+  if (opts.json) {
+    process.stdout.write(`${JSON.stringify(manifest, null, 2)}\n`);
+    return;
+  }
+  const part = (name: string, p: { path: string; sizeBytes: number; cacheHit: boolean }) =>
+    `  ${name.padEnd(12)} ${p.cacheHit ? 'cached ' : 'built  '} ${humanBytes(p.sizeBytes).padStart(10)}  ${p.path}\n`;
+  process.stdout.write(
+    `image ${manifest.id} (${manifest.preset}, ${manifest.system}, kernel ${manifest.kernel.version})\n` +
+      part('system disk', manifest.systemDisk) +
+      part('initramfs', manifest.initramfs) +
+      part('config', manifest.config) +
+      part('initrd', manifest.initrd) +
+      `  manifest     ${manifest.manifestPath}\n`,
+  );
+}
+
+/** What `--json` prints when a command fails: the message, the exit code the command ends with, the hint. */
+function jsonError(error: unknown): { error: string; exitCode: number; hint?: string } {
+  if (error instanceof FerryError) return { error: error.message, exitCode: error.exitCode, ...(error.hint === undefined ? {} : { hint: error.hint }) };
+  return { error: `internal error: ${error instanceof Error ? error.message : String(error)}`, exitCode: ExitCode.Software };
 }
