@@ -5,7 +5,8 @@
  * Cache directories (downloads, rootfs tarballs) are filled in a staging directory beside them
  * and published the same way.
  */
-import { existsSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { rename, rm, writeFile } from 'node:fs/promises';
 
 function tempPathFor(path: string): string {
@@ -46,4 +47,45 @@ export async function publishDirectory(staging: string, dir: string, proof: stri
     await rm(staging, { recursive: true, force: true });
     if (!existsSync(proof)) throw error;
   }
+}
+
+/**
+ * What a process leaves beside its targets while it writes: `NAME.tmp-PID…` (atomic writes, the
+ * ext4 and cpio writers), `.staging-PID-…` (published directories). The pid says whose it is.
+ */
+const TEMPORARY_NAME = /(?:\.tmp-|^\.staging-)(\d+)(?:-[0-9a-f]+)?$/;
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    // EPERM: it exists, someone else's. Only ESRCH says it is gone.
+    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
+  }
+}
+
+/**
+ * Removes the temporary files and staging directories in `dir` whose writer is no longer running
+ * (killed mid-build: a system image's temporary file is hundreds of MiB). Those of live processes,
+ * this one's included, are left alone. Returns the paths removed; a missing `dir` is nothing to do.
+ */
+export function removeDeadTemporaries(dir: string): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return [];
+  }
+  const removed: string[] = [];
+  for (const name of names) {
+    const match = TEMPORARY_NAME.exec(name);
+    if (!match) continue;
+    const pid = Number(match[1]);
+    if (pid === process.pid || isAlive(pid)) continue;
+    const path = join(dir, name);
+    rmSync(path, { recursive: true, force: true });
+    removed.push(path);
+  }
+  return removed;
 }

@@ -8,7 +8,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { publishDirectory } from '../../src/atomic-file.js';
+import { publishDirectory, removeDeadTemporaries } from '../../src/atomic-file.js';
 
 let work: string;
 beforeAll(async () => {
@@ -48,5 +48,32 @@ describe('publishDirectory', () => {
     await writeFile(path.join(dir, 'unrelated'), 'x'); // a non-empty directory: rename fails
     const staging = await staged('blocked', 'ours');
     await expect(publishDirectory(staging, dir, path.join(dir, 'data'))).rejects.toThrow(/ENOTEMPTY|EEXIST/);
+  });
+});
+
+describe('removeDeadTemporaries', () => {
+  it("removes a dead writer's temporary files and staging directories, keeps live ones and everything else", async () => {
+    const { spawnSync } = await import('node:child_process');
+    const dead = spawnSync(process.execPath, ['-e', '0']).pid!; // exited: its pid names nobody now
+    const dir = path.join(work, 'temporaries');
+    await mkdir(dir);
+    const names = {
+      deadImage: `.system-abc.img.tmp-${dead}`,
+      deadCpio: `.initramfs-abc.cpio.gz.tmp-${dead}-0a1b2c3d`,
+      deadAtomic: `install.json.tmp-${dead}`,
+      deadStaging: `.staging-${dead}-deadbeef`,
+      ours: `.system-def.img.tmp-${process.pid}`,
+      parent: `latest.json.tmp-${process.ppid}`,
+      image: 'system-abc.img',
+      lookalike: 'notes.tmp-later',
+    };
+    for (const [key, name] of Object.entries(names)) {
+      if (key === 'deadStaging') await mkdir(path.join(dir, name));
+      else await writeFile(path.join(dir, name), 'x');
+    }
+    const removed = removeDeadTemporaries(dir).map((file) => path.basename(file)).sort();
+    expect(removed).toEqual([names.deadImage, names.deadCpio, names.deadAtomic, names.deadStaging].sort());
+    expect((await readdir(dir)).sort()).toEqual([names.ours, names.parent, names.image, names.lookalike].sort());
+    expect(removeDeadTemporaries(path.join(work, 'missing'))).toEqual([]);
   });
 });
