@@ -8,6 +8,7 @@ import type { HostInfo } from './host.js';
 import type { ConfigFile } from './schema.js';
 import type { ExtraLayerConfig, ExtraSystem, FerryConfig, GuestSystem, Interpreter, Preset } from './types.js';
 
+const MiB = 1024 ** 2;
 const GiB = 1024 ** 3;
 
 /** Plain values that do not depend on the host. */
@@ -34,6 +35,10 @@ export const DEFAULTS = {
   // and a guest whose sshd accepts but never answers fails the session in 20 s, not the 5 min of
   // ready-timeout that used to bound this too.
   sshTimeoutMs: 20_000,
+  // A session that comes while the image builds waits for it. A first build on a fresh machine
+  // fetches a kernel, Nix and a base system (hundreds of MB): minutes, more on a slow link, so
+  // neither ready-timeout (the boot) nor ssh-timeout bounds it.
+  imageTimeoutMs: 30 * 60_000,
   // Limits on the SSH front before login: OpenSSH's defaults (LoginGraceTime 120, MaxAuthTries 6,
   // MaxStartups 10:30:100). The host's nix-daemon logs in with one key in well under a second.
   loginGraceTimeMs: 120_000,
@@ -77,6 +82,21 @@ export function defaultInterpreter(host: HostInfo, system: GuestSystem, extraSys
   return rosettaHost && extraSystems.every((extra) => extra === 'x86_64-linux' || extra === system) ? 'rosetta' : 'qemu-user';
 }
 
+/**
+ * The guest's Nix collects garbage when the state disk has less than a tenth free, until a
+ * quarter is free: a builder's store holds only what builds left behind (their outputs went to
+ * the host), so there is nothing to keep, and a tenth leaves room for the build in flight while
+ * Nix (which checks every few seconds) catches up.
+ */
+export const FREE_SPACE = { minFraction: 0.1, maxFraction: 0.25 } as const;
+
+function freeSpace(minFree: number | 'auto' | undefined, maxFree: number | 'auto' | undefined, stateDiskBytes: number): { minFreeBytes: number; maxFreeBytes: number } {
+  const fraction = (part: number) => Math.round((stateDiskBytes * part) / MiB) * MiB;
+  const minFreeBytes = minFree === undefined || minFree === 'auto' ? fraction(FREE_SPACE.minFraction) : minFree;
+  const maxFreeBytes = maxFree === undefined || maxFree === 'auto' ? Math.max(fraction(FREE_SPACE.maxFraction), minFreeBytes) : maxFree;
+  return { minFreeBytes, maxFreeBytes };
+}
+
 export function applyDefaults(file: ConfigFile, context: DefaultsContext): FerryConfig {
   const { host } = context;
   const guest = file.guest ?? {};
@@ -108,6 +128,7 @@ export function applyDefaults(file: ConfigFile, context: DefaultsContext): Ferry
         features: nix.features ?? [...DEFAULTS.nixFeatures],
         extraConfig: nix['extra-config'] ?? '',
         trustedUsers: nix['trusted-users'] ?? [...DEFAULTS.nixTrustedUsers],
+        ...freeSpace(nix['min-free'], nix['max-free'], guest['state-disk-size'] ?? DEFAULTS.stateDiskSizeBytes),
       },
     },
     image: {
@@ -127,6 +148,7 @@ export function applyDefaults(file: ConfigFile, context: DefaultsContext): Ferry
       idleTimeoutMs: daemon['idle-timeout'] ?? DEFAULTS.idleTimeoutMs,
       readyTimeoutMs: daemon['ready-timeout'] ?? DEFAULTS.readyTimeoutMs,
       sshTimeoutMs: daemon['ssh-timeout'] ?? DEFAULTS.sshTimeoutMs,
+      imageTimeoutMs: daemon['image-timeout'] ?? DEFAULTS.imageTimeoutMs,
       authorizedKeys: (daemon['authorized-keys'] ?? []).map(resolve),
       loginGraceTimeMs: daemon['login-grace-time'] ?? DEFAULTS.loginGraceTimeMs,
       maxAuthTries: daemon['max-auth-tries'] ?? DEFAULTS.maxAuthTries,

@@ -55,6 +55,11 @@ ${setting('cores', guest.nix.cores)}
 # Supported features (nix.conf system-features, and the /etc/nix/machines line).
 ${setting('features', guest.nix.features)}
 ${setting('trusted-users', guest.nix.trustedUsers)}
+# Garbage collection in the guest before the state disk fills: below min-free free space, Nix
+# deletes what builds left behind until max-free is free. "auto": a tenth and a quarter of
+# state-disk-size.
+${setting('min-free', 'auto')}
+${setting('max-free', 'auto')}
 # Lines appended to the guest's nix.conf, e.g. "substituters = https://cache.nixos.org".
 ${setting('extra-config', guest.nix.extraConfig)}
 
@@ -94,6 +99,9 @@ ${setting('idle-timeout', formatDuration(daemon.idleTimeoutMs))}
 ${setting('ready-timeout', formatDuration(daemon.readyTimeoutMs))}
 # How long the SSH handshake with the ready guest's sshd may take before a session fails.
 ${setting('ssh-timeout', formatDuration(daemon.sshTimeoutMs))}
+# How long a session waits for the guest's image to be built (after a fresh install or a change
+# of ferry.toml) before it fails; the build goes on.
+${setting('image-timeout', formatDuration(daemon.imageTimeoutMs))}
 # Public keys accepted besides the one \`ferry install\` generated (paths to .pub files).
 ${setting('authorized-keys', daemon.authorizedKeys)}
 # Limits before login, as OpenSSH's sshd: a connection that has not logged in after

@@ -118,6 +118,9 @@ const nixSchema = z.strictObject({
   features: z.array(word).optional(),
   'extra-config': z.string().optional(),
   'trusted-users': z.array(userName).optional(),
+  // Garbage collection before the state disk fills: "auto" sizes both from the state disk.
+  'min-free': z.union([z.literal('auto'), size()]).optional(),
+  'max-free': z.union([z.literal('auto'), size()]).optional(),
 });
 
 const guestSchema = z.strictObject({
@@ -163,6 +166,7 @@ const daemonSchema = z.strictObject({
   'idle-timeout': duration({ allowZero: true }).optional(),
   'ready-timeout': duration({ allowZero: false }).optional(),
   'ssh-timeout': duration({ allowZero: false }).optional(),
+  'image-timeout': duration({ allowZero: false }).optional(),
   'authorized-keys': z.array(nonEmptyPath).optional(),
   // Limits before login, as OpenSSH's LoginGraceTime, MaxAuthTries and MaxStartups.
   'login-grace-time': duration({ allowZero: true }).optional(),

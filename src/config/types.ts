@@ -38,6 +38,10 @@ export interface GuestNixConfig {
   /** Appended verbatim to the guest's nix.conf. */
   readonly extraConfig: string;
   readonly trustedUsers: readonly string[];
+  /** nix.conf `min-free`: below this much free space on the state disk, Nix collects garbage… */
+  readonly minFreeBytes: number;
+  /** …until this much is free (`max-free`). */
+  readonly maxFreeBytes: number;
 }
 
 export interface GuestConfig {
@@ -78,6 +82,8 @@ export interface DaemonConfig {
   readonly readyTimeoutMs: number;
   /** How long the SSH handshake with the guest's sshd (after FERRY-READY) may take before the session fails. */
   readonly sshTimeoutMs: number;
+  /** How long a session waits for the guest's image to be built (the first build: minutes) before it fails; the build goes on. */
+  readonly imageTimeoutMs: number;
   /** Public-key files accepted by the SSH front, besides the key `ferry install` generated. */
   readonly authorizedKeys: readonly string[];
   /** Close a connection that has not logged in after this long; 0 = never (OpenSSH's LoginGraceTime). */

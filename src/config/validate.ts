@@ -55,6 +55,12 @@ export function validateConfig(config: FerryConfig, host: HostInfo, file: string
   }
 
   // --- resources ---
+  const { minFreeBytes, maxFreeBytes } = guest.nix;
+  if (minFreeBytes >= guest.stateDiskSizeBytes) {
+    problem('guest.nix.min-free', `expected less than guest.state-disk-size (${formatSize(guest.stateDiskSizeBytes)}), got ${formatSize(minFreeBytes)}`);
+  } else if (maxFreeBytes < minFreeBytes || maxFreeBytes > guest.stateDiskSizeBytes) {
+    problem('guest.nix.max-free', `expected from guest.nix.min-free (${formatSize(minFreeBytes)}) to guest.state-disk-size (${formatSize(guest.stateDiskSizeBytes)}), got ${formatSize(maxFreeBytes)}`);
+  }
   if (guest.memoryBytes > host.memoryBytes) {
     problem('guest.memory', `expected at most this host's memory (${formatSize(roundDownToMiB(host.memoryBytes))}), got ${formatSize(guest.memoryBytes)}`);
   }

@@ -104,6 +104,7 @@ cores = 2
 features = ["big-parallel", "kvm"]
 extra-config = "keep-outputs = true"
 trusted-users = ["builder"]
+min-free = "2GiB"
 
 [image]
 size = "2GiB"
@@ -152,7 +153,7 @@ log-level = "debug"
         extraSystems: ['i686-linux'],
         // i686 runs natively on an x86_64 kernel: no interpreter needed.
         interpreter: 'none',
-        nix: { maxJobs: 3, cores: 2, features: ['big-parallel', 'kvm'], extraConfig: 'keep-outputs = true', trustedUsers: ['builder'] },
+        nix: { maxJobs: 3, cores: 2, features: ['big-parallel', 'kvm'], extraConfig: 'keep-outputs = true', trustedUsers: ['builder'], minFreeBytes: 2 * GiB, maxFreeBytes: 5 * GiB },
       },
       image: {
         sizeBytes: 2 * GiB,
@@ -619,5 +620,24 @@ describe('paths', () => {
     const long = `/tmp/${'x'.repeat(100)}/ferry.sock`;
     expect(() => assertSocketPathFits(long, 'darwin')).toThrow(/is 116 bytes long; unix sockets allow at most 103 here/);
     expect(() => assertSocketPathFits('/Users/ann/.local/state/ferry/ferry.sock', 'darwin')).not.toThrow();
+  });
+});
+
+describe('guest.nix.min-free and max-free', () => {
+  const parse = (text: string) => parseConfigText(text, '/home/ann/.config/ferry/ferry.toml', { host: linuxX64 });
+
+  it('"auto" (the default) is a tenth and a quarter of the state disk, in whole MiB', () => {
+    expect(parse('[guest]\nstate-disk-size = "40GiB"\n').guest.nix).toMatchObject({ minFreeBytes: 4 * GiB, maxFreeBytes: 10 * GiB });
+    expect(parse('[guest]\nstate-disk-size = "1GiB"\n[guest.nix]\nmin-free = "auto"\nmax-free = "auto"\n').guest.nix).toMatchObject({ minFreeBytes: 102 * MiB, maxFreeBytes: 256 * MiB });
+  });
+
+  it('a min-free given alone raises the automatic max-free to it, never below', () => {
+    expect(parse('[guest]\nstate-disk-size = "4GiB"\n[guest.nix]\nmin-free = "2GiB"\n').guest.nix).toMatchObject({ minFreeBytes: 2 * GiB, maxFreeBytes: 2 * GiB });
+  });
+
+  it('refuses a min-free not below the state disk, and a max-free below min-free or above the disk, naming the keys', () => {
+    expect(() => parse('[guest]\nstate-disk-size = "4GiB"\n[guest.nix]\nmin-free = "4GiB"\n')).toThrow(/guest\.nix\.min-free.*expected less than guest\.state-disk-size \(4GiB\), got 4GiB/);
+    expect(() => parse('[guest]\nstate-disk-size = "4GiB"\n[guest.nix]\nmin-free = "1GiB"\nmax-free = "512MiB"\n')).toThrow(/guest\.nix\.max-free.*expected from guest\.nix\.min-free \(1GiB\) to guest\.state-disk-size \(4GiB\), got 512MiB/);
+    expect(() => parse('[guest.nix]\nmin-free = "lots"\n')).toThrow(/guest\.nix\.min-free/);
   });
 });

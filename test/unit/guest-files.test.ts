@@ -11,7 +11,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
 import { guestFiles, nixConf, sshdConfig } from '../../src/image/guest-os/files.js';
-import { stage1Init } from '../../src/image/guest-os/stage1.js';
+import { GUEST_BUSYBOX, stage1Init } from '../../src/image/guest-os/stage1.js';
 import { controlScript, inittab, shutdownScript, stage2Script, udhcpcScript } from '../../src/image/guest-os/stage2.js';
 import { ensureStateDisk } from '../../src/image/state-disk.js';
 import { ensureKeyPair } from '../../src/keys/ssh-keys.js';
@@ -44,6 +44,17 @@ describe('nix.conf', () => {
     expect(lines).toContain('extra-platforms = i686-linux');
     expect(lines).toContain('build-users-group = nixbld');
     expect(lines.at(-1)).toBe('keep-outputs = true');
+  });
+
+  it("turns Nix's sandbox on with no fallback, /bin/sh the guest's static busybox, and garbage collection from the state disk's size", () => {
+    const lines = nixConf(config).trimEnd().split('\n');
+    expect(lines).toContain('sandbox = true');
+    expect(lines).toContain('sandbox-fallback = false');
+    expect(lines).toContain(`sandbox-paths = /bin/sh=${GUEST_BUSYBOX}`);
+    // The default 40GiB state disk: GC below 4GiB free, until 10GiB are free.
+    expect(lines).toContain(`min-free = ${4 * 1024 ** 3}`);
+    expect(lines).toContain(`max-free = ${10 * 1024 ** 3}`);
+    expect(lines.join('\n')).not.toMatch(/sandbox = (false|relaxed)/);
   });
 
   it('changes when max-jobs changes (so an image build with a new max-jobs has a new config archive)', () => {

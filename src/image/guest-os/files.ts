@@ -5,6 +5,7 @@
  */
 import type { FerryConfig } from '../../config/types.js';
 import { BINFMT_PATH, binfmtScript } from './binfmt.js';
+import { GUEST_BUSYBOX } from './stage1.js';
 import { BUILDER_USER, CONTROL_PATH, SHUTDOWN_PATH, STAGE2_PATH, controlScript, inittab, shutdownScript, stage2Script, udhcpcScript } from './stage2.js';
 
 export interface GeneratedFile {
@@ -32,8 +33,15 @@ export function nixConf(config: FerryConfig): string {
     `trusted-users = ${[...new Set(['root', ...nix.trustedUsers, BUILDER_USER])].join(' ')}`,
     `max-jobs = ${nix.maxJobs}`,
     `cores = ${nix.cores}`,
+    `min-free = ${nix.minFreeBytes}`,
+    `max-free = ${nix.maxFreeBytes}`,
     `system-features = ${nix.features.join(' ')}`,
-    'sandbox = false',
+    // Nix's sandbox, and no way around it: a guest that cannot set it up fails the build
+    // (sandbox-fallback) instead of building unsandboxed. /bin/sh inside it is the static busybox
+    // stage 1 installs, as NixOS provides one; Nix mounts /dev/shm, /proc and /dev itself.
+    'sandbox = true',
+    'sandbox-fallback = false',
+    `sandbox-paths = /bin/sh=${GUEST_BUSYBOX}`,
     'experimental-features = nix-command',
   ];
   if (config.guest.extraSystems.length > 0) lines.push(`extra-platforms = ${config.guest.extraSystems.join(' ')}`);

@@ -96,6 +96,7 @@ chgrp ${NIX_BUILD_GID} /nix/store && chmod 1775 /nix/store
 ${nixRegistrationLoadScript().trimEnd()}
 # Foreign builds (x86_64-linux on an aarch64 guest): present only when the config asks for an interpreter.
 [ -x ${BINFMT_PATH} ] && ${BINFMT_PATH}
+${sandboxProbe().trimEnd()}
 setsid nix-daemon </dev/null >/var/log/nix-daemon.log 2>&1 &
 # The state disk grows when its configured size grows: the file was extended on the host, the
 # filesystem follows here, online. The size it was grown to is stamped on the disk, so an
@@ -116,6 +117,23 @@ i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 250 ]; do slee
 [ -n "$resize" ] && wait $resize
 read -r uptime _ < /proc/uptime
 echo "FERRY-READY ip=\${address:-unknown} uptime=\${uptime}" > /dev/console
+`;
+}
+
+/**
+ * Nix builds in namespaces (mount, pid, ipc, uts, network; a user namespace where it can): the
+ * guest refuses to come up where the kernel will not make them, so a build never gets as far as
+ * Nix's own "cloning builder process" error, and the reason is on the console for the daemon to
+ * report. nix.conf's sandbox-fallback = false covers what this probe cannot see.
+ */
+export function sandboxProbe(): string {
+  return `# Nix's sandbox: the namespaces it needs must be there, or nothing builds (never unsandboxed).
+for kind in mnt pid ipc uts net; do
+  read -r max < /proc/sys/user/max_\${kind}_namespaces
+  [ "$max" = 0 ] && echo "FERRY-FAILED: Nix's sandbox cannot be set up: user.max_\${kind}_namespaces is 0 (the kernel command line or a sysctl turned it off); ferry never builds unsandboxed" > /dev/console && exit 1
+done
+${GUEST_BUSYBOX} unshare -m -p -f -i -u -n true 2>/tmp/ferry-sandbox-probe ||
+  { echo "FERRY-FAILED: Nix's sandbox cannot be set up: the kernel refused its namespaces ($(cat /tmp/ferry-sandbox-probe)); ferry never builds unsandboxed" > /dev/console; exit 1; }
 `;
 }
 
