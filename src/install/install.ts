@@ -5,7 +5,7 @@
  * `--dry-run` reports the same decisions and writes nothing. The state disk is never touched, so
  * an upgrade (install again with a newer ferry) keeps the guest's /nix.
  */
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { currentHost, type HostInfo } from '../config/host.js';
@@ -19,7 +19,7 @@ import { ferryKey, ferryKeys } from '../keys/ferry-keys.js';
 import { publicKeyWithoutComment } from '../keys/public-key-line.js';
 import type { Progress } from '../ui/progress.js';
 import { createExecaRunner, ProcessError, RecordingRunner, type Runner } from '../process/runner.js';
-import { FileWriter, readIfExists, type Report } from './files.js';
+import { FileWriter, readIfExists, type Report, type WriteOutcome } from './files.js';
 import { SystemWrites } from './privileged.js';
 import { installLayout, LAUNCHD_LABEL, SYSTEMD_UNIT, type InstallLayout } from './layout.js';
 import {
@@ -31,9 +31,8 @@ import {
   sshAliasText,
   withFerryLine,
 } from './nix-wiring.js';
-import { emptyRecord, readRecord, type InstallRecord } from './record.js';
-import { daemonArgv, daemonEnvironment, isLoadedCommand, loadCommands, renderPlist, renderUnit, type ServiceCommand } from './service.js';
-import { writeFileAtomicSync } from '../atomic-file.js';
+import { emptyRecord, readRecord, saveRecord, type InstallRecord } from './record.js';
+import { daemonArgv, daemonEnvironment, isLoadedCommand, loadCommands, renderPlist, renderUnit, restartCommand, type ServiceCommand } from './service.js';
 
 export interface HostOptions {
   /** System-wide install (`--system`). */
@@ -152,7 +151,7 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
   const dryRun = options.dryRun ?? false;
   const record = readRecord(paths.installRecord) ?? emptyRecord(ctx.platform, ctx.system, ctx.root);
   const system = new SystemWrites({ runner: ctx.runner, root: ctx.root, escalate: ctx.asUser, dryRun, report: out, recordOnly: ctx.recordOnly });
-  const writer = new FileWriter(record, dryRun, out, system);
+  const writer = new FileWriter(record, dryRun, out, system, paths.installRecord);
   const commands: ServiceCommand[] = [];
   let snippet: string | undefined;
   out(`${dryRun ? 'ferry install --dry-run: the plan (nothing is changed)' : 'ferry install'} — ${ctx.system ? 'system-wide' : 'for this user'}, ${ctx.platform === 'darwin' ? 'launchd' : 'systemd'}${ctx.recordOnly ? `, under ${ctx.root}` : ''}`);
@@ -162,8 +161,9 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
     const hostKeyLine = await ensureKeys(writer, paths, dryRun);
 
     // 2. ferry.toml, with defaults if absent (and the port, if asked for).
-    const config = await writeConfig(writer, ctx, options.port, dryRun);
+    const { config, frontBefore } = await writeConfig(writer, ctx, options.port, dryRun);
     const port = config.daemon.port;
+    const front = frontAddress(config.daemon.listen, port);
 
     // 3. The image, so the first build does not wait for it.
     if (options.build === false) out('skip the image build (--no-build): the daemon builds it when it starts');
@@ -175,14 +175,19 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
     const argv = options.daemonArgv ?? daemonArgv(options.nodePath);
     const environment = daemonEnvironment(paths, ctx.env, options.nodePath);
     const serviceText = layout.serviceKind === 'launchd' ? renderPlist(argv, environment, paths) : renderUnit(argv, environment, paths, ctx.system);
-    const serviceOutcome = await writer.write(layout.serviceFile, serviceText, 0o644, layout.serviceKind === 'launchd' ? `launchd ${ctx.system ? 'daemon' : 'agent'} ${LAUNCHD_LABEL}` : `systemd ${ctx.system ? 'system' : 'user'} unit`);
+    // Noted before the file is written (and saved with it): uninstall of a stopped install unloads it too.
     record.service = { kind: layout.serviceKind, file: layout.serviceFile, label: layout.serviceKind === 'launchd' ? LAUNCHD_LABEL : SYSTEMD_UNIT };
+    const serviceOutcome = await writer.write(layout.serviceFile, serviceText, 0o644, layout.serviceKind === 'launchd' ? `launchd ${ctx.system ? 'daemon' : 'agent'} ${LAUNCHD_LABEL}` : `systemd ${ctx.system ? 'system' : 'user'} unit`);
 
     // 5. Nix wiring: the alias (with the port) and its known_hosts, then the machines line.
     await writer.write(layout.aliasKnownHosts, `${BUILDER_ALIAS} ${publicKeyWithoutComment(hostKeyLine, "the daemon's host key")}\n`, 0o644, "the daemon's host key, for the alias");
     const aliasManaged = managedByNixStore(layout.sshAlias, ctx.root);
+    const aliasBefore = readIfExists(layout.sshAlias);
+    const aliasText = sshAliasText(config.daemon, paths.clientKey, layout.aliasKnownHosts);
     if (aliasManaged) out(`leave ${layout.sshAlias} alone: it is managed by Nix (${aliasManaged}); add the alias from \`ferry doctor\` to your configuration`);
-    else await writer.write(layout.sshAlias, sshAliasText(config.daemon, paths.clientKey, layout.aliasKnownHosts), 0o644, `ssh alias ${BUILDER_ALIAS} → ${frontAddress(config.daemon.listen, port)}`);
+    else await writer.write(layout.sshAlias, aliasText, 0o644, `ssh alias ${BUILDER_ALIAS} → ${front}`);
+    // Changed bytes, not a changed mode: with the service file the same, only the address moved.
+    const aliasMoved = !aliasManaged && aliasBefore !== undefined && !aliasBefore.equals(Buffer.from(aliasText));
 
     const fields = builderFields(config, paths.clientKey, hostKeyLine);
     const managed = managedByNixStore(layout.nixConf, ctx.root) ?? managedByNixStore(layout.machinesFile, ctx.root);
@@ -197,20 +202,9 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
       if (override) out(`note: ${layout.nixConf} has \`${override}\`, so Nix ignores /etc/nix/machines; add @/etc/nix/machines to that setting (ferry does not edit nix.conf)`);
     }
 
-    // 6. Load the service: again when its file changed, otherwise only if it is not loaded.
-    let wanted = loadCommands(layout.serviceKind, ctx.system, ctx.uid, layout.serviceFile);
-    if (serviceOutcome === 'unchanged') {
-      const probe = isLoadedCommand(layout.serviceKind, ctx.system, ctx.uid);
-      const loaded = dryRun ? true : await runCommand(ctx, probe, commands, true);
-      wanted = loaded ? [] : wanted.filter((command) => !command.args.includes('restart'));
-      if (!loaded) writer.changes += 1;
-    }
-    for (const command of wanted) {
-      if (dryRun) {
-        out(`would run ${[command.file, ...command.args].join(' ')}`);
-        commands.push(command);
-      } else await runCommand(ctx, command, commands);
-    }
+    // 6. The service: loaded again when its file changed, else started if not loaded, or restarted.
+    const restart = frontBefore !== undefined && frontBefore !== front ? `ferry.toml: ${frontBefore} → ${front}` : aliasMoved ? `the alias ${BUILDER_ALIAS} now goes to ${front}` : undefined;
+    await startService(ctx, writer, serviceOutcome, restart, dryRun, commands);
   } finally {
     if (!dryRun && writer.changes > 0) saveRecord(paths.installRecord, record);
   }
@@ -229,34 +223,39 @@ async function ensureKeys(writer: FileWriter, paths: InstallLayout['paths'], dry
     ['daemonHost', "the daemon's host key"],
   ] as const) {
     const file = name === 'client' ? paths.clientKey : paths.daemonHostKey;
-    const existed = existsSync(file);
-    if (dryRun) {
-      if (!existed) {
-        writer.noteCreated(file, what);
-        writer.noteCreated(`${file}.pub`);
-      } else if (file === paths.daemonHostKey && existsSync(`${file}.pub`)) hostKeyLine = readIfExists(`${file}.pub`)!.toString('utf8').trim();
-      continue;
-    }
-    const hadPublic = existsSync(`${file}.pub`);
-    await writer.ensureDir(path.dirname(file), 0o700);
-    const pair = ferryKey(paths, name);
-    if (!existed) writer.noteCreated(file, `${what}, mode 600`);
-    if (!hadPublic) writer.noteCreated(`${file}.pub`);
-    if (file === paths.daemonHostKey) hostKeyLine = pair.publicKey;
+    if (!dryRun) await writer.ensureDir(path.dirname(file), 0o700);
+    const pair = await writer.made([{ file, what: dryRun ? what : `${what}, mode 600` }, { file: `${file}.pub` }], () => ferryKey(paths, name));
+    if (file !== paths.daemonHostKey) continue;
+    if (pair) hostKeyLine = pair.publicKey;
+    else if (existsSync(file) && existsSync(`${file}.pub`)) hostKeyLine = readIfExists(`${file}.pub`)!.toString('utf8').trim();
   }
   return hostKeyLine;
 }
 
-async function writeConfig(writer: FileWriter, ctx: HostContext, port: number | undefined, dryRun: boolean): Promise<FerryConfig> {
+/** ferry.toml written, and the daemon's address in the one it replaces (undefined: none replaced). */
+async function writeConfig(writer: FileWriter, ctx: HostContext, port: number | undefined, dryRun: boolean): Promise<{ config: FerryConfig; frontBefore?: string }> {
   const file = ctx.layout.paths.configFile;
   const existing = readIfExists(file)?.toString('utf8');
   let text = existing ?? renderDefaultConfig(ctx.host);
   if (port !== undefined) text = withPort(text, port);
   // Check before writing: a bad --port or a broken existing file must not be half-applied.
   const config = parseConfigText(text, file, { host: ctx.host });
-  if (text !== existing) await writer.write(file, text, 0o644, existing === undefined ? 'defaults' : `port ${port}`);
-  else if (!dryRun) ctx.out(`unchanged ${file}`);
-  return config;
+  if (text === existing) {
+    if (!dryRun) ctx.out(`unchanged ${file}`);
+    return { config };
+  }
+  await writer.write(file, text, 0o644, existing === undefined ? 'defaults' : `port ${port}`);
+  return { config, frontBefore: existing === undefined ? undefined : frontOf(existing, file, ctx) };
+}
+
+/** The daemon's address in a ferry.toml; one that does not parse (a bad port that --port fixes) counts as another. */
+function frontOf(text: string, file: string, ctx: HostContext): string {
+  try {
+    const { daemon } = parseConfigText(text, file, { host: ctx.host });
+    return frontAddress(daemon.listen, daemon.port);
+  } catch {
+    return 'unreadable';
+  }
 }
 
 /** Sets `port` under [daemon]: replaces the line (commented or not), or adds it. */
@@ -280,12 +279,12 @@ export function withPort(text: string, port: number): string {
 }
 
 async function buildWithProgress(writer: FileWriter, config: FerryConfig, paths: InstallLayout['paths'], progress: Progress | undefined, out: Report): Promise<void> {
-  const guestKeys = [paths.guestHostKey, paths.guestClientKey].filter((key) => !existsSync(key));
-  const keys = ferryKeys(paths);
-  for (const key of guestKeys) {
-    writer.noteCreated(key, 'guest key');
-    writer.noteCreated(`${key}.pub`);
-  }
+  // The directories the build fills, made (and recorded) here: a build killed half way leaves
+  // them to uninstall, which removes them once the dead build's temporaries are gone.
+  await writer.ensureDir(paths.imagesDir);
+  await writer.ensureDir(paths.downloadsDir);
+  const guestKeys = [paths.guestHostKey, paths.guestClientKey].flatMap((key) => [{ file: key, what: 'guest key' }, { file: `${key}.pub` }]);
+  const keys = (await writer.made(guestKeys, () => ferryKeys(paths)))!;
   const manifest = await buildImage({
     config,
     paths,
@@ -296,6 +295,34 @@ async function buildWithProgress(writer: FileWriter, config: FerryConfig, paths:
   progress?.done();
   const hit = manifest.systemDisk.cacheHit && manifest.initrd.cacheHit;
   out(`image ${manifest.id} (${manifest.preset}, ${manifest.system}): ${hit ? 'already built' : 'built'} in ${paths.imagesDir}`);
+}
+
+/**
+ * Loads the service again when its file changed; otherwise starts it if it is not loaded, or
+ * restarts it when `restart` says why: the daemon binds [daemon] listen and port only when it
+ * starts (a reload keeps its socket), so a new address left to it would leave the alias pointing
+ * at a port nobody listens on.
+ */
+async function startService(ctx: HostContext, writer: FileWriter, serviceOutcome: WriteOutcome, restart: string | undefined, dryRun: boolean, commands: ServiceCommand[]): Promise<void> {
+  const { layout } = ctx;
+  let wanted = loadCommands(layout.serviceKind, ctx.system, ctx.uid, layout.serviceFile);
+  if (serviceOutcome === 'unchanged') {
+    const probe = isLoadedCommand(layout.serviceKind, ctx.system, ctx.uid);
+    const loaded = dryRun ? true : await runCommand(ctx, probe, commands, true);
+    if (!loaded) {
+      wanted = wanted.filter((command) => !command.args.includes('restart'));
+      writer.changes += 1;
+    } else if (restart) {
+      ctx.out(`${dryRun ? 'would restart' : 'restart'} the daemon: it takes [daemon] listen and port only when it starts (${restart})`);
+      wanted = [restartCommand(layout.serviceKind, ctx.system, ctx.uid)];
+    } else wanted = [];
+  }
+  for (const command of wanted) {
+    if (dryRun) {
+      ctx.out(`would run ${[command.file, ...command.args].join(' ')}`);
+      commands.push(command);
+    } else await runCommand(ctx, command, commands);
+  }
 }
 
 /** Runs one service command; a failure that is not expected stops the install with its output. */
@@ -314,9 +341,4 @@ async function runCommand(ctx: HostContext, command: ServiceCommand, log: Servic
     });
   }
   return ok;
-}
-
-export function saveRecord(file: string, record: InstallRecord): void {
-  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  writeFileAtomicSync(file, `${JSON.stringify(record, null, 2)}\n`, 0o600);
 }

@@ -3,9 +3,15 @@
  * with the bytes a modified file had before, so `ferry uninstall` removes exactly those and puts
  * a file like /etc/nix/machines back byte for byte. A later install merges into it and keeps the
  * first "before" — an upgrade must not make ferry's own lines the thing uninstall restores.
+ *
+ * Install saves it before each change, not after: killed at any point (SIGKILL while it builds
+ * the image), it leaves a record of everything it did and of at most one change it was about to
+ * make, which uninstall finds not made (absent, or still as before) and skips.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { writeFileAtomicSync } from '../atomic-file.js';
 import { ExitCode, FerryError } from '../errors.js';
 
 export interface RecordedFile {
@@ -15,8 +21,16 @@ export interface RecordedFile {
   /** base64 of the content before install (modified files only). */
   previous?: string;
   previousMode?: number;
-  /** sha256 (hex) of what install wrote last: uninstall only removes/restores a file still like that. */
+  /**
+   * sha256 (hex) of what install wrote last: uninstall only removes/restores a file still like
+   * that. '' while another writer (the key generator) has yet to make it.
+   */
   sha256: string;
+  /**
+   * What an earlier install wrote, while a later one rewrites the file: stopped before its write
+   * landed, the file still holds these bytes, and they are ferry's as much as the new ones.
+   */
+  earlierSha256?: string;
 }
 
 export interface InstallRecord {
@@ -68,10 +82,24 @@ export function readRecord(file: string): InstallRecord | undefined {
 /** Notes a file written by install; the first "before" wins. */
 export function noteFile(record: InstallRecord, entry: RecordedFile): void {
   const existing = record.files.find((file) => file.path === entry.path);
-  if (existing) existing.sha256 = entry.sha256;
-  else record.files.push(entry);
+  if (!existing) record.files.push(entry);
+  else if (existing.sha256 !== entry.sha256) {
+    if (existing.sha256 !== '') existing.earlierSha256 = existing.sha256;
+    existing.sha256 = entry.sha256;
+  }
+}
+
+/** Is `sha` the hash of bytes install wrote to this file (this time or the time before)? */
+export function writtenByInstall(file: RecordedFile, sha: string): boolean {
+  return sha === file.sha256 || sha === file.earlierSha256;
 }
 
 export function noteDir(record: InstallRecord, dir: string): void {
   if (!record.dirs.includes(dir)) record.dirs.push(dir);
+}
+
+/** Written atomically: a kill during the save leaves the previous record, never half of one. */
+export function saveRecord(file: string, record: InstallRecord): void {
+  mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  writeFileAtomicSync(file, `${JSON.stringify(record, null, 2)}\n`, 0o600);
 }

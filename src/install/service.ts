@@ -205,7 +205,7 @@ export function loadCommands(kind: 'launchd' | 'systemd', system: boolean, uid: 
     { file: 'systemctl', args: [...scope, 'daemon-reload'] },
     { file: 'systemctl', args: [...scope, 'enable', '--now', SYSTEMD_UNIT] },
     // enable --now does not restart a unit that already runs the old command line.
-    { file: 'systemctl', args: [...scope, 'restart', SYSTEMD_UNIT] },
+    restartCommand(kind, system, uid),
   ];
 }
 
@@ -213,6 +213,15 @@ export function loadCommands(kind: 'launchd' | 'systemd', system: boolean, uid: 
 export function isLoadedCommand(kind: 'launchd' | 'systemd', system: boolean, uid: number): ServiceCommand {
   if (kind === 'launchd') return { file: 'launchctl', args: ['print', `${launchdDomain(system, uid)}/${LAUNCHD_LABEL}`], mayFail: true };
   return { file: 'systemctl', args: [...(system ? [] : ['--user']), 'is-active', '--quiet', SYSTEMD_UNIT], mayFail: true };
+}
+
+/**
+ * Restarts a loaded service in place, so the daemon reads ferry.toml again from the start: launchd's
+ * `kickstart -k` stops the running job (SIGTERM) and starts it without unloading it.
+ */
+export function restartCommand(kind: 'launchd' | 'systemd', system: boolean, uid: number): ServiceCommand {
+  if (kind === 'launchd') return { file: 'launchctl', args: ['kickstart', '-k', `${launchdDomain(system, uid)}/${LAUNCHD_LABEL}`] };
+  return { file: 'systemctl', args: [...(system ? [] : ['--user']), 'restart', SYSTEMD_UNIT] };
 }
 
 export function unloadCommands(kind: 'launchd' | 'systemd', system: boolean, uid: number): { before: ServiceCommand[]; after: ServiceCommand[] } {

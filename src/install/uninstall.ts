@@ -2,15 +2,18 @@
  * `ferry uninstall`: stops the service, then undoes what the install record lists — created files
  * removed, modified files (e.g. /etc/nix/machines) put back byte for byte, created directories
  * removed when empty. A file changed since install is not clobbered: a machines file someone
- * edited afterwards only loses ferry's line; any other changed file is left and reported.
- * The state disk and the images stay unless `--purge`.
+ * edited afterwards only loses ferry's line (and goes when nothing else is left in one install
+ * created); any other changed file is left and reported. A change the record lists but an
+ * interrupted install never made (the file absent, or still as before) is nothing to undo.
+ * The state disk and the images stay unless `--purge`; the temporaries of a stopped build go.
  */
 import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
+import { removeDeadTemporaries } from '../atomic-file.js';
 import { guardFs, readIfExists, removeFile } from './files.js';
-import { checkInvoker, hostContext, saveRecord, type HostOptions } from './install.js';
+import { checkInvoker, hostContext, type HostOptions } from './install.js';
 import { withoutFerryLine, MACHINES_MARKER } from './nix-wiring.js';
 import { SystemWrites } from './privileged.js';
-import { readRecord, sha256 } from './record.js';
+import { readRecord, saveRecord, sha256, writtenByInstall } from './record.js';
 import { unloadCommands, type ServiceCommand } from './service.js';
 
 export interface UninstallOptions extends HostOptions {
@@ -67,13 +70,27 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
       }
       continue;
     }
-    const unchanged = sha256(current) === file.sha256;
+    const unchanged = writtenByInstall(file, sha256(current));
+    // Someone's lines besides ferry's in a machines file: only ferry's go.
+    const ferryLineOnly = async (created: boolean) => {
+      const rest = withoutFerryLine(current.toString('utf8'));
+      if (created && rest.trim() === '') {
+        system.say(file.path, `${would}remove ${file.path} (nothing but ferry's line was in it)`);
+        await system.removeFile(file.path);
+        result.removed.push(file.path);
+        return;
+      }
+      system.say(file.path, `${would}remove ferry's line from ${file.path} (other changes made since install are kept)`);
+      await system.writeFile(file.path, Buffer.from(rest), lstatSync(file.path).mode & 0o7777);
+      result.restored.push(file.path);
+    };
     if (file.action === 'created') {
       if (unchanged || isKeyOrGenerated(file.path, paths.keysDir)) {
         system.say(file.path, `${would}remove ${file.path}`);
         await system.removeFile(file.path);
         result.removed.push(file.path);
-      } else {
+      } else if (current.toString('utf8').includes(MACHINES_MARKER)) await ferryLineOnly(true);
+      else {
         out(`keep ${file.path}: changed since ferry install wrote it`);
         result.kept.push(file.path);
       }
@@ -84,11 +101,10 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
       system.say(file.path, `${would}restore ${file.path} (byte for byte as before install)`);
       await system.writeFile(file.path, Buffer.from(file.previous ?? '', 'base64'), file.previousMode ?? 0o644);
       result.restored.push(file.path);
-    } else if (current.toString('utf8').includes(MACHINES_MARKER)) {
-      system.say(file.path, `${would}remove ferry's line from ${file.path} (other changes made since install are kept)`);
-      await system.writeFile(file.path, Buffer.from(withoutFerryLine(current.toString('utf8'))), lstatSync(file.path).mode & 0o7777);
-      result.restored.push(file.path);
-    } else {
+    } else if (file.previous !== undefined && current.equals(Buffer.from(file.previous, 'base64'))) {
+      out(`nothing to restore in ${file.path}: it is as it was before install (an install stopped before changing it)`);
+    } else if (current.toString('utf8').includes(MACHINES_MARKER)) await ferryLineOnly(false);
+    else {
       out(`keep ${file.path}: changed since install, and ferry's part is no longer there`);
       result.kept.push(file.path);
     }
@@ -106,6 +122,17 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
   } else if (record) {
     if (!dryRun) removeFile(paths.installRecord);
     out(`${would}remove ${paths.installRecord}`);
+  }
+
+  // A build killed half way leaves its temporaries (a system image's is hundreds of MiB), named
+  // by its pid; they stand in the way of removing the directories install made for the build.
+  if (!options.purge && !dryRun) {
+    for (const dir of [paths.imagesDir, paths.downloadsDir]) {
+      for (const left of removeDeadTemporaries(dir)) {
+        out(`remove ${left} (left by an image build that was stopped)`);
+        result.removed.push(left);
+      }
+    }
   }
 
   // Directories install created, deepest first, only when nothing else lives there now.

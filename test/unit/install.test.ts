@@ -8,7 +8,7 @@
  * and nothing else touches root's directories.
  */
 import { createHash } from 'node:crypto';
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -565,5 +565,171 @@ describe('ferry doctor', () => {
     const uninstalled = await run(['uninstall', '--root', root]);
     expect(uninstalled.exitCode, uninstalled.stderr).toBe(0);
     expect(readFileSync(machinesFile(), 'utf8')).toBe(OTHER_BUILDER);
+  });
+});
+
+/** The "Hardening" issue: an interrupted install, a machines file install created, a new port. */
+describe('an install stopped half way is undone by uninstall', () => {
+  const recordFile = () => path.join(stateDir(), 'install.json');
+  const onDisk = () => JSON.parse(readFileSync(recordFile(), 'utf8')) as { files: { path: string; action: string }[]; dirs: string[] };
+
+  it('the record on disk lists each file and directory before it is made', async () => {
+    const seen: string[] = [];
+    runner = new RecordingRunner([], (file, args): RunResult => {
+      const target = args.at(-1)!;
+      if (file === 'sudo' && args[0] === 'mkdir') {
+        expect(existsSync(target)).toBe(false);
+        expect(onDisk().dirs).toContain(target);
+        seen.push(`mkdir ${target}`);
+      }
+      if (file === 'sudo' && args[0] === 'install') {
+        expect(onDisk().files.find((entry) => entry.path === target)?.action).toBe(existsSync(target) ? 'modified' : 'created');
+        if (target === aliasFile()) expect(existsSync(target)).toBe(false);
+        seen.push(`install ${target}`);
+      }
+      return { exitCode: 0, signal: undefined, stdout: '', stderr: '', timedOut: false };
+    });
+    await install(options({ platform: 'darwin', env: { HOME: home, PATH: process.env.PATH, FERRY_AS_USER: '1' } }));
+    expect(seen).toEqual([`mkdir ${path.join(root, 'etc/ssh')}`, `mkdir ${path.dirname(aliasFile())}`, `install ${aliasFile()}`, `install ${machinesFile()}`]);
+  });
+
+  it('a change recorded but never made (the machines file still as before) is nothing to restore, not "changed since install"', async () => {
+    const before = treeHash(root);
+    runner = new RecordingRunner([], (file, args) => ({ exitCode: file === 'sudo' && args.at(-1) === machinesFile() ? 1 : 0, signal: undefined, stdout: '', stderr: 'sudo: a password is required', timedOut: false }));
+    const asUser = options({ platform: 'darwin', env: { HOME: home, PATH: process.env.PATH, FERRY_AS_USER: '1' } });
+    await expect(install(asUser)).rejects.toThrow(/sudo install -m 0644 \S+ \S+\/etc\/nix\/machines` exited with code 1/);
+    expect(onDisk().files.find((entry) => entry.path === machinesFile())?.action).toBe('modified');
+    out = [];
+    runner = new RecordingRunner([], (file, args) => {
+      if (file === 'sudo') spawnSync(args[0], args.slice(1));
+      return { exitCode: 0, signal: undefined, stdout: '', stderr: '', timedOut: false };
+    });
+    const result = await uninstall(asUser);
+    expect(result.kept).toEqual([]);
+    expect(out.join('\n')).toContain(`nothing to restore in ${machinesFile()}: it is as it was before install`);
+    expect(treeHash(root)).toBe(before);
+  });
+
+  it('a rewrite stopped before it landed (a second install with --port): the file still holds the first install\'s bytes, and uninstall removes it', async () => {
+    const before = treeHash(root);
+    const asUser = (extra: Partial<InstallOptions> = {}) => options({ platform: 'darwin', env: { HOME: home, PATH: process.env.PATH, FERRY_AS_USER: '1' }, ...extra });
+    const sudoRuns = (fail?: string) =>
+      new RecordingRunner([], (file, args) => {
+        if (file !== 'sudo') return { exitCode: 0, signal: undefined, stdout: '', stderr: '', timedOut: false };
+        if (args.at(-1) === fail) return { exitCode: 1, signal: undefined, stdout: '', stderr: 'sudo: interrupted', timedOut: false };
+        return { exitCode: spawnSync(args[0], args.slice(1)).status ?? 1, signal: undefined, stdout: '', stderr: '', timedOut: false };
+      });
+    runner = sudoRuns();
+    await install(asUser({ port: 31999 }));
+    runner = sudoRuns(aliasFile());
+    await expect(install(asUser({ port: 32000 }))).rejects.toThrow(/exited with code 1: sudo: interrupted/);
+    expect(readFileSync(aliasFile(), 'utf8')).toMatch(/^\s+Port 31999$/m);
+    runner = sudoRuns();
+    const result = await uninstall(asUser());
+    expect(result.kept).toEqual([]);
+    expect(treeHash(root)).toBe(before);
+  });
+
+  it('SIGKILL of the real `ferry install` in the middle of the image build: `ferry uninstall` leaves the root as it was', async () => {
+    const before = treeHash(root);
+    // The debian preset's first host command is `dpkg --print-architecture`: this one says it
+    // has been reached (keys, ferry.toml and the guest keys are made by then) and then hangs.
+    const stubs = await mkdtemp(path.join(tmpdir(), 'ferry-stubs-'));
+    const reached = path.join(stubs, 'reached');
+    writeFileSync(path.join(stubs, 'dpkg'), `#!/bin/sh\necho $$ > ${reached}.tmp && mv ${reached}.tmp ${reached}\nexec sleep 600\n`, { mode: 0o755 });
+    const env = { HOME: home, PATH: `${stubs}:${process.env.PATH}`, FERRY_PLATFORM: 'linux' };
+    const cli = (args: string[]) => execa('node', ['--import', 'tsx', path.join(REPO, 'src/cli.ts'), ...args, '--root', root, '--yes'], { cwd: REPO, reject: false, extendEnv: false, env });
+    const installing = cli(['install']);
+    try {
+      for (let waited = 0; !existsSync(reached); waited += 50) {
+        if (waited > 60_000 || installing.exitCode !== null) throw new Error(`install never reached dpkg: ${(await installing).stderr}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      installing.kill('SIGKILL');
+      expect((await installing).signal).toBe('SIGKILL');
+    } finally {
+      if (existsSync(reached)) spawnSync('kill', ['-KILL', readFileSync(reached, 'utf8').trim()]);
+      await rm(stubs, { recursive: true, force: true });
+    }
+    expect(existsSync(path.join(stateDir(), 'keys/guest_ssh_host_ed25519_key'))).toBe(true);
+    // What a kill while writing the system disk leaves: the writer's temporary, named by its pid.
+    const images = path.join(home, '.cache/ferry/images');
+    const temporary = path.join(images, `system-0123.img.tmp-${installing.pid}`);
+    writeFileSync(temporary, 'half an image');
+
+    const uninstalled = await cli(['uninstall']);
+    expect(uninstalled.exitCode, uninstalled.stderr).toBe(0);
+    expect(uninstalled.stdout).toContain(`remove ${temporary} (left by an image build that was stopped)`);
+    expect(uninstalled.stdout).not.toMatch(/^keep /m);
+    expect(treeHash(root)).toBe(before);
+  });
+});
+
+describe('uninstall of a machines file install created', () => {
+  it('keeps the lines the user added after install, without ferry\'s', async () => {
+    rmSync(machinesFile());
+    await install(options({ platform: 'darwin' }));
+    const added = 'ssh://linux-box x86_64-linux /k 8 1 - - -\n';
+    writeFileSync(machinesFile(), readFileSync(machinesFile(), 'utf8') + added);
+    const result = await uninstall(options({ platform: 'darwin' }));
+    expect(readFileSync(machinesFile(), 'utf8')).toBe(added);
+    expect(result.kept).toEqual([]);
+  });
+
+  it('removes it when nothing but whitespace is left besides ferry\'s line', async () => {
+    rmSync(machinesFile());
+    const before = treeHash(root);
+    await install(options({ platform: 'darwin' }));
+    writeFileSync(machinesFile(), `\n${readFileSync(machinesFile(), 'utf8')}  \n\n`);
+    await uninstall(options({ platform: 'darwin' }));
+    expect(existsSync(machinesFile())).toBe(false);
+    expect(treeHash(root)).toBe(before);
+  });
+});
+
+describe('a new port restarts the daemon, which binds its port only when it starts', () => {
+  it('launchd: a second install with --port kickstarts the agent; with the same port, nothing', async () => {
+    await install(options({ platform: 'darwin', port: 31999 }));
+    runner = new RecordingRunner();
+    await install(options({ platform: 'darwin', port: 31999 }));
+    expect(commandsOf(runner)).toEqual([`launchctl print gui/${UID}/dev.ferry.daemon`]);
+
+    out = [];
+    runner = new RecordingRunner();
+    const plan = await install(options({ platform: 'darwin', port: 32000, dryRun: true }));
+    expect(runner.commands).toEqual([]);
+    expect(plan.commands.map((c) => [c.file, ...c.args].join(' '))).toEqual([`launchctl kickstart -k gui/${UID}/dev.ferry.daemon`]);
+    expect(out).toContain(`would run launchctl kickstart -k gui/${UID}/dev.ferry.daemon`);
+    expect(out.join('\n')).toContain('would restart the daemon: it takes [daemon] listen and port only when it starts (ferry.toml: 127.0.0.1:31999 → 127.0.0.1:32000)');
+
+    out = [];
+    await install(options({ platform: 'darwin', port: 32000 }));
+    expect(commandsOf(runner)).toEqual([`launchctl print gui/${UID}/dev.ferry.daemon`, `launchctl kickstart -k gui/${UID}/dev.ferry.daemon`]);
+    expect(readFileSync(aliasFile(), 'utf8')).toMatch(/^\s+Port 32000$/m);
+  });
+
+  it('launchd --system: the system domain', async () => {
+    await install(options({ platform: 'darwin', system: true }));
+    runner = new RecordingRunner();
+    await install(options({ platform: 'darwin', system: true, port: 32001 }));
+    expect(commandsOf(runner)).toEqual(['launchctl print system/dev.ferry.daemon', 'launchctl kickstart -k system/dev.ferry.daemon']);
+  });
+
+  it('systemd: systemctl --user restart; also when ferry.toml\'s port was edited by hand and install rewrites the alias', async () => {
+    await install(options({ platform: 'linux' }));
+    runner = new RecordingRunner();
+    await install(options({ platform: 'linux', port: 32002 }));
+    expect(commandsOf(runner)).toEqual(['systemctl --user is-active --quiet ferry.service', 'systemctl --user restart ferry.service']);
+
+    const configFile = path.join(home, '.config/ferry/ferry.toml');
+    writeFileSync(configFile, readFileSync(configFile, 'utf8').replace('port = 32002', 'port = 32003'));
+    runner = new RecordingRunner();
+    await install(options({ platform: 'linux' }));
+    expect(commandsOf(runner)).toEqual(['systemctl --user is-active --quiet ferry.service', 'systemctl --user restart ferry.service']);
+    expect(out.join('\n')).toContain('(the alias ferry-builder now goes to 127.0.0.1:32003)');
+
+    runner = new RecordingRunner();
+    await install(options({ platform: 'linux' }));
+    expect(commandsOf(runner)).toEqual(['systemctl --user is-active --quiet ferry.service']);
   });
 });
