@@ -11,6 +11,7 @@ import { accessSync, constants, lstatSync, readdirSync, readlinkSync, statSync, 
 import { resolve } from 'node:path';
 import { TreeError, type HostDir, type InodeInit, type Tree } from '../tree.js';
 import { LayerError, type Layer } from './layer.js';
+import { lossy, NOT_UTF8, utf8Name } from './utf8-names.js';
 
 export interface DirLayerOptions {
   /**
@@ -137,12 +138,18 @@ export class DirLayer implements Layer {
     const pending: Array<{ rel: string; host: string }> = [{ rel: '', host: this.path }];
     while (pending.length > 0) {
       const dir = pending.pop()!;
-      let names: string[];
+      let raw: Buffer[];
       try {
-        names = readdirSync(dir.host);
+        // As bytes: readdir's strings replace bytes that are not UTF-8 with U+FFFD (utf8-names.ts).
+        raw = readdirSync(dir.host, { encoding: 'buffer' });
       } catch (err) {
         throw new LayerError(this.description, `cannot list ${dir.host}: ${(err as Error).message}`, { cause: err });
       }
+      const names = raw.map((bytes) => {
+        const name = utf8Name(bytes);
+        if (name === undefined) throw new LayerError(this.description, `a name in ${dir.host} ${NOT_UTF8}: ${JSON.stringify(lossy(bytes))}`);
+        return name;
+      });
       names.sort(compareUtf8);
       const hostDir: HostDir = { path: dir.host };
       const subdirs: Array<{ rel: string; host: string }> = [];
@@ -153,10 +160,6 @@ export class DirLayer implements Layer {
         try {
           st = lstatSync(host);
         } catch (err) {
-          if (name.includes('\ufffd')) {
-            // readdir replaced bytes that are not UTF-8, so the name no longer finds the file.
-            throw new LayerError(this.description, `a name in ${dir.host} is not valid UTF-8 (ferry handles UTF-8 names only): ${JSON.stringify(name)}`, { cause: err });
-          }
           throw new LayerError(this.description, `cannot read ${host}: ${(err as Error).message}`, { cause: err });
         }
         visit({ rel, host, st, dir: hostDir, name });

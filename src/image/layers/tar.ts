@@ -10,11 +10,11 @@ import { createHash } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { Readable } from 'node:stream';
-import { extract as tarExtract } from 'tar-stream';
 import { TreeError, type Content, type InodeInit, type StreamSource, type Tree } from '../tree.js';
 import { openDecompressed, type Compression } from './decompress.js';
 import { LayerError, type Layer } from './layer.js';
 import { drainOrClose, MAX_TIME, MemberBody, MIN_TIME, paddedSize, paxNumber, type RawHeader } from './tar-member.js';
+import { byteNamesExtract, utf8Header } from './utf8-names.js';
 
 export interface TarLayerOptions {
   /**
@@ -119,10 +119,6 @@ export class TarLayer implements Layer, StreamSource {
   /** Adds one archive entry to the tree. */
   private addEntry(tree: Tree, header: RawHeader, index: number, seen: Set<string>): void {
     const name = header.name;
-    if (name.includes('\ufffd') || (header.linkname ?? '').includes('\ufffd')) {
-      // tar-stream decodes names as UTF-8 and replaces invalid bytes; two names could collapse into one.
-      throw new LayerError(this.description, `entry ${JSON.stringify(name)}: the name is not valid UTF-8 (ferry handles UTF-8 names only)`);
-    }
     const path = this.entryPath(name);
     const pax = header.pax ?? {};
     if (Object.keys(pax).some((key) => key.startsWith('GNU.sparse.'))) {
@@ -278,7 +274,8 @@ export class TarLayer implements Layer, StreamSource {
     } catch (err) {
       throw new LayerError(this.description, `cannot read the tarball ${this.path}: ${(err as Error).message}`, { cause: err });
     }
-    const extract = tarExtract();
+    // Names reach the visitor decoded from their bytes, strictly (see utf8-names.ts).
+    const extract = byteNamesExtract(this.description);
     let total = 0; // decompressed bytes fed to the parser
     let sourceError: Error | undefined;
     let stopped = false;
@@ -304,7 +301,7 @@ export class TarLayer implements Layer, StreamSource {
     let body: MemberBody | undefined;
     try {
       for await (const entry of extract) {
-        const header = entry.header as RawHeader;
+        const header = utf8Header(entry.header as RawHeader, this.description);
         current = header;
         if (header.byteOffset !== undefined) dataEnd = header.byteOffset + paddedSize(header);
         body = new MemberBody(entry as AsyncIterable<Buffer>, header.type === 'directory');
