@@ -30,7 +30,7 @@ export function registerInstallCommands(program: Command): void {
     .command('install')
     .description('keys, ferry.toml, the image, the launchd agent (systemd unit on Linux) and the Nix wiring; prints every change')
     .option('--system', 'a system-wide LaunchDaemon / system unit instead of a per-user one (run as root)')
-    .option('--port <port>', 'the SSH port of the daemon (written to ferry.toml)', (value) => Number(value))
+    .option('--port <port>', 'the SSH port of the daemon (written to ferry.toml; a running daemon is restarted to take it)', (value) => Number(value))
     .option('--dry-run', 'print the plan and change nothing')
     .option('-y, --yes', 'do not ask before changing files')
     .option('--no-build', 'do not build the image now (the daemon builds it when it starts)')
