@@ -36,7 +36,8 @@ export function registerGuestCommands(program: Command): void {
         report(already, opts.json, 'already running');
         return;
       }
-      const config = await loadConfig(paths.configFile, { mustExist: opts.config !== undefined });
+      // --config or FERRY_CONFIG: a file the user named must exist (not: boot with the defaults).
+      const config = await loadConfig(paths.configFile, { mustExist: paths.configFileNamedBy });
       const progress = createProgress({ quiet: opts.json });
       const manifest = await buildImage({
         config,

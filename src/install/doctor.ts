@@ -1,6 +1,6 @@
 /**
  * `ferry doctor`: each piece of the chain from `nix build` to the guest, checked on its own —
- * config, VM backend and accelerator, Nix and its daemon, the machines line and the ssh alias
+ * config and its layer paths, VM backend and accelerator, Nix and its daemon, the machines line and the ssh alias
  * (matching the key, the host key and the port), the service file, the daemon, and with
  * `--build` a real build through the alias. Every failing check comes with the command that
  * fixes it; any failure makes the exit code non-zero.
@@ -16,6 +16,7 @@ import { parsePublicKeyLine, PublicKeyLineError } from '../keys/public-key-line.
 import { installHint } from '../vm/facts.js';
 import { selectBackend } from '../vm/index.js';
 import { createExecaRunner, findOnPath, ProcessError, type Runner } from '../process/runner.js';
+import { checkLayers } from './doctor-layers.js';
 import { readIfExists } from './files.js';
 import { hostContext, type HostContext, type HostOptions } from './install.js';
 import { LAUNCHD_LABEL, SYSTEMD_UNIT, underRoot } from './layout.js';
@@ -53,15 +54,18 @@ export async function doctor(options: DoctorOptions = {}): Promise<Check[]> {
   // Config.
   let config: FerryConfig | undefined;
   try {
-    config = await loadConfig(paths.configFile, { host: ctx.host });
+    // A file named by FERRY_CONFIG must exist, as for `ferry up` and `ferry image build`.
+    config = await loadConfig(paths.configFile, { host: ctx.host, mustExist: paths.configFileNamedBy });
     const systems = [config.guest.system, ...config.guest.extraSystems].join(', ');
     const through = config.guest.extraSystems.length ? ` (extra systems through ${config.guest.interpreter})` : '';
     add({ name: 'config', status: 'ok', detail: `${config.source ? paths.configFile : `no ${paths.configFile}; the defaults apply`}; guest systems ${systems}${through}` });
   } catch (error) {
-    add({ name: 'config', status: 'fail', detail: (error as Error).message, fix: `edit ${paths.configFile}` });
+    const fix = existsSync(paths.configFile) ? `edit ${paths.configFile}` : `point FERRY_CONFIG at an existing file, or unset it (then ${layout.paths.system ? 'the system' : 'your'} default file, or the defaults, apply)`;
+    add({ name: 'config', status: 'fail', detail: (error as Error).message, fix });
   }
 
   if (config) {
+    add(...checkLayers(config));
     add(await checkBackend(ctx, config));
     add(await checkAccelerator(ctx, config));
   }
