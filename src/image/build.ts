@@ -11,14 +11,20 @@
  *                         concatenated archives in order); stage 1 copies them into the root.
  *   initrd-<key>.img      initramfs + config, the file handed to the VM.
  *   build-<id>.json       the manifest: which of the above make one bootable guest.
+ *
+ * Every file is synced before it is renamed into place (atomic-file.ts), and beside each of the
+ * four images a record of its size and first and last bytes (`NAME.check`, cache-entry.ts) decides
+ * whether a file found under its key is reused: a damaged one is removed and built again.
  */
 import { createHash } from 'node:crypto';
-import { copyFile, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { createReadStream } from 'node:fs';
+import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import type { FerryConfig } from '../config/types.js';
-import { IMAGE_FILES, type FerryPaths } from '../config/paths.js';
-import { writeFileAtomic } from '../atomic-file.js';
+import { DOWNLOAD_FILES, IMAGE_FILES, type FerryPaths } from '../config/paths.js';
+import { removeDeadTemporaries, writeChunksTo, writeFileAtomic, writeThroughTemp } from '../atomic-file.js';
+import { recordCacheEntry, trustedCacheEntry } from './cache-entry.js';
 import type { FerryKeys } from '../keys/ferry-keys.js';
 import { latestManifestFile, type BuiltPart, type ImageManifest } from './manifest.js';
 import { writeExt4, type Ext4Progress } from './ext4/index.js';
@@ -62,13 +68,14 @@ export async function buildImage(options: BuildImageOptions): Promise<ImageManif
   };
   await mkdir(paths.imagesDir, { recursive: true });
   await mkdir(paths.downloadsDir, { recursive: true });
+  removeTemporariesOfDeadBuilds(paths, options.onStep);
 
   const preset = await timed('preset', () => resolvePreset(config, paths, options.onStep, options.refresh));
   const layers = baseLayers(config, preset);
   const systemDisk = await timed('systemDisk', () => buildSystemDisk(layers, config, paths, options));
   const initramfs = await timed('initramfs', () => buildBaseInitramfs(preset, paths, options.onStep));
-  const configArchive = await timed('config', () => buildConfigArchive(config, options.keys, paths));
-  const initrd = await timed('initrd', () => concatenate(initramfs, configArchive, paths));
+  const configArchive = await timed('config', () => buildConfigArchive(config, options.keys, paths, options.onStep));
+  const initrd = await timed('initrd', () => concatenate(initramfs, configArchive, paths, options.onStep));
 
   const cmdline = imageKernelArgs(systemDisk.key);
   const id = sha256([FORMAT_VERSION, systemDisk.key, initrd.key, preset.kernel, cmdline].join('\n')).slice(0, 16);
@@ -101,6 +108,28 @@ export function imageKernelArgs(systemDiskKey: string): string {
   return `panic=-1 loglevel=4 cryptomgr.notests ferry.system=${systemDiskKey.slice(0, 16)}`;
 }
 
+/**
+ * A build killed mid-write leaves its temporary file (a system image's is hundreds of MiB) or
+ * staging directory behind; the next build removes those whose writer is gone, and says so.
+ */
+function removeTemporariesOfDeadBuilds(paths: FerryPaths, onStep?: (label: string) => void): void {
+  const downloads = [DOWNLOAD_FILES.rootfsDir, DOWNLOAD_FILES.kernelDir, DOWNLOAD_FILES.busyboxDir, DOWNLOAD_FILES.qemuUserDir];
+  const dirs = [paths.imagesDir, paths.downloadsDir, ...downloads.map((name) => join(paths.downloadsDir, name))];
+  const removed = dirs.flatMap((dir) => removeDeadTemporaries(dir));
+  if (removed.length > 0) onStep?.(`removed what builds that did not finish left behind: ${removed.join(', ')}`);
+}
+
+/**
+ * The cache entry at `path`: reused when it matches its record (cache-entry.ts), otherwise made
+ * by `build` (which writes it synced and in place) and recorded.
+ */
+async function cachedPart(path: string, key: string, onStep: ((label: string) => void) | undefined, build: () => Promise<unknown>): Promise<BuiltPart> {
+  const trusted = await trustedCacheEntry(path, onStep);
+  if (trusted !== undefined) return { path, key, sizeBytes: trusted, cacheHit: true };
+  await build();
+  return { path, key, sizeBytes: await recordCacheEntry(path), cacheHit: false };
+}
+
 async function resolvePreset(config: FerryConfig, paths: FerryPaths, onStep?: (label: string) => void, refresh = false): Promise<PresetInputs> {
   if (config.guest.preset === 'debian') return debianPreset(paths.downloadsDir, config.guest.system, onStep, refresh);
   return nixpkgsPreset(paths.downloadsDir, config.guest.system, { onStep, refresh });
@@ -123,24 +152,24 @@ async function buildSystemDisk(layers: Layer[], config: FerryConfig, paths: Ferr
   const fingerprints = await guard(() => Promise.all(layers.map((layer) => layer.fingerprint())));
   const key = sha256(JSON.stringify([FORMAT_VERSION, fingerprints, config.image.sizeBytes]));
   const path = join(paths.imagesDir, IMAGE_FILES.systemDisk(key.slice(0, 32)));
-  if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
-  const tree = new Tree();
-  await guard(async () => {
-    for (const layer of layers) {
-      options.onStep?.(`reading ${layer.description}`);
-      await layer.apply(tree);
-    }
+  return cachedPart(path, key, options.onStep, async () => {
+    const tree = new Tree();
+    await guard(async () => {
+      for (const layer of layers) {
+        options.onStep?.(`reading ${layer.description}`);
+        await layer.apply(tree);
+      }
+    });
+    options.onStep?.('writing the system disk');
+    await guard(() =>
+      writeExt4(tree, path, {
+        sizeBytes: config.image.sizeBytes === 'auto' ? undefined : config.image.sizeBytes,
+        label: 'ferry-system',
+        uuid: Buffer.from(key.slice(0, 32), 'hex'),
+        onProgress: options.onProgress,
+      }),
+    );
   });
-  options.onStep?.('writing the system disk');
-  const result = await guard(() =>
-    writeExt4(tree, path, {
-      sizeBytes: config.image.sizeBytes === 'auto' ? undefined : config.image.sizeBytes,
-      label: 'ferry-system',
-      uuid: Buffer.from(key.slice(0, 32), 'hex'),
-      onProgress: options.onProgress,
-    }),
-  );
-  return { path, key, sizeBytes: result.sizeBytes, cacheHit: false };
 }
 
 async function buildBaseInitramfs(preset: PresetInputs, paths: FerryPaths, onStep?: (label: string) => void): Promise<BuiltPart> {
@@ -148,21 +177,21 @@ async function buildBaseInitramfs(preset: PresetInputs, paths: FerryPaths, onSte
   const init = stage1Init();
   const key = sha256(JSON.stringify([FORMAT_VERSION, preset.identity, preset.kernelVersion, busybox.size, STAGE1_MODULES, init]));
   const path = join(paths.imagesDir, IMAGE_FILES.initramfs(key.slice(0, 32)));
-  if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
-  onStep?.('writing the initramfs');
-  const result = await buildInitramfs({
-    busybox: preset.busybox,
-    modulesDir: preset.modulesDir,
-    modules: STAGE1_MODULES,
-    init,
-    outputPath: path,
-    mtime: 0,
-    compressionLevel: 6,
+  return cachedPart(path, key, onStep, () => {
+    onStep?.('writing the initramfs');
+    return buildInitramfs({
+      busybox: preset.busybox,
+      modulesDir: preset.modulesDir,
+      modules: STAGE1_MODULES,
+      init,
+      outputPath: path,
+      mtime: 0,
+      compressionLevel: 6,
+    });
   });
-  return { path, key, sizeBytes: result.sizeBytes, cacheHit: false };
 }
 
-async function buildConfigArchive(config: FerryConfig, keys: BuildImageOptions['keys'], paths: FerryPaths): Promise<BuiltPart> {
+async function buildConfigArchive(config: FerryConfig, keys: BuildImageOptions['keys'], paths: FerryPaths, onStep?: (label: string) => void): Promise<BuiltPart> {
   const files = guestFiles(config, {
     hostPrivateKey: keys.guestHost.privateKey,
     hostPublicKey: keys.guestHost.publicKey,
@@ -185,25 +214,20 @@ async function buildConfigArchive(config: FerryConfig, keys: BuildImageOptions['
   }
   const key = sha256(JSON.stringify([FORMAT_VERSION, files]));
   const path = join(paths.imagesDir, IMAGE_FILES.configArchive(key.slice(0, 32)));
-  if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
-  const result = await writeGzippedCpio(entries, path, { mtime: 0 });
-  return { path, key, sizeBytes: result.sizeBytes, cacheHit: false };
+  return cachedPart(path, key, onStep, () => writeGzippedCpio(entries, path, { mtime: 0 }));
 }
 
-async function concatenate(initramfs: BuiltPart, configArchive: BuiltPart, paths: FerryPaths): Promise<BuiltPart> {
+/** The initrd handed to the VM: the initramfs, then the config archive (the kernel unpacks both, in order). */
+async function concatenate(initramfs: BuiltPart, configArchive: BuiltPart, paths: FerryPaths, onStep?: (label: string) => void): Promise<BuiltPart> {
   const key = sha256(`${initramfs.key}\n${configArchive.key}`);
   const path = join(paths.imagesDir, IMAGE_FILES.initrd(key.slice(0, 32)));
-  if (existsSync(path)) return { path, key, sizeBytes: (await stat(path)).size, cacheHit: true };
-  const temp = `${path}.tmp-${process.pid}`;
-  try {
-    await copyFile(initramfs.path, temp);
-    await writeFile(temp, await readFile(configArchive.path), { flag: 'a' });
-    await rename(temp, path);
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
-  }
-  return { path, key, sizeBytes: (await stat(path)).size, cacheHit: false };
+  return cachedPart(path, key, onStep, () =>
+    writeThroughTemp(path, async (handle) => {
+      for (const part of [initramfs, configArchive]) {
+        await pipeline(createReadStream(part.path), writeChunksTo(handle));
+      }
+    }),
+  );
 }
 
 function sha256(text: string): string {

@@ -1,9 +1,10 @@
 /**
  * SSH key pairs ferry owns: made with ssh2's generator (OpenSSH format, no ssh-keygen needed),
  * private halves mode 600 in a mode 700 directory, never overwritten once they exist, so the
- * host keys that Nix and known_hosts pin stay valid across upgrades.
+ * host keys that Nix and known_hosts pin stay valid across upgrades. Both halves are written
+ * atomically and synced (atomic-file.ts): an empty key file after a power loss would be trusted.
  */
-import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { dirname } from 'node:path';
 import ssh2 from 'ssh2';
 import { writeFileAtomicSync } from '../atomic-file.js';
@@ -35,14 +36,14 @@ export function ensureKeyPair(privatePath: string, comment: string): KeyPair {
     mkdirSync(dirname(privatePath), { recursive: true, mode: 0o700 });
     const pair = generateKeyPair(comment);
     writeFileAtomicSync(privatePath, pair.private, 0o600);
-    writeFileSync(publicPath, `${pair.public}\n`, { mode: 0o644 });
+    writeFileAtomicSync(publicPath, `${pair.public}\n`, 0o644);
   }
   chmodSync(privatePath, 0o600);
   if (!existsSync(publicPath)) {
     const parsed = ssh2.utils.parseKey(readFileSync(privatePath));
     if (parsed instanceof Error) throw parsed;
     const key = Array.isArray(parsed) ? parsed[0] : parsed;
-    writeFileSync(publicPath, `${key.type} ${key.getPublicSSH().toString('base64')} ${comment}\n`, { mode: 0o644 });
+    writeFileAtomicSync(publicPath, `${key.type} ${key.getPublicSSH().toString('base64')} ${comment}\n`, 0o644);
   }
   return {
     privatePath,

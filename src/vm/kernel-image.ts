@@ -4,11 +4,12 @@
  * as an EFI zboot image (a small PE that carries the compressed Image). This unpacks either
  * into a cache, keyed by the content hash of the input so a new kernel never hits a stale file.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Readable } from 'node:stream';
+import { writeFileAtomic } from '../atomic-file.js';
 import { FerryError } from '../errors.js';
 import { decompressStream, detectCompression, type Compression } from '../image/layers/decompress.js';
 
@@ -49,7 +50,7 @@ const ZBOOT_COMPRESSION: Record<string, Exclude<Compression, 'none'>> = { gzip: 
 
 /**
  * The path of an uncompressed arm64 Image for `kernel`: the file itself if it already is one,
- * else a decompressed copy in `cacheDir` (written atomically: temp file, then rename).
+ * else a decompressed copy in `cacheDir` (written atomically and synced: atomic-file.ts).
  */
 export async function ensureUncompressedKernel(kernel: string, cacheDir: string): Promise<string> {
   const handle = await open(kernel, 'r');
@@ -94,13 +95,7 @@ export async function ensureUncompressedKernel(kernel: string, cacheDir: string)
     });
   }
   await mkdir(cacheDir, { recursive: true });
-  const temp = `${output}.${randomBytes(6).toString('hex')}.tmp`;
-  try {
-    await writeFile(temp, image);
-    await rename(temp, output);
-  } catch (error) {
-    await rm(temp, { force: true });
-    throw error;
-  }
+  // Synced before it is renamed into place: a zeroed file under this name would be booted every time.
+  await writeFileAtomic(output, image);
   return output;
 }

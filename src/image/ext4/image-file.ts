@@ -3,7 +3,7 @@
  * writes, so blocks that are never written (free space, file holes, unused inode tables) stay
  * holes in the host file too.
  */
-import { closeSync, ftruncateSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, ftruncateSync, openSync, rmSync, writeSync } from 'node:fs';
 
 export class ImageFile {
   private fd: number | undefined;
@@ -27,6 +27,12 @@ export class ImageFile {
     while (done < data.length) {
       done += writeSync(this.fd, data, done, data.length - done, position + done);
     }
+  }
+
+  /** Puts everything written on the disk (on macOS a full sync: atomic-file.ts says why). */
+  sync(): void {
+    if (this.fd === undefined) throw new Error('internal: sync of a closed image file');
+    fsyncSync(this.fd);
   }
 
   /**

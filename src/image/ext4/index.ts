@@ -6,12 +6,14 @@
  * and the journal → stream file contents, then directories and long symlinks, through the data
  * sink → extent tree blocks → inode tables, bitmaps, group descriptors, superblocks.
  *
- * The image is written to a temporary file beside the output and renamed into place only when
- * complete, so a failure never leaves a half-written image where an image is expected.
+ * The image is written to a temporary file beside the output, synced, and renamed into place only
+ * when complete (the directory synced after: atomic-file.ts says why), so neither a failure nor a
+ * power loss leaves a half-written image where an image is expected.
  */
 import { createHash } from 'node:crypto';
 import { closeSync, openSync, readSync, renameSync, rmSync } from 'node:fs';
-import { basename, dirname, join } from 'node:path';
+import { dirname } from 'node:path';
+import { syncDirectorySync, tempPathFor } from '../../atomic-file.js';
 import type { StreamSource, Tree } from '../tree.js';
 import { BlockAllocator, OutOfSpaceError, placeGroupMetadata, writeBitmapsAndCounts } from './allocator.js';
 import * as c from './constants.js';
@@ -66,8 +68,7 @@ export async function writeExt4(tree: Tree, outputPath: string, options: Ext4Opt
   // e2fsck flags a superblock written "in the future"; a source file dated ahead must not cause that.
   const time = options.timestamp ?? Math.min(plan.maxMtime, Math.floor(Date.now() / 1000));
 
-  const tempPath = join(dirname(outputPath), `.${basename(outputPath)}.tmp-${process.pid}`);
-  rmSync(tempPath, { force: true });
+  const tempPath = tempPathFor(outputPath);
   let image: ImageFile;
   try {
     image = new ImageFile(tempPath, geometry.totalBlocks * c.BLOCK_SIZE);
@@ -80,6 +81,7 @@ export async function writeExt4(tree: Tree, outputPath: string, options: Ext4Opt
   }
   try {
     const result = await writeImage(image, tree, plan, geometry, uuid, label, time, options);
+    image.sync();
     image.close();
     try {
       renameSync(tempPath, outputPath);
@@ -88,6 +90,7 @@ export async function writeExt4(tree: Tree, outputPath: string, options: Ext4Opt
         cause: error,
       });
     }
+    syncDirectorySync(dirname(outputPath));
     options.onProgress?.({ phase: 'done', done: 1, total: 1 });
     return { ...result, path: outputPath };
   } catch (error) {

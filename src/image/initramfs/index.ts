@@ -1,15 +1,14 @@
 /**
  * Builds ferry's initramfs: a static busybox, the kernel modules stage 1 needs (with their
  * dependencies, uncompressed), the /init script, and the few directories and device nodes the
- * kernel and the script expect. Written as gzip'd cpio newc, atomically.
+ * kernel and the script expect. Written as gzip'd cpio newc, atomically and synced.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { createWriteStream } from 'node:fs';
-import { open, rename, rm } from 'node:fs/promises';
-import { dirname, basename, join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { open } from 'node:fs/promises';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip, constants as zlibConstants } from 'node:zlib';
+import { writeChunksTo, writeThroughTemp } from '../../atomic-file.js';
 import { FerryError } from '../../errors.js';
 import { cpioArchive, type CpioEntry } from './cpio.js';
 import { Elf, ElfError } from './elf.js';
@@ -86,34 +85,34 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
 }
 
 /**
- * Writes entries as a gzip'd cpio newc archive, atomically (temp file + rename), and returns its
- * size and sha256. Used for the initramfs and for the small config archive appended to it.
+ * Writes entries as a gzip'd cpio newc archive, atomically and synced (writeThroughTemp), and
+ * returns its size and sha256. Used for the initramfs and for the small config archive appended
+ * to it.
  */
 export async function writeGzippedCpio(
   entries: Iterable<CpioEntry>,
   outputPath: string,
   options: { mtime: number; level?: number },
 ): Promise<{ sizeBytes: number; sha256: string }> {
-  const tempPath = join(dirname(outputPath), `.${basename(outputPath)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   const hash = createHash('sha256');
   let sizeBytes = 0;
   try {
-    await pipeline(
-      Readable.from(cpioArchive(entries, { mtime: options.mtime })),
-      createGzip({ level: options.level ?? 6, strategy: zlibConstants.Z_DEFAULT_STRATEGY }),
-      normaliseGzipHeader(),
-      new Transform({
-        transform(chunk: Buffer, _encoding, callback) {
-          hash.update(chunk);
-          sizeBytes += chunk.length;
-          callback(null, chunk);
-        },
-      }),
-      createWriteStream(tempPath, { flags: 'wx', mode: 0o644 }),
+    await writeThroughTemp(outputPath, (handle) =>
+      pipeline(
+        Readable.from(cpioArchive(entries, { mtime: options.mtime })),
+        createGzip({ level: options.level ?? 6, strategy: zlibConstants.Z_DEFAULT_STRATEGY }),
+        normaliseGzipHeader(),
+        new Transform({
+          transform(chunk: Buffer, _encoding, callback) {
+            hash.update(chunk);
+            sizeBytes += chunk.length;
+            callback(null, chunk);
+          },
+        }),
+        writeChunksTo(handle),
+      ),
     );
-    await rename(tempPath, outputPath);
   } catch (error) {
-    await rm(tempPath, { force: true });
     if (error instanceof FerryError) throw error;
     throw new FerryError(`cannot write ${outputPath}: ${(error as Error).message}`, { cause: error });
   }
