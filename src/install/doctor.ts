@@ -2,8 +2,8 @@
  * `ferry doctor`: each piece of the chain from `nix build` to the guest, checked on its own —
  * config and its layer paths, VM backend and accelerator, Nix and its daemon, the machines line
  * and the ssh alias (matching the key, the host key and the port), the service file, the daemon,
- * and with `--build` a real build through the alias. Every failing check comes with the command that
- * fixes it; any failure makes the exit code non-zero.
+ * and with `--build` a real build through the alias. Every failing check comes with the command
+ * that fixes it; any failure makes the exit code non-zero.
  */
 import { constants as fsConstants, existsSync, readFileSync } from 'node:fs';
 import { access } from 'node:fs/promises';
