@@ -108,7 +108,7 @@ describe('an aarch64-linux guest under qemu-system-aarch64 (tcg), through the da
     const name = `ferry-aarch64-${randomUUID().slice(0, 8)}`;
     const build = await hostNixBuild(
       daemon,
-      `derivation { name = "${name}"; system = "aarch64-linux"; builder = "/bin/sh"; args = [ "-c" "/bin/uname -m > $out" ]; }\n`,
+      `derivation { name = "${name}"; system = "aarch64-linux"; builder = "/bin/sh"; args = [ "-c" "uname -m > $out" ]; }\n`,
     );
     const out = expectBuilt(build, daemon);
     expect(await readFile(out, 'utf8')).toBe('aarch64\n');

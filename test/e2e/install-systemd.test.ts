@@ -10,7 +10,7 @@
 import { execa, type ResultPromise } from 'execa';
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { homedir, tmpdir } from 'node:os';
+import os, { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { callDaemon } from '../../src/daemon/control-client.js';
@@ -94,7 +94,7 @@ describe('the systemd unit written by ferry install, started as systemd would', 
     expect(status?.daemon.listen, daemonOutput).toBe(`127.0.0.1:${port}`);
 
     const marker = `ferry-install-e2e-${Date.now()}`;
-    const expression = `derivation { name = "ferry-e2e"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "read h < /proc/sys/kernel/hostname; echo ${marker} $h > $out" ]; }`;
+    const expression = `derivation { name = "ferry-e2e"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "read h < /proc/sys/kernel/hostname; read r < /proc/sys/kernel/osrelease; echo ${marker} $h $r > $out" ]; }`;
     const started = performance.now();
     const build = await execa(
       'nix-build',
@@ -105,9 +105,11 @@ describe('the systemd unit written by ferry install, started as systemd would', 
     expect(build.exitCode, `${build.stderr}\n--- daemon:\n${daemonOutput}`).toBe(0);
     const out = build.stdout.trim().split('\n').at(-1)!;
     expect(out).toMatch(/^\/nix\/store\/[a-z0-9]{32}-ferry-e2e$/);
-    // Built in the guest: its hostname (shell builtins only; a build has no PATH), not this machine's.
-    const guestHostname = /^# hostname = "(.*)"$/m.exec(readFileSync(path.join(home, '.config/ferry/ferry.toml'), 'utf8'))?.[1] ?? 'ferry';
-    expect(readFileSync(out, 'utf8').trim()).toBe(`${marker} ${guestHostname}`);
+    // Built in the guest's sandbox: Nix's own hostname there, and the guest's kernel, not this machine's.
+    const [seenMarker, hostname, release] = readFileSync(out, 'utf8').trim().split(' ');
+    expect([seenMarker, hostname]).toEqual([marker, 'localhost']);
+    expect(release).toMatch(/^\d+\.\d+\.\d+-/);
+    expect(release).not.toBe(os.release());
     // The daemon saw the session (counted when it ends, which may trail nix-build's exit a little).
     let total = 0;
     for (let i = 0; i < 20 && total === 0; i++) {
