@@ -229,7 +229,7 @@ describe('one daemon: on-demand boot, ssh-ng and ssh, 8 builds at once, a 100 MB
     const { pid } = await guestRecord(daemon);
     // ssh://: Nix shows the session's stderr, where the daemon explains. (With ssh-ng:// Nix 2.8
     // shows only its own "unexpected end-of-file".)
-    const building = daemon.nixBuild('killed', '/bin/sleep 60; echo never > $out', { proto: 'ssh', timeoutMs: 150_000 });
+    const building = daemon.nixBuild('killed', 'sleep 60; echo never > $out', { proto: 'ssh', timeoutMs: 150_000 });
     await daemon.waitForStatus((s) => s.sessions.open > 0, 60_000, 'the build session');
     await sleep(4000); // the build runs in the guest now
     process.kill(pid, 'SIGKILL');
@@ -273,7 +273,7 @@ describe('config changes: swap after the build in flight, a broken config, an im
     const old = await daemon.status();
     expect(old.guest.state).toBe('running');
 
-    const building = daemon.nixBuild('during-swap', '/bin/sleep 15; echo survived > $out');
+    const building = daemon.nixBuild('during-swap', 'sleep 15; echo survived > $out');
     await daemon.waitForStatus((s) => s.sessions.open > 0, 60_000, 'the build session');
     await daemon.writeConfig({ maxJobs: 3 });
     // The new image is built while the build runs, then waits for the session to end.
