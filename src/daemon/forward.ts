@@ -8,6 +8,7 @@
 import type { ClientChannel, PseudoTtyInfo, PseudoTtyOptions, ServerChannel, Session, WindowChangeInfo } from 'ssh2';
 import { forgetResumedChunks, SerialChannelWriter } from './channel-writer.js';
 import type { GuestChannelRequest, GuestLease } from './guest-pool.js';
+import { DISK_FULL_TEXT, OutputSpotter } from './output-spotter.js';
 import { SessionMeter, type SessionExit, type SessionRecord } from './session-log.js';
 
 /** What forwarding needs from the pool. */
@@ -22,6 +23,11 @@ export interface ForwardOptions {
   readonly user: string;
   /** Called once when the session's command starts (exec or shell accepted). */
   readonly onStart?: (meter: SessionMeter) => void;
+  /**
+   * The line the client gets on stderr when the guest says "No space left on device" (the state
+   * disk is full: the fix is in ferry.toml, which the guest's own message cannot name).
+   */
+  readonly diskFullNote?: () => string;
 }
 
 /** The exit status a client sees when ferry, not the command, ended the session (like ssh's own 255). */
@@ -69,7 +75,7 @@ export function forwardSession(session: Session, options: ForwardOptions): Promi
       const meter = new SessionMeter(options.id, options.user, kind, command, pty !== undefined);
       options.onStart?.(meter);
       const request: GuestChannelRequest = { kind, command, pty: pty === undefined ? undefined : ptyOptions(pty, window), env };
-      run(front, request, meter, options.pool, (channel) => (guest = channel)).then(resolve, (error: unknown) =>
+      run(front, request, meter, options, (channel) => (guest = channel)).then(resolve, (error: unknown) =>
         resolve(meter.finish({ kind: 'error', message: `internal error: ${String(error)}` })),
       );
     };
@@ -91,7 +97,7 @@ async function run(
   front: ServerChannel,
   request: GuestChannelRequest,
   meter: SessionMeter,
-  pool: GuestChannelSource,
+  { pool, diskFullNote }: ForwardOptions,
   onGuest: (channel: ClientChannel) => void,
 ): Promise<SessionRecord> {
   const newline = request.pty === undefined ? '\n' : '\r\n';
@@ -129,7 +135,7 @@ async function run(
     return meter.finish({ kind: 'error', message: 'the client left before the guest was ready' });
   }
   onGuest(guest);
-  const piped = pipe(front, guest, writer, meter);
+  const piped = pipe(front, guest, writer, meter, diskFullNote && (() => `ferry: ${diskFullNote()}${newline}`));
   await new Promise<void>((resolve) => guest.once('close', () => resolve()));
 
   const exit = piped.exit();
@@ -154,7 +160,13 @@ async function run(
  * the client's one writer, client stdin to the guest, EOF passed on. Returns when the guest's
  * stderr ended and, once the guest channel closed, how the command ended (if the guest said).
  */
-function pipe(front: ServerChannel, guest: ClientChannel, writer: SerialChannelWriter, meter: SessionMeter): { stderrEnded: Promise<void>; exit: () => SessionExit | undefined } {
+function pipe(
+  front: ServerChannel,
+  guest: ClientChannel,
+  writer: SerialChannelWriter,
+  meter: SessionMeter,
+  diskFullLine?: () => string,
+): { stderrEnded: Promise<void>; exit: () => SessionExit | undefined } {
   guest.on('error', () => {});
   guest.stderr.on('error', () => {});
 
@@ -170,14 +182,22 @@ function pipe(front: ServerChannel, guest: ClientChannel, writer: SerialChannelW
   writer.on('drain', resumeGuest);
   // The client is gone; keep reading so the guest side can finish and close.
   writer.on('error', resumeGuest);
-  guest.on('data', (data: Buffer) => {
-    meter.bytesOut += data.length;
-    if (!writer.write('stdout', data)) pauseGuest();
-  });
-  guest.stderr.on('data', (data: Buffer) => {
-    meter.bytesErr += data.length;
-    if (!writer.write('stderr', data)) pauseGuest();
-  });
+  // The disk-full line goes out right after the guest's own message (on either stream: ssh-ng
+  // carries build errors in its protocol on stdout), while the client still shows what comes.
+  const spotters = { stdout: new OutputSpotter(DISK_FULL_TEXT), stderr: new OutputSpotter(DISK_FULL_TEXT) };
+  let noted = false; // once per session
+  const fromGuest = (stream: 'stdout' | 'stderr', data: Buffer) => {
+    if (stream === 'stdout') meter.bytesOut += data.length;
+    else meter.bytesErr += data.length;
+    let more = writer.write(stream, data);
+    if (diskFullLine && !noted && spotters[stream].feed(data)) {
+      noted = true;
+      more = writer.write('stderr', Buffer.from(diskFullLine())) && more;
+    }
+    if (!more) pauseGuest();
+  };
+  guest.on('data', (data: Buffer) => fromGuest('stdout', data));
+  guest.stderr.on('data', (data: Buffer) => fromGuest('stderr', data));
   const stderrEnded = new Promise<void>((resolve) => guest.stderr.once('end', resolve));
 
   // Client → guest: stdin, paused while the guest's window is full; EOF passed on.
