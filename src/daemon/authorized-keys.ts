@@ -52,6 +52,10 @@ export interface PublicKeyAttempt {
   /** Absent when the client only asks whether the key would be accepted (no proof yet). */
   readonly signature?: Buffer;
   readonly blob?: Buffer;
+  /**
+   * ssh2 reports an RSA key's `rsa-sha2-256`/`-512` attempts as algo `ssh-rsa` with hashAlgo
+   * sha256/sha512; a plain `ssh-rsa` attempt (SHA-1) has none.
+   */
   readonly hashAlgo?: string;
 }
 
@@ -68,7 +72,10 @@ export type AuthDecision =
  */
 export function decideAuth(allowed: readonly AllowedKey[], method: string, attempt?: PublicKeyAttempt): AuthDecision {
   if (method !== 'publickey' || attempt === undefined) return { accept: false, reason: `method ${method} is not offered` };
-  const match = allowed.find((key) => sameBytes(key.data, attempt.key.data) && algoFitsType(attempt.key.algo, key.type));
+  if (attempt.key.algo === 'ssh-rsa' && attempt.hashAlgo === undefined) {
+    return { accept: false, reason: 'ssh-rsa signatures (SHA-1) are refused, as OpenSSH 8.8 refuses them: the client must sign with rsa-sha2-256 or rsa-sha2-512' };
+  }
+  const match = allowed.find((key) => sameBytes(key.data, attempt.key.data) && attempt.key.algo === key.type);
   if (match === undefined) return { accept: false, reason: `unknown ${attempt.key.algo} key` };
   if (attempt.signature === undefined) return { accept: true, key: match };
   if (attempt.blob === undefined) return { accept: false, reason: 'signature without signed data' };
@@ -76,12 +83,6 @@ export function decideAuth(allowed: readonly AllowedKey[], method: string, attem
     return { accept: false, reason: `bad signature for ${match.type} key ${match.comment}`.trim() };
   }
   return { accept: true, key: match };
-}
-
-/** RSA keys log in with the `rsa-sha2-*` signature algorithms; the key type stays `ssh-rsa`. */
-function algoFitsType(algo: string, type: string): boolean {
-  if (algo === type) return true;
-  return type === 'ssh-rsa' && (algo === 'rsa-sha2-256' || algo === 'rsa-sha2-512');
 }
 
 function sameBytes(a: Buffer, b: Buffer): boolean {

@@ -62,9 +62,10 @@ describe('allowed keys and the login decision', () => {
     expect(decideAuth(allowed, 'publickey', attempt(mine.public, undefined, mineKey)).accept).toBe(true);
   });
 
-  it('accepts RSA keys signing with rsa-sha2-256', () => {
+  it('accepts RSA keys signing with rsa-sha2-256 and -512 (which ssh2 reports as ssh-rsa with their hash)', () => {
     const signer = parsedPrivate(rsa.private);
-    expect(decideAuth(allowed, 'publickey', attempt(rsa.public, 'rsa-sha2-256', signer, 'sha256')).accept).toBe(true);
+    expect(decideAuth(allowed, 'publickey', attempt(rsa.public, 'ssh-rsa', signer, 'sha256')).accept).toBe(true);
+    expect(decideAuth(allowed, 'publickey', attempt(rsa.public, 'ssh-rsa', signer, 'sha512')).accept).toBe(true);
   });
 
   it('refuses an unknown key, a forged signature, a type mismatch, and every other method', () => {
@@ -73,6 +74,8 @@ describe('allowed keys and the login decision', () => {
     const forged = attempt(mine.public, undefined, parsedPrivate(other.private));
     expect(decideAuth(allowed, 'publickey', forged)).toMatchObject({ accept: false, reason: /bad signature/ });
     const wrongAlgo = attempt(mine.public, 'ssh-rsa');
+    // An RSA key signing with ssh-rsa (SHA-1): ssh2 gives no hashAlgo for it.
+    expect(decideAuth(allowed, 'publickey', attempt(rsa.public, 'ssh-rsa', parsedPrivate(rsa.private)))).toMatchObject({ accept: false, reason: /SHA-1/ });
     expect(decideAuth(allowed, 'publickey', wrongAlgo).accept).toBe(false);
     for (const method of ['password', 'keyboard-interactive', 'none', 'hostbased']) {
       expect(decideAuth(allowed, method).accept).toBe(false);
