@@ -6,6 +6,7 @@
  * guest; see the daemon's status report).
  */
 import { open } from 'node:fs/promises';
+import { humanBytes } from '../format.js';
 
 export interface FilesystemUsage {
   /** The filesystem's size (blocks × block size). */
@@ -43,4 +44,16 @@ export async function readFilesystemUsage(path: string): Promise<FilesystemUsage
     freeBytes: free * blockSize,
     availableBytes: Math.max(0, free - reserved) * blockSize,
   };
+}
+
+/** The state disk's use as `ferry status` and `ferry doctor` report it, and where it was read. */
+export interface StateDiskUsage extends FilesystemUsage {
+  /** 'guest': `df` in the running guest (live); 'superblock': read on the host (as of the last clean stop). */
+  readonly source: 'guest' | 'superblock';
+}
+
+/** "3.1 GiB of 40.0 GiB used (8%), 36.9 GiB free; garbage collected below 4.0 GiB free". */
+export function describeUsage(usage: FilesystemUsage, minFreeBytes: number): string {
+  const percent = usage.sizeBytes > 0 ? Math.round((usage.usedBytes / usage.sizeBytes) * 100) : 0;
+  return `${humanBytes(usage.usedBytes)} of ${humanBytes(usage.sizeBytes)} used (${percent}%), ${humanBytes(usage.availableBytes)} free; garbage collected below ${humanBytes(minFreeBytes)} free`;
 }

@@ -2,6 +2,7 @@
  * `ferry doctor`: each piece of the chain from `nix build` to the guest, checked on its own —
  * config and its layer paths, VM backend and accelerator, Nix and its daemon, the machines line
  * and the ssh alias (matching the key, the host key and the port), the service file, the daemon,
+ * the state disk (how full, and whether the configured size fits it),
  * and with `--build` a real build through the alias. Every failing check comes with the command
  * that fixes it; any failure makes the exit code non-zero.
  */
@@ -17,6 +18,7 @@ import { installHint } from '../vm/facts.js';
 import { selectBackend } from '../vm/index.js';
 import { createExecaRunner, findOnPath, ProcessError, type Runner } from '../process/runner.js';
 import { checkLayers } from './doctor-layers.js';
+import { checkStateDisk, liveStateDiskUsage } from './doctor-state-disk.js';
 import { readIfExists } from './files.js';
 import { hostContext, type HostContext, type HostOptions } from './install.js';
 import { LAUNCHD_LABEL, SYSTEMD_UNIT, underRoot } from './layout.js';
@@ -74,6 +76,7 @@ export async function doctor(options: DoctorOptions = {}): Promise<Check[]> {
   add(checkAlias(ctx, config));
   add(checkServiceFile(ctx));
   add(await checkDaemon(ctx, config));
+  if (config) add(await checkStateDisk(paths.stateDisk, config, await liveStateDiskUsage(paths.controlSocket)));
   if (options.build && config) add(await checkBuild(ctx, config));
   return checks;
 
