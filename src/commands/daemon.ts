@@ -72,6 +72,23 @@ export function registerDaemonCommands(program: Command): void {
   }
 
   program
+    .command('rebuild')
+    .description('build the guest image for ferry.toml now and swap the guest to it (what a change of the file does)')
+    .option('--json', 'print the outcome and the status as JSON on stdout')
+    .addHelpText('after', '\nA running guest is swapped once its sessions end. Exit codes: 0 built (or unchanged), 1 the build or the config failed, 69 no daemon.')
+    .action(async (opts: { json?: boolean }) => {
+      const paths = resolvePaths();
+      // As long as a first build may take (a session would wait as long): [daemon] image-timeout's default.
+      const answer = await callDaemon<{ result: { outcome: string; imageId?: string; error?: string }; status: DaemonStatus }>(paths.controlSocket, 'POST', '/rebuild', 30 * 60_000);
+      if (opts.json) process.stdout.write(`${JSON.stringify(answer, null, 2)}\n`);
+      else process.stdout.write(renderStatus(answer.status));
+      const { outcome, error } = answer.result;
+      if (outcome === 'build-error' || outcome === 'config-error' || outcome === 'rolled-back') {
+        throw new FerryError(`${outcome === 'rolled-back' ? 'the new image did not come up (rolled back)' : outcome === 'config-error' ? 'the config is not valid' : 'the image build failed'}: ${error ?? ''}`);
+      }
+    });
+
+  program
     .command('logs')
     .description("print the daemon's log (human-readable); -f follows it")
     .option('-f, --follow', 'keep printing new lines')
@@ -137,12 +154,16 @@ function renderStatus(s: DaemonStatus): string {
   const g = s.guest;
   lines.push(`daemon   running (pid ${s.daemon.pid}, up ${formatDurationMs(s.daemon.uptimeMs)}), SSH front on ${s.daemon.listen}`);
   if (s.daemon.configError) lines.push(`         config error (the guest keeps its previous config):\n${indent(s.daemon.configError)}`);
-  if (s.daemon.buildError) lines.push(`         image build failed (the guest keeps its previous image):\n${indent(s.daemon.buildError)}`);
+  if (s.daemon.buildError) {
+    const meanwhile = g.image === undefined ? 'no image to boot: sessions get this error; a change of ferry.toml, `ferry rebuild` or the next session tries again' : 'the guest keeps its previous image';
+    lines.push(`         image build failed (${meanwhile}):\n${indent(s.daemon.buildError)}`);
+  }
   const uptime = g.state === 'running' ? `, up ${formatDurationMs(g.uptimeMs)}` : '';
   lines.push(`guest    ${g.state}${uptime}${g.address ? ` at ${g.address}` : ''}${g.backend ? ` (${g.backend})` : ''}${g.readyMs ? `, ready in ${formatDurationMs(g.readyMs)}` : ''}`);
   const extra = g.extraSystems.length ? ` + ${g.extraSystems.join(', ')} (through ${g.interpreter})` : '';
   lines.push(`systems  ${g.system}${extra}`);
-  lines.push(`image    ${g.image}${g.previousImage ? ` (previous ${g.previousImage})` : ''}${g.pendingImage ? `, swapping to ${g.pendingImage} when sessions end` : ''}`);
+  const building = s.daemon.buildingSince ? `being built since ${s.daemon.buildingSince}` : undefined;
+  lines.push(`image    ${g.image ?? building ?? 'none'}${g.image && building ? ` (a new one ${building})` : ''}${g.previousImage ? ` (previous ${g.previousImage})` : ''}${g.pendingImage ? `, swapping to ${g.pendingImage} when sessions end` : ''}`);
   if (g.lastSwap) lines.push(`swap     ${g.lastSwap.outcome} → ${g.lastSwap.imageId} at ${g.lastSwap.at}${g.lastSwap.error ? `: ${g.lastSwap.error}` : ''}`);
   if (g.lastError) lines.push(`problem  ${g.lastError}`);
   lines.push(`sessions ${s.sessions.open} open, ${s.sessions.total} since start; ${g.boots} boots, ${g.crashes} crashes`);

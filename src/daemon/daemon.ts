@@ -18,7 +18,7 @@ import { GuestPool } from './guest-pool.js';
 import { guestVmDeps, stopLeftoverGuest } from './guest-vm.js';
 import { createDaemonLogger } from './logger.js';
 import { authorizedKeyLines, ConfigReload, watchConfigFile } from './reload.js';
-import { initialImages, saveImages } from './saved-images.js';
+import { loadSavedImages, saveImages } from './saved-images.js';
 import { frontAddress, writeDaemonSshConfig } from './ssh-alias.js';
 import { SshFront } from './ssh-front.js';
 import { DAEMON_VERSION, SessionHistory, statusReport } from './status-report.js';
@@ -32,39 +32,68 @@ export interface DaemonOptions {
 
 export async function runDaemon(options: DaemonOptions): Promise<void> {
   const { paths } = options;
-  let config = await loadConfig(paths.configFile);
+  const config = await loadConfig(paths.configFile);
   await mkdir(paths.stateDir, { recursive: true, mode: 0o700 });
   if (await daemonIsRunning(paths.controlSocket)) {
     throw new FerryError(`a ferry daemon is already running (control socket ${paths.controlSocket})`, { exitCode: ExitCode.TempFail });
   }
   const log = createDaemonLogger({ file: paths.daemonLog, level: config.daemon.logLevel, pretty: options.pretty });
-  const startedAt = new Date();
+  // Listened for from here: a SIGTERM while the daemon starts still ends in a clean shutdown.
+  const signals = nextSignal();
   log.info({ version: DAEMON_VERSION, config: paths.configFile, stateDir: paths.stateDir }, 'ferry daemon starting');
   await writeFile(paths.daemonPid, `${process.pid}\n`);
+  // What shutdown undoes, last started first; the pid file last of all, on any way out.
+  const undo: Array<() => unknown> = [() => rm(paths.daemonPid, { force: true })];
+  const shutdown = async () => {
+    for (const step of undo.reverse()) await Promise.resolve().then(step).catch((error: unknown) => log.error({ err: error }, 'a shutdown step failed'));
+  };
+  try {
+    await serve(paths, config, log, undo);
+  } catch (error) {
+    // Printed once, by the caller (on stderr, which launchd and systemd put with stdout): not logged too.
+    log.debug({ err: error }, 'the daemon did not start');
+    await shutdown();
+    signals.dispose();
+    log.flush();
+    throw error;
+  }
+  log.info({ signal: await signals.next }, 'shutting down');
+  await shutdown();
+  signals.dispose();
+  log.info('stopped');
+  log.flush();
+}
 
+/**
+ * Starts the parts, pushing onto `undo` how to stop each. The SSH front listens first — right
+ * after the keys and the leftover guest — so a session that comes while the image builds or the
+ * guest boots waits (the supervisor asks the reloader for an image) instead of being refused.
+ */
+async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo: Array<() => unknown>): Promise<void> {
+  let config = initial;
+  const startedAt = new Date();
   const keys = ferryKeys(paths);
   const { client: clientKey, guestClient: guestKey } = keys;
   await stopLeftoverGuest(paths, log);
+  const saved = await loadSavedImages(paths, log);
 
-  const { current, previous } = await initialImages(paths, config, log);
   const clock = new ClockWatch();
-  const supervisor: Supervisor = new Supervisor(
-    {
-      ...guestVmDeps(paths, () => config, () => clock.reset()),
-      saveImages: (image, before) => saveImages(paths, image, before),
-      closeConnections: (): Promise<void> => pool.close(),
-      idleTimeoutMs: () => config.daemon.idleTimeoutMs,
-      logger: log,
-    },
-    current,
-    previous,
-  );
+  undo.push(() => clock.close());
+  const supervisor: Supervisor = new Supervisor({
+    ...guestVmDeps(paths, () => config, () => clock.reset()),
+    saveImages: (image, before) => saveImages(paths, image, before),
+    closeConnections: (): Promise<void> => pool.close(),
+    imageReady: () => reloader.imageReady(),
+    idleTimeoutMs: () => config.daemon.idleTimeoutMs,
+    logger: log,
+  });
   const pool: GuestPool = new GuestPool({
     target: () => supervisor.ensureRunning(),
     privateKey: guestKey.privateKey,
     handshakeTimeoutMs: () => config.daemon.sshTimeoutMs,
     logger: log,
   });
+  undo.push(() => pool.close(), () => supervisor.stop({ reason: 'daemon shutdown' }));
 
   const sessions = new SessionHistory();
   const front = new SshFront({
@@ -79,12 +108,7 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     ...pickLimits(config),
   });
   front.on('sessions', (open: number) => supervisor.sessionsChanged(open));
-  const listening = await front.listen();
-  writeDaemonSshConfig(paths, listening);
-  const address = frontAddress(listening.host, listening.port);
-  log.info({ address }, 'SSH front listening');
-
-  const reloader = new ConfigReload({
+  const reloader: ConfigReload = new ConfigReload({
     paths,
     log,
     config: () => config,
@@ -93,22 +117,22 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
     clientPublicKey: clientKey.publicKey,
     swapTo: (manifest) => supervisor.swapTo(manifest),
   });
+  const listening = await front.listen();
+  undo.push(() => front.close());
+  // Queued before any session can ask for an image (a login takes network round trips; this
+  // runs in the same turn as the listen callback), so sessions wait for this build, not another.
+  void reloader.start(saved, (images) => supervisor.useImages(images.current, images.previous)).catch((error: unknown) => log.error({ err: error }, 'the first image could not be put in place'));
+  writeDaemonSshConfig(paths, listening);
+  const address = frontAddress(listening.host, listening.port);
+
   const status = () =>
     statusReport({ paths, startedAt, listen: address, config: () => config, reload: reloader.state, supervisor, openSessions: () => front.openSessions, sessions });
   const control = controlServer(paths, supervisor, status, (reason) => reloader.reload(reason));
   await control.listen();
+  undo.push(() => control.close());
   const watcher = watchConfigFile(paths.configFile, (event) => void reloader.reload(`${paths.configFile} ${event}`));
-  log.info('ready');
-
-  await untilSignalled(log, async () => {
-    await watcher.close();
-    await control.close();
-    await front.close();
-    await supervisor.stop({ reason: 'daemon shutdown' });
-    await pool.close();
-    clock.close();
-    await rm(paths.daemonPid, { force: true });
-  });
+  undo.push(() => watcher.close());
+  log.info({ address }, 'ready');
 }
 
 function pickLimits({ daemon }: FerryConfig): Pick<FerryConfig['daemon'], 'loginGraceTimeMs' | 'maxAuthTries' | 'maxStartups'> {
@@ -135,22 +159,22 @@ function controlServer(paths: FerryPaths, supervisor: Supervisor, status: () => 
     .route('POST', '/rebuild', async () => ({ result: await reload('requested'), status: status() }));
 }
 
-/** Resolves after SIGTERM or SIGINT, once `shutdown` has run (once, however many signals come). */
-function untilSignalled(log: Logger, shutdown: () => Promise<void>): Promise<void> {
-  return new Promise<void>((resolve) => {
-    let stopping = false;
-    const onSignal = async (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      log.info({ signal }, 'shutting down');
-      await shutdown();
-      log.info('stopped');
-      log.flush();
-      resolve();
-    };
-    // `on`, not `once`: execa's signal-exit re-raises a signal that has no other listener left,
-    // which would kill the daemon in the middle of its clean shutdown.
-    process.on('SIGTERM', () => void onSignal('SIGTERM'));
-    process.on('SIGINT', () => void onSignal('SIGINT'));
-  });
+/**
+ * `next` resolves with the name of the first SIGTERM or SIGINT; later ones are ignored (shutdown
+ * runs once) until `dispose`, once the daemon is down.
+ */
+function nextSignal(): { next: Promise<string>; dispose(): void } {
+  let onSignal!: (signal: NodeJS.Signals) => void;
+  const next = new Promise<string>((resolve) => (onSignal = resolve));
+  // `on`, not `once`: execa's signal-exit re-raises a signal that has no other listener left,
+  // which would kill the daemon in the middle of its clean shutdown.
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  return {
+    next,
+    dispose: () => {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+    },
+  };
 }

@@ -1,15 +1,12 @@
 /**
  * Which image the guest runs and which it ran before, kept on disk (paths.currentImage) so that a
- * restarted daemon can still roll back; and the image the daemon starts with.
+ * restarted daemon can still roll back; and the images the daemon starts with.
  */
 import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { writeFileAtomic } from '../atomic-file.js';
 import type { FerryPaths } from '../config/paths.js';
-import type { FerryConfig } from '../config/types.js';
-import { buildImage } from '../image/build.js';
 import { readManifest, type ImageManifest } from '../image/manifest.js';
-import { ferryKeys } from '../keys/ferry-keys.js';
 
 interface SavedImages {
   current: string;
@@ -22,22 +19,13 @@ export interface StartImages {
 }
 
 /**
- * The image to run: the config's, built now (a cache hit when nothing changed). If that build
- * fails but an image ran before, that one keeps serving and the error shows in status.
+ * The images the daemon starts with, from its first build and what ran before: the build (what
+ * ran before becomes the one to roll back to) or, when the build failed, what ran before — so it
+ * keeps serving while status shows the error. Undefined: nothing to boot yet.
  */
-export async function initialImages(paths: FerryPaths, config: FerryConfig, log: Logger): Promise<StartImages> {
-  const saved = await loadSavedImages(paths, log);
-  try {
-    log.info('building the image (a cache hit when nothing changed)');
-    const built = await buildImage({ config, paths, keys: ferryKeys(paths), onStep: (step) => log.info(step) });
-    const previous = saved.current && saved.current.id !== built.id ? saved.current : saved.previous;
-    await saveImages(paths, built, previous);
-    return { current: built, previous };
-  } catch (error) {
-    if (!saved.current) throw error;
-    log.error({ err: error }, `the image build failed; using the image that ran before (${saved.current.id})`);
-    return { current: saved.current, previous: saved.previous };
-  }
+export function startImages(saved: Partial<StartImages>, built: ImageManifest | undefined): StartImages | undefined {
+  if (built !== undefined) return { current: built, previous: saved.current && saved.current.id !== built.id ? saved.current : saved.previous };
+  return saved.current === undefined ? undefined : { current: saved.current, previous: saved.previous };
 }
 
 /**

@@ -161,9 +161,10 @@ export class SshFront extends EventEmitter {
       const onError = (error: NodeJS.ErrnoException) => {
         const inUse = error.code === 'EADDRINUSE';
         reject(
-          new FerryError(`cannot listen on ${frontAddress(host, this.#options.port)}: ${inUse ? 'the port is in use (is another ferry daemon running?)' : error.message}`, {
+          new FerryError(`cannot listen on ${frontAddress(host, this.#options.port)}: ${inUse ? 'the port is in use' : error.message}`, {
             exitCode: ExitCode.Unavailable,
-            hint: inUse ? 'another program (another ferry?) uses this port; set [daemon] port in ferry.toml' : undefined,
+            // Said once: the message says what, the hint what to do (`ss -ltnp` / `lsof -i` name the holder).
+            hint: inUse ? 'is another ferry daemon (another state dir) running? Else set [daemon] port in ferry.toml to a free one' : undefined,
             cause: error,
           }),
         );

@@ -54,6 +54,7 @@ export function statusReport(sources: StatusSources): DaemonStatus {
       logFile: paths.daemonLog,
       configError: reload.configError,
       buildError: reload.buildError,
+      buildingSince: reload.buildingSince,
       lastReloadAt: reload.lastReloadAt,
     },
     guest: { ...sources.supervisor.status(), system: guest.system, extraSystems: guest.extraSystems, interpreter: guest.interpreter },

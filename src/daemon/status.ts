@@ -18,8 +18,10 @@ export interface DaemonStatus {
     logFile: string;
     /** Why the last change of ferry.toml was refused (the guest keeps its previous config). */
     configError?: string;
-    /** Why the last image build failed (the guest keeps its previous image). */
+    /** Why the last image build failed (the guest keeps its previous image; without one, sessions get this error). */
     buildError?: string;
+    /** While an image is being built: since when (sessions without an image wait for it). */
+    buildingSince?: string;
     lastReloadAt?: string;
   };
   guest: ReturnType<Supervisor['status']> & {

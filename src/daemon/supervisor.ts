@@ -1,7 +1,9 @@
 /**
  * The supervisor owns the guest's lifecycle: boot on the first session, stop when idle, note a
  * crash and back off before the next boot, and swap to a new image without breaking sessions in
- * flight — rolling back when the new guest does not come up.
+ * flight — rolling back when the new guest does not come up. Until it has an image (the daemon's
+ * first build runs, or no build has succeeded yet) sessions wait for one, or fail with why there
+ * is none.
  *
  * State changes go through one transition table, so an impossible change is a loud bug, not a
  * silent inconsistency.
@@ -32,6 +34,11 @@ export interface SupervisorDeps {
   saveImages(current: ImageManifest, previous: ImageManifest | undefined): Promise<void>;
   /** Drop pooled connections to the guest (before a swap). */
   closeConnections(): Promise<void>;
+  /**
+   * There is no image to boot: resolves once the build under way (or one started for this call)
+   * has given the supervisor one; rejects with why it did not.
+   */
+  imageReady(): Promise<void>;
   idleTimeoutMs(): number;
   logger: Logger;
 }
@@ -51,7 +58,8 @@ export interface GuestTarget {
 export class Supervisor extends EventEmitter {
   #state: GuestState = 'stopped';
   #since = Date.now();
-  #current: ImageManifest;
+  /** Undefined until the daemon's first build (or the first that succeeds) gives one. */
+  #current: ImageManifest | undefined;
   #previous: ImageManifest | undefined;
   #guest: BootedGuest | undefined;
   #booting: Promise<GuestEndpoint> | undefined;
@@ -72,7 +80,7 @@ export class Supervisor extends EventEmitter {
 
   constructor(
     private readonly deps: SupervisorDeps,
-    current: ImageManifest,
+    current?: ImageManifest,
     previous?: ImageManifest,
   ) {
     super();
@@ -84,7 +92,7 @@ export class Supervisor extends EventEmitter {
     return this.#state;
   }
 
-  get currentImage(): ImageManifest {
+  get currentImage(): ImageManifest | undefined {
     return this.#current;
   }
 
@@ -93,6 +101,12 @@ export class Supervisor extends EventEmitter {
     for (;;) {
       if (this.#swapGate) {
         await this.#swapGate;
+        continue;
+      }
+      if (this.#current === undefined) {
+        await this.deps.imageReady();
+        // Resolved without an image would loop here for ever: a bug, said loudly.
+        if (this.#current === undefined) throw new Error('internal: the image build ended without giving the supervisor an image');
         continue;
       }
       if (this.#state === 'running' && this.#guest) return this.#target(this.#guest.endpoint);
@@ -105,8 +119,9 @@ export class Supervisor extends EventEmitter {
         continue;
       }
       await this.#backoff();
-      if (this.#state !== 'stopped' || this.#swapGate) continue;
-      await this.#boot(this.#current);
+      const image = this.#current;
+      if (this.#state !== 'stopped' || this.#swapGate || image === undefined) continue;
+      await this.#boot(image);
     }
   }
 
@@ -145,6 +160,15 @@ export class Supervisor extends EventEmitter {
     return this.#stopping;
   }
 
+  /**
+   * The images to boot while the supervisor has none (no guest ran): the daemon's first build and
+   * what ran before it (for rollback), or what ran before when that build failed.
+   */
+  async useImages(current: ImageManifest, previous: ImageManifest | undefined): Promise<void> {
+    if (this.#current !== undefined) throw new Error('internal: useImages while the supervisor has an image; swap to it instead');
+    await this.#adopt(current, previous);
+  }
+
   /** Boots the guest now (if it is not running). */
   async start(): Promise<void> {
     await this.ensureRunning();
@@ -156,6 +180,11 @@ export class Supervisor extends EventEmitter {
    * does not, boots the previous image again.
    */
   async swapTo(manifest: ImageManifest): Promise<SwapResult> {
+    if (this.#current === undefined) {
+      // No guest ever ran: nothing to wait for or swap out (open sessions wait for this image).
+      await this.useImages(manifest, this.#previous);
+      return this.#recordSwap({ outcome: 'applied-next-boot', imageId: manifest.id });
+    }
     if (manifest.id === this.#current.id && !this.#pendingImage) return this.#recordSwap({ outcome: 'unchanged', imageId: manifest.id });
     if (this.#pendingImage) {
       // A swap is already waiting: the newest image wins; the waiting swap picks it up.
@@ -180,8 +209,8 @@ export class Supervisor extends EventEmitter {
       }
       if (this.#state === 'booting') await this.#booting?.catch(() => {});
       const target = this.#pendingImage;
-      if (target.id === this.#current.id) return this.#recordSwap({ outcome: 'unchanged', imageId: target.id });
       const old = this.#current;
+      if (target.id === old.id) return this.#recordSwap({ outcome: 'unchanged', imageId: target.id });
       if (this.#state !== 'running') {
         await this.#adopt(target, old);
         this.deps.logger.info({ image: target.id }, 'new image will be used at the next boot');
@@ -216,7 +245,7 @@ export class Supervisor extends EventEmitter {
       state: this.#state,
       since: new Date(this.#since).toISOString(),
       uptimeMs: this.#state === 'running' ? Date.now() - this.#since : 0,
-      image: this.#current.id,
+      image: this.#current?.id,
       previousImage: this.#previous?.id,
       pendingImage: this.#pendingImage?.id,
       backend: guest?.record.backend,
@@ -309,7 +338,7 @@ export class Supervisor extends EventEmitter {
     this.#idleTimer.unref();
   }
 
-  async #adopt(image: ImageManifest, previous: ImageManifest): Promise<void> {
+  async #adopt(image: ImageManifest, previous: ImageManifest | undefined): Promise<void> {
     this.#previous = previous;
     this.#current = image;
     await this.deps.saveImages(image, previous);

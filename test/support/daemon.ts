@@ -21,7 +21,7 @@ export interface Result {
 }
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
@@ -113,14 +113,24 @@ export class TestDaemon {
     this.#exited = new Promise((resolve) => child.once('exit', (code) => resolve(code)));
   }
 
-  /** Starts `ferry daemon` with `config(port)` and waits until its control socket answers. */
-  static async start(config: (port: number) => string, options: { readyTimeoutMs?: number } = {}): Promise<TestDaemon> {
+  /**
+   * Starts `ferry daemon` with `config(port)` and waits until its control socket answers. With
+   * `freshImages`, its image cache is its own and empty but for the shared downloads (the base
+   * packages): its first image is really built (the system disk written), not found cached.
+   */
+  static async start(config: (port: number) => string, options: { readyTimeoutMs?: number; freshImages?: boolean } = {}): Promise<TestDaemon> {
     const work = await mkdtemp(path.join(tmpdir(), 'ferry-daemon-'));
-    await mkdir(IMAGE_CACHE, { recursive: true });
+    await mkdir(path.join(IMAGE_CACHE, 'downloads'), { recursive: true });
+    let cacheDir = IMAGE_CACHE;
+    if (options.freshImages) {
+      cacheDir = path.join(work, 'cache');
+      await mkdir(cacheDir);
+      await symlink(path.join(IMAGE_CACHE, 'downloads'), path.join(cacheDir, 'downloads'));
+    }
     const env: Record<string, string> = {
       ...(process.env as Record<string, string>),
       FERRY_STATE_DIR: path.join(work, 'state'),
-      FERRY_CACHE_DIR: IMAGE_CACHE,
+      FERRY_CACHE_DIR: cacheDir,
       FERRY_CONFIG: path.join(work, 'ferry.toml'),
     };
     const port = await freePort();

@@ -132,6 +132,7 @@ listen = "::1"
 idle-timeout = "0"
 ready-timeout = "90s"
 ssh-timeout = "45s"
+image-timeout = "10m"
 authorized-keys = ["keys/extra.pub"]
 login-grace-time = "30s"
 max-auth-tries = 3
@@ -170,6 +171,7 @@ log-level = "debug"
         idleTimeoutMs: 0,
         readyTimeoutMs: 90_000,
         sshTimeoutMs: 45_000,
+        imageTimeoutMs: 10 * 60_000,
         authorizedKeys: ['/etc/ferry/keys/extra.pub'],
         loginGraceTimeMs: 30_000,
         maxAuthTries: 3,
@@ -205,7 +207,7 @@ describe('defaults per platform', () => {
     expect(config.source).toBeNull();
     expect(config.guest).toMatchObject({ system: 'aarch64-linux', preset: 'nixpkgs', cpus: 4, memoryBytes: 4 * GiB, interpreter: 'none' });
     expect(config.guest.nix.maxJobs).toBe(4);
-    expect(config.daemon).toMatchObject({ port: 31322, listen: '127.0.0.1', idleTimeoutMs: 30 * 60_000, readyTimeoutMs: 5 * 60_000, sshTimeoutMs: 20_000 });
+    expect(config.daemon).toMatchObject({ port: 31322, listen: '127.0.0.1', idleTimeoutMs: 30 * 60_000, readyTimeoutMs: 5 * 60_000, sshTimeoutMs: 20_000, imageTimeoutMs: 30 * 60_000 });
   });
 
   it('Intel Mac: x86_64 guest, nixpkgs preset', () => {
@@ -284,14 +286,14 @@ describe('each kind of error names the file and the key', () => {
   });
 
   // Node runs a timer of more than 2^31−1 ms (24.86 days) after 1 ms: a longer timeout would fire at once.
-  it.each(['idle-timeout', 'ready-timeout', 'ssh-timeout', 'login-grace-time'])('daemon.%s longer than 24 days is refused, giving the largest value', (key) => {
+  it.each(['idle-timeout', 'ready-timeout', 'ssh-timeout', 'image-timeout', 'login-grace-time'])('daemon.%s longer than 24 days is refused, giving the largest value', (key) => {
     for (const value of ['25d', '600h', '24d1s', '30d']) {
       expect(messageFor(problemsOf(`[daemon]\n${key} = "${value}"\n`), `daemon.${key}`)).toBe(
         `expected at most 24d (a longer timer would fire at once), got "${value}" (string)`,
       );
     }
     const daemon = parseConfigText(`[daemon]\n${key} = "24d"\n`, 'ferry.toml', { host: linuxX64 }).daemon;
-    const ms = { 'idle-timeout': daemon.idleTimeoutMs, 'ready-timeout': daemon.readyTimeoutMs, 'ssh-timeout': daemon.sshTimeoutMs, 'login-grace-time': daemon.loginGraceTimeMs }[key];
+    const ms = { 'idle-timeout': daemon.idleTimeoutMs, 'ready-timeout': daemon.readyTimeoutMs, 'ssh-timeout': daemon.sshTimeoutMs, 'image-timeout': daemon.imageTimeoutMs, 'login-grace-time': daemon.loginGraceTimeMs }[key];
     expect(ms).toBe(24 * 86_400_000);
     expect(ms).toBeLessThanOrEqual(2 ** 31 - 1);
   });

@@ -62,6 +62,8 @@ class FakeVms {
   /** Image ids whose boot fails. */
   readonly failing = new Set<string>();
   autoBoot = true;
+  /** What a session without an image waits for (the reloader's build, in the daemon). */
+  imageReady: () => Promise<void> = () => Promise.reject(new Error('no image in this test'));
   #port = 40000;
 
   deps(): SupervisorDeps {
@@ -96,6 +98,7 @@ class FakeVms {
       closeConnections: async () => {
         this.closed += 1;
       },
+      imageReady: () => this.imageReady(),
       idleTimeoutMs: () => this.idleMs,
       logger: pino({ level: 'silent' }) as Logger,
     };
@@ -212,6 +215,40 @@ describe('Supervisor', () => {
     expect(vms.boots).toHaveLength(0);
     await supervisor.ensureRunning();
     expect(vms.boots.map((b) => b.image)).toEqual(['bbbb']);
+  });
+
+  it('without an image, sessions wait for the build and boot what it gives; a failed build is their error', async () => {
+    const vms = new FakeVms();
+    const supervisor = new Supervisor(vms.deps());
+    const build = deferred<void>();
+    let asked = 0;
+    vms.imageReady = () => {
+      asked += 1;
+      return build.promise;
+    };
+    supervisor.sessionsChanged(2); // both sessions count as open while they wait
+    const sessions = [supervisor.ensureRunning(), supervisor.ensureRunning()];
+    await tick(20);
+    expect(asked).toBe(2);
+    expect(vms.boots).toHaveLength(0);
+    expect(supervisor.status()).toMatchObject({ state: 'stopped', image: undefined });
+    // The first build's images: no guest ran, so nothing waits for the open sessions to end.
+    await supervisor.useImages(B, A);
+    build.resolve();
+    const targets = await Promise.all(sessions);
+    expect(targets.map((t) => t.port)).toEqual([40001, 40001]);
+    expect(vms.boots.map((b) => b.image)).toEqual(['bbbb']);
+    expect(vms.saved).toEqual([['bbbb', 'aaaa']]);
+    expect(supervisor.status()).toMatchObject({ image: 'bbbb', previousImage: 'aaaa', lastSwap: undefined });
+    await expect(supervisor.useImages(C, B)).rejects.toThrow(/internal/);
+
+    const failing = new Supervisor(new FakeVms().deps());
+    await expect(failing.ensureRunning()).rejects.toThrow('no image in this test');
+    expect(failing.state).toBe('stopped');
+    failing.sessionsChanged(1);
+    // A change of ferry.toml that builds: a swap with no guest ever run is the image for the next boot, at once.
+    expect(await failing.swapTo(C)).toEqual({ outcome: 'applied-next-boot', imageId: 'cccc' });
+    expect((await failing.ensureRunning()).port).toBe(40001);
   });
 
   it('stops the guest after the idle timeout without sessions; a new session cancels the timer', async () => {
