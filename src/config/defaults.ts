@@ -128,6 +128,8 @@ export function applyDefaults(file: ConfigFile, context: DefaultsContext): Ferry
         features: nix.features ?? [...DEFAULTS.nixFeatures],
         extraConfig: nix['extra-config'] ?? '',
         trustedUsers: nix['trusted-users'] ?? [...DEFAULTS.nixTrustedUsers],
+        substituters: nix.substituters ?? 'host',
+        trustedPublicKeys: nix['trusted-public-keys'] ?? 'host',
         ...freeSpace(nix['min-free'], nix['max-free'], guest['state-disk-size'] ?? DEFAULTS.stateDiskSizeBytes),
       },
     },

@@ -60,7 +60,15 @@ ${setting('trusted-users', guest.nix.trustedUsers)}
 # state-disk-size.
 ${setting('min-free', 'auto')}
 ${setting('max-free', 'auto')}
-# Lines appended to the guest's nix.conf, e.g. "substituters = https://cache.nixos.org".
+# The binary caches the guest substitutes from, and the keys it trusts them by: "host" (those
+# of the host's Nix, read from /etc/nix/nix.conf when the image is built; Nix's default,
+# cache.nixos.org, where it names none) or a list. A cache on the host's loopback
+# ("http://127.0.0.1:8080") is reached from the guest at the host's address as the VM sees it
+# (it must listen on 127.0.0.1, not only ::1).
+${setting('substituters', guest.nix.substituters)}
+${setting('trusted-public-keys', guest.nix.trustedPublicKeys)}
+# Lines appended to the guest's nix.conf (after everything above, so they win), e.g.
+# "keep-outputs = true".
 ${setting('extra-config', guest.nix.extraConfig)}
 
 [image]

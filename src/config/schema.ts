@@ -112,6 +112,16 @@ const hostname = z.string().regex(/^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$/, {
 
 const nonEmptyPath = z.string().min(1, { message: 'expected a path' });
 
+/** One word of nix.conf's `substituters`: a store URL, never spaces (they separate the list). */
+const substituterUrl = z.string().regex(/^[a-z][a-z0-9+.-]*:\/\/\S*$/, {
+  message: 'expected a binary cache URL like "https://cache.nixos.org" (no spaces)',
+});
+
+/** One word of nix.conf's `trusted-public-keys`: NAME:BASE64 (an ed25519 key, as `nix-store --generate-binary-cache-key` writes it). */
+const publicKey = z.string().regex(/^[^\s:]+:[A-Za-z0-9+/]+={0,2}$/, {
+  message: 'expected a binary cache public key NAME:BASE64 like "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY="',
+});
+
 const nixSchema = z.strictObject({
   'max-jobs': z.union([z.literal('auto'), z.int().min(1)]).optional(),
   cores: z.int().min(0).optional(),
@@ -121,6 +131,9 @@ const nixSchema = z.strictObject({
   // Garbage collection before the state disk fills: "auto" sizes both from the state disk.
   'min-free': z.union([z.literal('auto'), size()]).optional(),
   'max-free': z.union([z.literal('auto'), size()]).optional(),
+  // The guest's binary caches: "host" follows the host's Nix (src/config/host-nix-conf.ts).
+  substituters: z.union([z.literal('host'), z.array(substituterUrl)]).optional(),
+  'trusted-public-keys': z.union([z.literal('host'), z.array(publicKey)]).optional(),
 });
 
 const guestSchema = z.strictObject({

@@ -42,6 +42,12 @@ export interface GuestNixConfig {
   readonly minFreeBytes: number;
   /** …until this much is free (`max-free`). */
   readonly maxFreeBytes: number;
+  /**
+   * nix.conf `substituters` and `trusted-public-keys`: 'host' follows the host's Nix (its
+   * nix.conf, read when the image is built), or exactly these.
+   */
+  readonly substituters: readonly string[] | 'host';
+  readonly trustedPublicKeys: readonly string[] | 'host';
 }
 
 export interface GuestConfig {

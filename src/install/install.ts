@@ -1,6 +1,6 @@
 /**
  * `ferry install`: keys, ferry.toml, the image, the service (launchd or systemd), the Nix wiring
- * (machines line and ssh alias) — each step compared with what is there, written only when it
+ * (machines line, ssh alias, builders-use-substitutes) — each step compared with what is there, written only when it
  * differs, noted in the install record and reported. A second run changes nothing and says so;
  * `--dry-run` reports the same decisions and writes nothing. The state disk is never touched, so
  * an upgrade (install again with a newer ferry) keeps the guest's /nix.
@@ -32,6 +32,7 @@ import {
   withFerryLine,
 } from './nix-wiring.js';
 import { emptyRecord, readRecord, saveRecord, type InstallRecord } from './record.js';
+import { wireBuildersUseSubstitutes } from './substitutes.js';
 import { daemonArgv, daemonEnvironment, isLoadedCommand, loadCommands, renderPlist, renderUnit, restartCommand, type ServiceCommand } from './service.js';
 
 export interface HostOptions {
@@ -199,7 +200,8 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
       await writer.write(layout.machinesFile, withFerryLine(current, machinesLine(fields)), 0o644, `Nix builder ssh-ng://${BUILDER_ALIAS} for ${fields.systems.join(', ')}`);
       // `builders` defaults to @/etc/nix/machines: nix.conf is only a problem if it overrides that.
       const override = buildersOverride(readIfExists(layout.nixConf)?.toString('utf8'));
-      if (override) out(`note: ${layout.nixConf} has \`${override}\`, so Nix ignores /etc/nix/machines; add @/etc/nix/machines to that setting (ferry does not edit nix.conf)`);
+      if (override) out(`note: ${layout.nixConf} has \`${override}\`, so Nix ignores /etc/nix/machines; add @/etc/nix/machines to that setting (ferry does not change \`builders\`)`);
+      await wireBuildersUseSubstitutes({ platform: ctx.platform, root: ctx.root, out, dryRun }, layout.nixConf, writer, system);
     }
 
     // 6. The service: loaded again when its file changed, else started if not loaded, or restarted.

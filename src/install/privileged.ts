@@ -133,7 +133,15 @@ export class SystemWrites {
     await this.sudo(['sudo', 'rmdir', dir]);
   }
 
-  /** Runs (or, in a dry run, prints) one sudo command; a failure names the command and sudo's words. */
+  /**
+   * Runs a command that needs root (restarting the host's nix-daemon): through sudo when ferry
+   * runs as a user, as it is otherwise. A dry run prints it.
+   */
+  async runAsRoot(argv: string[]): Promise<void> {
+    await this.sudo(this.options.escalate ? ['sudo', ...argv] : argv);
+  }
+
+  /** Runs (or, in a dry run, prints) one command as root; a failure names the command and sudo's words. */
   private async sudo(argv: string[]): Promise<void> {
     this.commands.push(argv);
     const shown = argv.join(' ');
@@ -142,7 +150,7 @@ export class SystemWrites {
       report(`  as root: ${shown}`);
       return;
     }
-    this.announce();
+    if (argv[0] === 'sudo') this.announce();
     const result = await runner.run(argv[0], argv.slice(1), { timeoutMs: SUDO_TIMEOUT_MS });
     report(`${recordOnly ? 'record (not run, --root)' : 'ran'}: ${shown}`);
     if (result.exitCode !== 0) {

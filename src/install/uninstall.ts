@@ -11,10 +11,11 @@ import { existsSync, lstatSync, readdirSync, rmSync } from 'node:fs';
 import { removeDeadTemporaries } from '../atomic-file.js';
 import { guardFs, readIfExists, removeFile } from './files.js';
 import { checkInvoker, hostContext, type HostOptions } from './install.js';
-import { withoutFerryLine, MACHINES_MARKER } from './nix-wiring.js';
+import { hasFerryLine, nixConfTarget, withoutFerryLine } from './nix-wiring.js';
 import { SystemWrites } from './privileged.js';
 import { readRecord, saveRecord, sha256, writtenByInstall } from './record.js';
 import { unloadCommands, type ServiceCommand } from './service.js';
+import { restartHostNixDaemon } from './substitutes.js';
 
 export interface UninstallOptions extends HostOptions {
   /** Also the state disk, images, downloads and logs: everything of ferry's. */
@@ -59,6 +60,8 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
   };
   if (record?.service || !record) await run(unload.before);
 
+  // nix.conf (or Determinate's nix.custom.conf) put back: the host's nix-daemon restarts after.
+  const nixConfFiles = [layout.nixConf, nixConfTarget(layout.nixConf, ctx.root).file];
   for (const file of [...(record?.files ?? [])].reverse()) {
     const current = readIfExists(file.path);
     if (current === undefined) {
@@ -89,7 +92,7 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
         system.say(file.path, `${would}remove ${file.path}`);
         await system.removeFile(file.path);
         result.removed.push(file.path);
-      } else if (current.toString('utf8').includes(MACHINES_MARKER)) await ferryLineOnly(true);
+      } else if (hasFerryLine(current.toString('utf8'))) await ferryLineOnly(true);
       else {
         out(`keep ${file.path}: changed since ferry install wrote it`);
         result.kept.push(file.path);
@@ -103,7 +106,7 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
       result.restored.push(file.path);
     } else if (file.previous !== undefined && current.equals(Buffer.from(file.previous, 'base64'))) {
       out(`nothing to restore in ${file.path}: it is as it was before install (an install stopped before changing it)`);
-    } else if (current.toString('utf8').includes(MACHINES_MARKER)) await ferryLineOnly(false);
+    } else if (hasFerryLine(current.toString('utf8'))) await ferryLineOnly(false);
     else {
       out(`keep ${file.path}: changed since install, and ferry's part is no longer there`);
       result.kept.push(file.path);
@@ -111,6 +114,9 @@ export async function uninstall(options: UninstallOptions = {}): Promise<Uninsta
   }
 
   await run(unload.after);
+  if ([...result.removed, ...result.restored].some((file) => nixConfFiles.includes(file))) {
+    await restartHostNixDaemon({ platform: ctx.platform, root: ctx.root, out, dryRun }, system, 'it drops builders-use-substitutes');
+  }
 
   if (options.purge) {
     for (const dir of [paths.stateDir, paths.cacheDir, paths.logDir]) {

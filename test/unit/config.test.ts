@@ -154,7 +154,7 @@ log-level = "debug"
         extraSystems: ['i686-linux'],
         // i686 runs natively on an x86_64 kernel: no interpreter needed.
         interpreter: 'none',
-        nix: { maxJobs: 3, cores: 2, features: ['big-parallel', 'kvm'], extraConfig: 'keep-outputs = true', trustedUsers: ['builder'], minFreeBytes: 2 * GiB, maxFreeBytes: 5 * GiB },
+        nix: { maxJobs: 3, cores: 2, features: ['big-parallel', 'kvm'], extraConfig: 'keep-outputs = true', trustedUsers: ['builder'], minFreeBytes: 2 * GiB, maxFreeBytes: 5 * GiB, substituters: 'host', trustedPublicKeys: 'host' },
       },
       image: {
         sizeBytes: 2 * GiB,

@@ -10,9 +10,10 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseConfigText } from '../../src/config/load.js';
-import { guestFiles, nixConf, sshdConfig } from '../../src/image/guest-os/files.js';
+import { readHostNixSettings } from '../../src/config/host-nix-conf.js';
+import { guestCacheUrl, guestFiles, nixConf, sshdConfig } from '../../src/image/guest-os/files.js';
 import { GUEST_BUSYBOX, stage1Init } from '../../src/image/guest-os/stage1.js';
-import { controlScript, inittab, shutdownScript, stage2Script, udhcpcScript } from '../../src/image/guest-os/stage2.js';
+import { controlScript, HOST_ADDRESS_PLACEHOLDER, inittab, shutdownScript, stage2Script, udhcpcScript } from '../../src/image/guest-os/stage2.js';
 import { ensureStateDisk } from '../../src/image/state-disk.js';
 import { ensureKeyPair } from '../../src/keys/ssh-keys.js';
 import { guestCmdline } from '../../src/vm/instance/spec.js';
@@ -61,6 +62,75 @@ describe('nix.conf', () => {
     const other = parseConfigText('[guest.nix]\nmax-jobs = 6\n', 'ferry.toml');
     expect(nixConf(other)).toContain('max-jobs = 6');
     expect(nixConf(other)).not.toBe(nixConf(config));
+  });
+});
+
+describe("nix.conf's binary caches follow the host's Nix", () => {
+  const withCaches = (nix: string) => parseConfigText(`[guest.nix]\n${nix}\n`, 'ferry.toml');
+  const hostFiles = async (files: Record<string, string>) => {
+    const dir = await mkdtemp(path.join(work, 'etc-nix-'));
+    for (const [name, text] of Object.entries(files)) await writeFile(path.join(dir, name), text);
+    return path.join(dir, 'nix.conf');
+  };
+  const cacheLines = (text: string) => text.split('\n').filter((line) => /substituters|trusted-public-keys/.test(line));
+
+  it("reads the host's nix.conf as Nix does: includes in place, a later NAME = replacing, extra- appending, comments dropped", async () => {
+    const file = await hostFiles({
+      'nix.conf': 'substituters = https://old.example\nsubstituters = https://cache.nixos.org/ # the default\ntrusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=\n!include nix.custom.conf\n!include missing.conf\n',
+      'nix.custom.conf': 'extra-substituters = http://127.0.0.1:5000 https://nix-community.cachix.org\nextra-trusted-public-keys = local-1:AAAA\n',
+    });
+    const host = readHostNixSettings(file);
+    expect(host.substituters).toEqual({ value: ['https://cache.nixos.org/'], extra: ['http://127.0.0.1:5000', 'https://nix-community.cachix.org'] });
+    expect(host.trustedPublicKeys).toEqual({ value: ['cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY='], extra: ['local-1:AAAA'] });
+    // In the guest: the same settings, the loopback cache at the placeholder stage 2 replaces.
+    expect(cacheLines(nixConf(withCaches(''), () => host))).toEqual([
+      'substituters = https://cache.nixos.org/',
+      `extra-substituters = http://${HOST_ADDRESS_PLACEHOLDER}:5000 https://nix-community.cachix.org`,
+      'trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=',
+      'extra-trusted-public-keys = local-1:AAAA',
+    ]);
+  });
+
+  it("a host without Nix (no nix.conf) or one that keeps Nix's defaults: no lines, the guest's Nix has the same defaults", async () => {
+    expect(readHostNixSettings(path.join(work, 'no-such-dir/nix.conf'))).toEqual({ substituters: { value: undefined, extra: [] }, trustedPublicKeys: { value: undefined, extra: [] } });
+    const file = await hostFiles({ 'nix.conf': 'sandbox = false\n' });
+    expect(cacheLines(nixConf(withCaches(''), () => readHostNixSettings(file)))).toEqual([]);
+  });
+
+  it('the config overrides the host: guest.nix.substituters and trusted-public-keys, the host not read; extra-config still comes last', () => {
+    const config = withCaches('substituters = ["http://localhost:8080/cache?priority=10", "https://cache.example"]\ntrusted-public-keys = ["mine-1:AAAA"]\nextra-config = "substituters ="');
+    const text = nixConf(config, () => {
+      throw new Error('the host is not read when the config names the caches');
+    });
+    expect(cacheLines(text)).toEqual([`substituters = http://${HOST_ADDRESS_PLACEHOLDER}:8080/cache?priority=10 https://cache.example`, 'trusted-public-keys = mine-1:AAAA', 'substituters =']);
+    // An empty list: no caches at all.
+    expect(cacheLines(nixConf(withCaches('substituters = []'), () => ({ substituters: { extra: [] }, trustedPublicKeys: { extra: [] } })))).toEqual(['substituters =']);
+  });
+
+  it('only a loopback host is rewritten: 127.0.0.1, localhost, [::1], with a user or port; not a name that merely starts so', () => {
+    expect(guestCacheUrl('http://127.0.0.1:5000')).toBe(`http://${HOST_ADDRESS_PLACEHOLDER}:5000`);
+    expect(guestCacheUrl('https://localhost/nix')).toBe(`https://${HOST_ADDRESS_PLACEHOLDER}/nix`);
+    expect(guestCacheUrl('http://[::1]:8080')).toBe(`http://${HOST_ADDRESS_PLACEHOLDER}:8080`);
+    expect(guestCacheUrl('ssh://nix@localhost')).toBe(`ssh://nix@${HOST_ADDRESS_PLACEHOLDER}`);
+    expect(guestCacheUrl('http://localhost.example.com')).toBe('http://localhost.example.com');
+    expect(guestCacheUrl('https://cache.nixos.org')).toBe('https://cache.nixos.org');
+  });
+
+  it('the same host files give the same guest files (the config archive is reproducible) whatever backend boots them', async () => {
+    const file = await hostFiles({ 'nix.conf': 'extra-substituters = http://127.0.0.1:5000\n' });
+    const keys = { hostPrivateKey: 'k', hostPublicKey: 'p', builderKeys: ['b'], controlKey: 'c' };
+    const once = guestFiles(withCaches(''), keys, () => readHostNixSettings(file));
+    expect(guestFiles(withCaches(''), keys, () => readHostNixSettings(file))).toEqual(once);
+    expect(JSON.stringify(once)).not.toContain('10.0.2.2:5000');
+    // Stage 2 puts the gateway in before nix-daemon starts.
+    const stage2 = stage2Script();
+    expect(stage2.indexOf(`sed -i "s/${HOST_ADDRESS_PLACEHOLDER.replace('.', '\\.')}/`)).toBeGreaterThan(0);
+    expect(stage2.indexOf(`sed -i "s/${HOST_ADDRESS_PLACEHOLDER.replace('.', '\\.')}/`)).toBeLessThan(stage2.indexOf('setsid nix-daemon'));
+  });
+
+  it('refuses a substituter with a space and a key that is not NAME:BASE64, naming the key', () => {
+    expect(() => withCaches('substituters = ["http://a b"]')).toThrow(/guest\.nix\.substituters.*binary cache URL/s);
+    expect(() => withCaches('trusted-public-keys = ["nokey"]')).toThrow(/guest\.nix\.trusted-public-keys.*NAME:BASE64/s);
   });
 });
 

@@ -19,7 +19,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ExitCode, FerryError } from '../../src/errors.js';
 import { doctor, renderChecks, type Check } from '../../src/install/doctor.js';
 import { install, type InstallOptions } from '../../src/install/install.js';
-import { MACHINES_MARKER } from '../../src/install/nix-wiring.js';
+import { BUILDERS_USE_SUBSTITUTES, MACHINES_MARKER, NIX_CONF_MARKER } from '../../src/install/nix-wiring.js';
 import { daemonArgv, launchdTemplatePath, parseUnit, readLaunchdTemplate } from '../../src/install/service.js';
 import { uninstall, type UninstallOptions } from '../../src/install/uninstall.js';
 import { findOnPath, RecordingRunner, type RunResult } from '../../src/process/runner.js';
@@ -72,6 +72,10 @@ const stateDir = () => path.join(home, '.local/state/ferry');
 const clientKey = () => path.join(stateDir(), 'keys/client_ed25519');
 const hostKeyPub = () => path.join(stateDir(), 'keys/ssh_host_ed25519_key.pub');
 const machinesFile = () => path.join(root, 'etc/nix/machines');
+const nixConfFile = () => path.join(root, 'etc/nix/nix.conf');
+const NIX_CONF = 'experimental-features = nix-command flakes\n';
+/** What install makes of NIX_CONF: ferry's line, under its marker, at the end. */
+const NIX_CONF_WIRED = `${NIX_CONF}${NIX_CONF_MARKER}\n${BUILDERS_USE_SUBSTITUTES}\n`;
 const aliasFile = () => path.join(root, 'etc/ssh/ssh_config.d/ferry.conf');
 const plistFile = () => path.join(home, 'Library/LaunchAgents/dev.ferry.daemon.plist');
 /** The keys install adds to the template: the program, its environment, its output log. */
@@ -86,7 +90,7 @@ beforeEach(async () => {
   mkdirSync(path.join(root, 'etc/nix'), { recursive: true });
   writeFileSync(machinesFile(), OTHER_BUILDER, { mode: 0o644 });
   chmodSync(machinesFile(), 0o644);
-  writeFileSync(path.join(root, 'etc/nix/nix.conf'), 'experimental-features = nix-command flakes\n');
+  writeFileSync(nixConfFile(), NIX_CONF);
   out = [];
   runner = new RecordingRunner();
 });
@@ -280,6 +284,7 @@ describe('ferry install on macOS (LaunchAgent)', () => {
     expect(existsSync(machinesFile())).toBe(false);
     const snippet = result.nixDarwinSnippet!;
     expect(snippet).toContain('nix.distributedBuilds = true;');
+    expect(snippet).toContain('nix.settings.builders-use-substitutes = true;');
     expect(snippet).toContain('hostName = "ferry-builder";');
     expect(snippet).toContain('protocol = "ssh-ng";');
     expect(snippet).toContain(`sshKey = "${clientKey()}";`);
@@ -345,6 +350,7 @@ class SudoRunner extends RecordingRunner {
       if (file !== 'sudo') return ok;
       expect(snapshot(), `root's files changed without sudo before \`sudo ${args.join(' ')}\``).toBe(expected);
       if (args[0] === 'install') this.temps.push(args.at(-2)!);
+      if (args[0] === 'launchctl') return ok; // the host's nix-daemon restart: recorded (no launchd here)
       const ran = spawnSync(args[0], args.slice(1), { encoding: 'utf8' });
       expected = snapshot();
       return { ...ok, exitCode: ran.status ?? undefined, stderr: ran.stderr };
@@ -368,6 +374,8 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
 
   it('install: sudo mkdir/install for each file under /etc, in order, then launchctl as the user; uninstall: the matching restores, byte for byte', async () => {
     chmodSync(machinesFile(), 0o640); // a mode other than the one install writes: the restore must bring it back
+    mkdirSync(path.join(root, 'Library/LaunchDaemons'), { recursive: true });
+    writeFileSync(path.join(root, 'Library/LaunchDaemons/org.nixos.nix-daemon.plist'), '');
     const before = treeHash(root);
     const sudo = new SudoRunner(etc);
     runner = sudo;
@@ -380,12 +388,14 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
       `sudo mkdir -m 0755 ${path.dirname(alias)}`,
       `sudo install -m 0644 TEMP ${alias}`,
       `sudo install -m 0644 TEMP ${machinesFile()}`,
+      `sudo install -m 0644 TEMP ${nixConfFile()}`,
+      'sudo launchctl kickstart -k system/org.nixos.nix-daemon',
     ]);
     // The launchd agent stays the user's: gui/UID, the plist in HOME, never through sudo.
     expect((plist.parse(readFileSync(plistFile(), 'utf8')) as { EnvironmentVariables: Record<string, string> }).EnvironmentVariables.FERRY_AS_USER).toBeUndefined();
     expect(commandsOf(runner).filter((line) => !line.startsWith('sudo '))).toEqual([`launchctl bootout gui/${UID}/dev.ferry.daemon`, `launchctl bootstrap gui/${UID} ${plistFile()}`]);
     // sudo copied the user's private temp copies, removed afterwards.
-    expect(sudo.temps.map((temp) => path.basename(temp))).toEqual(['ferry.conf', 'machines']);
+    expect(sudo.temps.map((temp) => path.basename(temp))).toEqual(['ferry.conf', 'machines', 'nix.conf']);
     for (const temp of sudo.temps) {
       expect(path.basename(path.dirname(temp))).toMatch(/^ferry-sudo-/);
       expect(existsSync(path.dirname(temp))).toBe(false);
@@ -410,8 +420,10 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
     await uninstall(asUser());
     undo.checkRootUntouched();
     expect(sudoCommands(runner)).toEqual([
+      `sudo install -m 0644 TEMP ${nixConfFile()}`,
       `sudo install -m 0640 TEMP ${machinesFile()}`,
       `sudo rm -f ${alias}`,
+      'sudo launchctl kickstart -k system/org.nixos.nix-daemon',
       `sudo rmdir ${path.dirname(alias)}`,
       `sudo rmdir ${path.join(root, 'etc/ssh')}`,
     ]);
@@ -428,7 +440,7 @@ describe('ferry install as a user (not root): root\'s files through sudo', () =>
     runner = undo;
     await uninstall(asUser());
     undo.checkRootUntouched();
-    expect(sudoCommands(runner)[0]).toBe(`sudo install -m 0644 TEMP ${machinesFile()}`);
+    expect(sudoCommands(runner)).toContain(`sudo install -m 0644 TEMP ${machinesFile()}`);
     expect(readFileSync(machinesFile(), 'utf8')).toBe(OTHER_BUILDER + added);
   });
 
@@ -590,7 +602,7 @@ describe('an install stopped half way is undone by uninstall', () => {
       return { exitCode: 0, signal: undefined, stdout: '', stderr: '', timedOut: false };
     });
     await install(options({ platform: 'darwin', env: { HOME: home, PATH: process.env.PATH, FERRY_AS_USER: '1' } }));
-    expect(seen).toEqual([`mkdir ${path.join(root, 'etc/ssh')}`, `mkdir ${path.dirname(aliasFile())}`, `install ${aliasFile()}`, `install ${machinesFile()}`]);
+    expect(seen).toEqual([`mkdir ${path.join(root, 'etc/ssh')}`, `mkdir ${path.dirname(aliasFile())}`, `install ${aliasFile()}`, `install ${machinesFile()}`, `install ${nixConfFile()}`]);
   });
 
   it('a change recorded but never made (the machines file still as before) is nothing to restore, not "changed since install"', async () => {
@@ -731,5 +743,124 @@ describe('a new port restarts the daemon, which binds its port only when it star
     runner = new RecordingRunner();
     await install(options({ platform: 'linux' }));
     expect(commandsOf(runner)).toEqual(['systemctl --user is-active --quiet ferry.service']);
+  });
+});
+
+describe('builders-use-substitutes for the host\'s Nix', () => {
+  const daemonPlist = (label: string) => {
+    mkdirSync(path.join(root, 'Library/LaunchDaemons'), { recursive: true });
+    writeFileSync(path.join(root, `Library/LaunchDaemons/${label}.plist`), '');
+  };
+
+  it('a line added to nix.conf, the host nix-daemon restarted; a second install changes nothing; uninstall: nix.conf byte for byte, restarted again', async () => {
+    daemonPlist('org.nixos.nix-daemon');
+    const before = treeHash(root);
+    await install(options({ platform: 'darwin' }));
+    expect(readFileSync(nixConfFile(), 'utf8')).toBe(NIX_CONF_WIRED);
+    expect(commandsOf(runner)).toContain('launchctl kickstart -k system/org.nixos.nix-daemon');
+    const text = out.join('\n');
+    expect(text).toContain(`update ${nixConfFile()} (builders-use-substitutes = true, in the host Nix)`);
+    // Said before it happens, with what it costs.
+    expect(text).toMatch(/restart the host's nix-daemon \(launchctl kickstart -k system\/org\.nixos\.nix-daemon\) so it reads builders-use-substitutes: .*builds running in it now are interrupted/);
+
+    runner = new RecordingRunner();
+    out = [];
+    expect((await install(options({ platform: 'darwin' }))).changes).toBe(0);
+    expect(commandsOf(runner)).not.toContain('launchctl kickstart -k system/org.nixos.nix-daemon');
+    expect(out).toContain(`unchanged ${nixConfFile()} (builders-use-substitutes = true)`);
+
+    runner = new RecordingRunner();
+    await uninstall(options({ platform: 'darwin' }));
+    expect(readFileSync(nixConfFile(), 'utf8')).toBe(NIX_CONF);
+    expect(commandsOf(runner)).toEqual([`launchctl bootout gui/${UID}/dev.ferry.daemon`, 'launchctl kickstart -k system/org.nixos.nix-daemon']);
+    expect(treeHash(root)).toBe(before);
+  });
+
+  it('--dry-run: the edit and the restart are in the plan; nothing is written or run', async () => {
+    daemonPlist('org.nixos.nix-daemon');
+    const before = treeHash(root);
+    await install(options({ platform: 'darwin', dryRun: true }));
+    expect(treeHash(root)).toBe(before);
+    expect(runner.commands).toEqual([]);
+    const text = out.join('\n');
+    expect(text).toContain(`would update ${nixConfFile()} (builders-use-substitutes = true, in the host Nix)`);
+    expect(text).toMatch(/would restart the host's nix-daemon \(launchctl kickstart -k system\/org\.nixos\.nix-daemon\)/);
+    expect(text).toContain('  as root: launchctl kickstart -k system/org.nixos.nix-daemon');
+  });
+
+  it('a nix.conf that sets it to false: said, and that line changed; uninstall puts it back; edited since, only ferry\'s line goes', async () => {
+    const original = 'max-jobs = 4\nbuilders-use-substitutes = false # slow link\nsandbox = true\n';
+    writeFileSync(nixConfFile(), original);
+    await install(options({ platform: 'darwin' }));
+    expect(out.join('\n')).toContain(`note: ${nixConfFile()} has \`builders-use-substitutes = false # slow link\`: ferry changes that line to builders-use-substitutes = true`);
+    expect(readFileSync(nixConfFile(), 'utf8')).toBe(`max-jobs = 4\n${NIX_CONF_MARKER}\n${BUILDERS_USE_SUBSTITUTES}\nsandbox = true\n`);
+    // Idempotent: ferry's line is now the one in effect.
+    expect((await install(options({ platform: 'darwin' }))).changes).toBe(0);
+    await uninstall(options({ platform: 'darwin' }));
+    expect(readFileSync(nixConfFile(), 'utf8')).toBe(original);
+
+    // Again, and the user adds a line after install: uninstall takes out ferry's line only.
+    await install(options({ platform: 'darwin' }));
+    writeFileSync(nixConfFile(), `${readFileSync(nixConfFile(), 'utf8')}keep-outputs = true\n`);
+    await uninstall(options({ platform: 'darwin' }));
+    expect(readFileSync(nixConfFile(), 'utf8')).toBe('max-jobs = 4\nsandbox = true\nkeep-outputs = true\n');
+  });
+
+  it('already true in nix.conf (the user\'s own line): nothing written, nothing restarted', async () => {
+    daemonPlist('org.nixos.nix-daemon');
+    writeFileSync(nixConfFile(), 'builders-use-substitutes = true\n');
+    await install(options({ platform: 'darwin' }));
+    expect(readFileSync(nixConfFile(), 'utf8')).toBe('builders-use-substitutes = true\n');
+    expect(commandsOf(runner).filter((line) => line.includes('nix-daemon'))).toEqual([]);
+  });
+
+  it('Determinate Nix: nix.conf (which it rewrites) left alone, the line in nix.custom.conf, its own daemon restarted; uninstall removes the file it created', async () => {
+    daemonPlist('systems.determinate.nix-daemon');
+    const determinateConf = '# Generated by https://github.com/DeterminateSystems/nix-installer.\n\nextra-experimental-features = nix-command flakes\n\n!include nix.custom.conf\n';
+    writeFileSync(nixConfFile(), determinateConf);
+    const before = treeHash(root);
+    await install(options({ platform: 'darwin' }));
+    const custom = path.join(root, 'etc/nix/nix.custom.conf');
+    expect(readFileSync(nixConfFile(), 'utf8')).toBe(determinateConf);
+    expect(readFileSync(custom, 'utf8')).toBe(`${NIX_CONF_MARKER}\n${BUILDERS_USE_SUBSTITUTES}\n`);
+    expect(out.join('\n')).toContain(`create ${custom} (builders-use-substitutes = true, in Determinate Nix's file for your settings`);
+    expect(commandsOf(runner)).toContain('launchctl kickstart -k system/systems.determinate.nix-daemon');
+    runner = new RecordingRunner();
+    await uninstall(options({ platform: 'darwin' }));
+    expect(existsSync(custom)).toBe(false);
+    expect(commandsOf(runner)).toContain('launchctl kickstart -k system/systems.determinate.nix-daemon');
+    expect(treeHash(root)).toBe(before);
+  });
+
+  it('Determinate Nix with a nix.custom.conf of the user\'s: the line appended there, and only it removed later', async () => {
+    writeFileSync(nixConfFile(), '!include nix.custom.conf\n');
+    const custom = path.join(root, 'etc/nix/nix.custom.conf');
+    writeFileSync(custom, 'trusted-users = root alice\n');
+    await install(options({ platform: 'darwin' }));
+    expect(readFileSync(custom, 'utf8')).toBe(`trusted-users = root alice\n${NIX_CONF_MARKER}\n${BUILDERS_USE_SUBSTITUTES}\n`);
+    writeFileSync(custom, `${readFileSync(custom, 'utf8')}max-jobs = 8\n`);
+    await uninstall(options({ platform: 'darwin' }));
+    expect(readFileSync(custom, 'utf8')).toBe('trusted-users = root alice\nmax-jobs = 8\n');
+  });
+
+  it('Linux without a nix.conf: one is created, `systemctl restart nix-daemon.service` where the unit exists; uninstall removes it', async () => {
+    rmSync(nixConfFile());
+    mkdirSync(path.join(root, 'etc/systemd/system'), { recursive: true });
+    writeFileSync(path.join(root, 'etc/systemd/system/nix-daemon.service'), '');
+    const before = treeHash(root);
+    await install(options({ platform: 'linux' }));
+    expect(readFileSync(nixConfFile(), 'utf8')).toBe(`${NIX_CONF_MARKER}\n${BUILDERS_USE_SUBSTITUTES}\n`);
+    expect(commandsOf(runner)).toContain('systemctl restart nix-daemon.service');
+    runner = new RecordingRunner();
+    await uninstall(options({ platform: 'linux' }));
+    expect(commandsOf(runner)).toContain('systemctl restart nix-daemon.service');
+    expect(treeHash(root)).toBe(before);
+  });
+
+  it('no nix-daemon service (a single-user Nix): the file is written and nothing restarted, which is said', async () => {
+    await install(options({ platform: 'linux' }));
+    expect(readFileSync(nixConfFile(), 'utf8')).toBe(NIX_CONF_WIRED);
+    expect(commandsOf(runner).filter((line) => line.includes('nix-daemon'))).toEqual([]);
+    expect(out.join('\n')).toMatch(/no nix-daemon service found to restart/);
   });
 });

@@ -18,6 +18,12 @@ export const NIX_BUILD_USERS = 32;
 export const NIX_BUILD_GID = 30000;
 export const NIX_BUILD_UID_BASE = 30000;
 
+/**
+ * The host's address in the guest's nix.conf (a binary cache on the host's loopback), until stage 2
+ * puts the gateway there. `.invalid` (RFC 2606) never resolves: left as it is, it fails plainly.
+ */
+export const HOST_ADDRESS_PLACEHOLDER = 'ferry-host.invalid';
+
 /** busybox init's table: stage 2 once, clean shutdown on ctrl-alt-del or a signal. */
 export function inittab(): string {
   return `::sysinit:${STAGE2_PATH}
@@ -69,6 +75,12 @@ case "$net" in
     address=10.0.2.15
     ip addr add $address/24 dev eth0; ip route add default via 10.0.2.2; echo "nameserver 10.0.2.3" > /etc/resolv.conf ;;
 esac
+# A binary cache on the host's loopback: nix.conf names the host by a placeholder (one config
+# archive for every backend); the host is this guest's gateway, 10.0.2.2 or the DHCP router.
+if grep -q '${HOST_ADDRESS_PLACEHOLDER}' /etc/nix/nix.conf; then
+  gateway=$(ip route | sed -n 's/^default via \\([0-9.]*\\).*/\\1/p' | head -n 1)
+  sed -i "s/${HOST_ADDRESS_PLACEHOLDER.replace(/\./g, '\\.')}/\${gateway:-10.0.2.2}/g" /etc/nix/nix.conf
+fi
 # The builder, then sshd; the build users and the store, then nix-daemon.
 grep -q '^${BUILDER_USER}:' /etc/passwd || echo '${BUILDER_USER}:x:${BUILDER_UID}:${BUILDER_UID}:ferry builder:/home/${BUILDER_USER}:/bin/sh' >> /etc/passwd
 grep -q '^${BUILDER_USER}:' /etc/group || echo '${BUILDER_USER}:x:${BUILDER_UID}:' >> /etc/group
