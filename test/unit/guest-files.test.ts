@@ -107,6 +107,11 @@ describe("nix.conf's binary caches follow the host's Nix", () => {
     expect(cacheLines(nixConf(withCaches('substituters = []'), () => ({ substituters: { extra: [] }, trustedPublicKeys: { extra: [] } })))).toEqual(['substituters =']);
   });
 
+  it("a host's cache in its own file system (file://, a path, its local store) is not the guest's: left out; keys are kept", () => {
+    const host = { substituters: { value: ['file:///var/cache/nix', '/srv/cache', 'https://cache.nixos.org/'], extra: ['daemon', 'local'] }, trustedPublicKeys: { extra: ['local-1:AAAA'] } };
+    expect(cacheLines(nixConf(withCaches(''), () => host))).toEqual(['substituters = https://cache.nixos.org/', 'extra-trusted-public-keys = local-1:AAAA']);
+  });
+
   it('only a loopback host is rewritten: 127.0.0.1, localhost, [::1], with a user or port; not a name that merely starts so', () => {
     expect(guestCacheUrl('http://127.0.0.1:5000')).toBe(`http://${HOST_ADDRESS_PLACEHOLDER}:5000`);
     expect(guestCacheUrl('https://localhost/nix')).toBe(`https://${HOST_ADDRESS_PLACEHOLDER}/nix`);

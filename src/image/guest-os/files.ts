@@ -63,18 +63,27 @@ function cacheLines(config: FerryConfig, hostNix: HostNixSource): string[] {
   const { substituters, trustedPublicKeys } = config.guest.nix;
   let host: HostNixSettings | undefined;
   const fromHost = () => (host ??= hostNix());
-  const setting = (name: string, chosen: readonly string[] | 'host', fromFile: () => NixListSetting, map: (word: string) => string = (word) => word): string[] => {
-    if (chosen !== 'host') return [`${name} = ${chosen.map(map).join(' ')}`.trimEnd()];
+  const line = (name: string, words: readonly string[]) => `${name} = ${words.join(' ')}`.trimEnd();
+  /** `fromHostOnly` keeps the host's words the guest can use; the config's are taken as they are. */
+  const setting = (name: string, chosen: readonly string[] | 'host', fromFile: () => NixListSetting, map: (word: string) => string, fromHostOnly: (word: string) => boolean): string[] => {
+    if (chosen !== 'host') return [line(name, chosen.map(map))];
     const { value, extra } = fromFile();
-    return [
-      ...(value === undefined ? [] : [`${name} = ${value.map(map).join(' ')}`.trimEnd()]),
-      ...(extra.length === 0 ? [] : [`extra-${name} = ${extra.map(map).join(' ')}`]),
-    ];
+    const guestWords = (words: readonly string[]) => words.filter(fromHostOnly).map(map);
+    return [...(value === undefined ? [] : [line(name, guestWords(value))]), ...(guestWords(extra).length === 0 ? [] : [line(`extra-${name}`, guestWords(extra))])];
   };
   return [
-    ...setting('substituters', substituters, () => fromHost().substituters, guestCacheUrl),
-    ...setting('trusted-public-keys', trustedPublicKeys, () => fromHost().trustedPublicKeys),
+    ...setting('substituters', substituters, () => fromHost().substituters, guestCacheUrl, reachableFromGuest),
+    ...setting('trusted-public-keys', trustedPublicKeys, () => fromHost().trustedPublicKeys, (key) => key, () => true),
   ];
+}
+
+/**
+ * A host's cache in its own file system (`file:///…`, a bare path, `local`, `daemon`, `auto`: the
+ * host's store) is not the guest's to read; in the guest's nix.conf it would name a directory of
+ * the guest's. Only what the guest reaches over the network follows the host.
+ */
+function reachableFromGuest(word: string): boolean {
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(word) && !/^file:/i.test(word);
 }
 
 /**
