@@ -47,8 +47,9 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   const shutdown = async () => {
     for (const step of undo.reverse()) await Promise.resolve().then(step).catch((error: unknown) => log.error({ err: error }, 'a shutdown step failed'));
   };
+  let building = () => false;
   try {
-    await serve(paths, config, log, undo);
+    building = await serve(paths, config, log, undo);
   } catch (error) {
     // Printed once, by the caller (on stderr, which launchd and systemd put with stdout): not logged too.
     log.debug({ err: error }, 'the daemon did not start');
@@ -62,14 +63,28 @@ export async function runDaemon(options: DaemonOptions): Promise<void> {
   signals.dispose();
   log.info('stopped');
   log.flush();
+  if (building()) abandonBuild(log);
 }
 
 /**
- * Starts the parts, pushing onto `undo` how to stop each. The SSH front listens first — right
- * after the keys and the leftover guest — so a session that comes while the image builds or the
- * guest boots waits (the supervisor asks the reloader for an image) instead of being refused.
+ * An image build cannot be cancelled, and it would keep the process alive — a first build for
+ * minutes — after everything else stopped (under launchd until its SIGKILL). So the daemon ends
+ * now; the build's temporaries are removed by the next one (its writer is no longer running).
  */
-async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo: Array<() => unknown>): Promise<void> {
+function abandonBuild(log: Logger): void {
+  log.warn('an image build was under way; it is abandoned (the next build starts it again)');
+  log.flush();
+  // A moment for the log to reach its file; the exit status is the one the CLI set by then.
+  setTimeout(() => process.exit(), 500);
+}
+
+/**
+ * Starts the parts, pushing onto `undo` how to stop each; returns whether an image build runs.
+ * The SSH front listens first — right after the keys and the leftover guest — so a session that
+ * comes while the image builds or the guest boots waits (the supervisor asks the reloader for an
+ * image) instead of being refused.
+ */
+async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo: Array<() => unknown>): Promise<() => boolean> {
   let config = initial;
   const startedAt = new Date();
   const keys = ferryKeys(paths);
@@ -133,6 +148,7 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
   const watcher = watchConfigFile(paths.configFile, (event) => void reloader.reload(`${paths.configFile} ${event}`));
   undo.push(() => watcher.close());
   log.info({ address }, 'ready');
+  return () => reloader.state.buildingSince !== undefined;
 }
 
 function pickLimits({ daemon }: FerryConfig): Pick<FerryConfig['daemon'], 'loginGraceTimeMs' | 'maxAuthTries' | 'maxStartups'> {

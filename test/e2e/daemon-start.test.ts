@@ -8,9 +8,11 @@
  * - An image that cannot be built (a tar layer that does not exist): a session gets the build's
  *   error on stderr and a non-zero exit, the daemon stays up and status says why; once the
  *   config is fixed the next build succeeds, without a restart.
+ * - SIGTERM while the first image builds: the daemon ends at once (exit 0), the build abandoned.
  *
- * One daemon (one boot) per block.
+ * One daemon (at most one boot) per block.
  */
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -107,4 +109,18 @@ describe('an image that cannot be built', () => {
     expect(after.guest).toMatchObject({ state: 'running', boots: 1 });
     expect(after.daemon.pid).toBe(status.daemon.pid); // the same daemon
   }, 300_000);
+});
+
+describe('SIGTERM while the first image builds', () => {
+  it('the daemon ends at once with exit 0, abandoning the build, and leaves no pid file', async () => {
+    const daemon = await TestDaemon.start((port) => configText(port), { freshImages: true });
+    expect((await daemon.status()).daemon.buildingSince).toBeDefined();
+    const { daemonPid } = daemon.paths;
+    const started = performance.now();
+    expect(await daemon.stop()).toBe(0);
+    timings.stopDuringBuildMs = Math.round(performance.now() - started);
+    expect(timings.stopDuringBuildMs).toBeLessThan(5_000); // not the rest of the build
+    expect(daemon.logEntries().some((e) => e.msg?.startsWith('an image build was under way; it is abandoned') === true)).toBe(true);
+    expect(existsSync(daemonPid)).toBe(false);
+  }, 120_000);
 });
