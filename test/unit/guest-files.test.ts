@@ -5,7 +5,7 @@
  * never boots. Also the state disk: created once by ferry's ext4 writer, grown, never shrunk.
  */
 import { execa } from 'execa';
-import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -13,7 +13,7 @@ import { parseConfigText } from '../../src/config/load.js';
 import { readHostNixSettings } from '../../src/config/host-nix-conf.js';
 import { guestCacheUrl, guestFiles, nixConf, sshdConfig } from '../../src/image/guest-os/files.js';
 import { GUEST_BUSYBOX, stage1Init } from '../../src/image/guest-os/stage1.js';
-import { controlScript, HOST_ADDRESS_PLACEHOLDER, inittab, shutdownScript, stage2Script, udhcpcScript } from '../../src/image/guest-os/stage2.js';
+import { controlScript, HOST_ADDRESS_PLACEHOLDER, hostAddressScript, inittab, shutdownScript, stage2Script, udhcpcScript } from '../../src/image/guest-os/stage2.js';
 import { ensureStateDisk } from '../../src/image/state-disk.js';
 import { ensureKeyPair } from '../../src/keys/ssh-keys.js';
 import { guestCmdline } from '../../src/vm/instance/spec.js';
@@ -131,6 +131,19 @@ describe("nix.conf's binary caches follow the host's Nix", () => {
     const stage2 = stage2Script();
     expect(stage2.indexOf(`sed -i "s/${HOST_ADDRESS_PLACEHOLDER.replace('.', '\\.')}/`)).toBeGreaterThan(0);
     expect(stage2.indexOf(`sed -i "s/${HOST_ADDRESS_PLACEHOLDER.replace('.', '\\.')}/`)).toBeLessThan(stage2.indexOf('setsid nix-daemon'));
+  });
+
+  it("stage 2 puts the gateway at the placeholder: the DHCP router (vfkit, hyperkit), else qemu's 10.0.2.2", async () => {
+    const conf = path.join(work, 'placeholder-nix.conf');
+    const bin = await mkdtemp(path.join(work, 'bin-'));
+    for (const [route, expected] of [['default via 192.168.64.1 dev eth0\n192.168.64.0/24 dev eth0 scope link', '192.168.64.1'], ['', '10.0.2.2']] as const) {
+      await writeFile(path.join(bin, 'ip'), `#!/bin/sh\n[ "$1" = route ] && printf '%s\\n' '${route}'\n`, { mode: 0o755 });
+      await writeFile(conf, `substituters = http://${HOST_ADDRESS_PLACEHOLDER}:5000 https://cache.nixos.org\n`);
+      // dash: busybox sh would run its own `ip` applet (the host's real routes), not the stub.
+      const ran = await execa('dash', ['-c', hostAddressScript(conf)], { env: { PATH: `${bin}:${process.env.PATH}` }, reject: false });
+      expect(ran.exitCode, ran.stderr).toBe(0);
+      expect(await readFile(conf, 'utf8')).toBe(`substituters = http://${expected}:5000 https://cache.nixos.org\n`);
+    }
   });
 
   it('refuses a substituter with a space and a key that is not NAME:BASE64, naming the key', () => {

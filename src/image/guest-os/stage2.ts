@@ -75,12 +75,7 @@ case "$net" in
     address=10.0.2.15
     ip addr add $address/24 dev eth0; ip route add default via 10.0.2.2; echo "nameserver 10.0.2.3" > /etc/resolv.conf ;;
 esac
-# A binary cache on the host's loopback: nix.conf names the host by a placeholder (one config
-# archive for every backend); the host is this guest's gateway, 10.0.2.2 or the DHCP router.
-if grep -q '${HOST_ADDRESS_PLACEHOLDER}' /etc/nix/nix.conf; then
-  gateway=$(ip route | sed -n 's/^default via \\([0-9.]*\\).*/\\1/p' | head -n 1)
-  sed -i "s/${HOST_ADDRESS_PLACEHOLDER.replace(/\./g, '\\.')}/\${gateway:-10.0.2.2}/g" /etc/nix/nix.conf
-fi
+${hostAddressScript().trimEnd()}
 # The builder, then sshd; the build users and the store, then nix-daemon.
 grep -q '^${BUILDER_USER}:' /etc/passwd || echo '${BUILDER_USER}:x:${BUILDER_UID}:${BUILDER_UID}:ferry builder:/home/${BUILDER_USER}:/bin/sh' >> /etc/passwd
 grep -q '^${BUILDER_USER}:' /etc/group || echo '${BUILDER_USER}:x:${BUILDER_UID}:' >> /etc/group
@@ -133,6 +128,20 @@ echo "FERRY-READY ip=\${address:-unknown} uptime=\${uptime}" > /dev/console
 }
 
 /**
+ * A binary cache on the host's loopback: nix.conf names the host by a placeholder (one config
+ * archive for every backend); the host is this guest's gateway, qemu's 10.0.2.2 or the DHCP
+ * router, put in before nix-daemon reads the file.
+ */
+export function hostAddressScript(nixConf = '/etc/nix/nix.conf'): string {
+  return `# A cache on the host's loopback: the host is this guest's gateway (10.0.2.2, or the DHCP router).
+if grep -q '${HOST_ADDRESS_PLACEHOLDER}' ${nixConf}; then
+  gateway=$(ip route | sed -n 's/^default via \\([0-9.]*\\).*/\\1/p' | head -n 1)
+  sed -i "s/${HOST_ADDRESS_PLACEHOLDER.replace(/\./g, '\\.')}/\${gateway:-10.0.2.2}/g" ${nixConf}
+fi
+`;
+}
+
+/**
  * Nix builds in namespaces (mount, pid, ipc, uts, network; a user namespace where it can): the
  * guest refuses to come up where the kernel will not make them, so a build never gets as far as
  * Nix's own "cloning builder process" error, and the reason is on the console for the daemon to
@@ -163,8 +172,9 @@ echo "FERRY-STOPPED" > /dev/console
 }
 
 /**
- * The only thing the daemon's key may run as root (a forced command): power off, or set the
- * clock after the host slept. Arguments are checked, never evaluated.
+ * The only thing the daemon's key may run as root (a forced command): power off, set the clock
+ * after the host slept, read it, or report the state disk's use. Arguments are checked, never
+ * evaluated.
  */
 export function controlScript(): string {
   return `#!/bin/sh
@@ -175,7 +185,9 @@ case "$1" in
   poweroff) setsid sh -c 'sleep 0.2; busybox poweroff' </dev/null >/dev/null 2>&1 & echo "powering off" ;;
   settime) case "$2" in ''|*[!0-9]*) echo "settime: expected seconds since the epoch" >&2; exit 64 ;; esac; date -s "@$2" >/dev/null ;;
   time) date +%s ;;
-  *) echo "ferry control: unknown command: $1 (expected poweroff, settime SECONDS or time)" >&2; exit 64 ;;
+  # The state disk's block size, blocks, free blocks and blocks free to builds: ferry status shows them.
+  df) stat -f -c '%S %b %f %a' ${STATE_MOUNT} ;;
+  *) echo "ferry control: unknown command: $1 (expected poweroff, settime SECONDS, time or df)" >&2; exit 64 ;;
 esac
 `;
 }
