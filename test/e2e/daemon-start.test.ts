@@ -98,6 +98,11 @@ describe('an image that cannot be built', () => {
     expect(text.stdout).toContain('image build failed (no image to boot: sessions get this error');
     expect(text.stdout).toContain(`tar ${missing}`);
     expect(text.stdout).not.toMatch(/internal error|\n\s+at /);
+    // `ferry rebuild` tries again, and says why it failed.
+    const rebuild = await daemon.ferry(['rebuild']);
+    expect(rebuild.exitCode).toBe(1);
+    expect(rebuild.stderr).toContain(`ferry: the image build failed: tar ${missing}: cannot read the tarball`);
+    expect(rebuild.stdout).toContain('image build failed (no image to boot');
 
     await daemon.writeConfig({});
     const fixed = Date.now();
