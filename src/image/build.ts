@@ -25,6 +25,7 @@ import type { FerryConfig } from '../config/types.js';
 import { DOWNLOAD_FILES, IMAGE_FILES, type FerryPaths } from '../config/paths.js';
 import { removeDeadTemporaries, writeChunksTo, writeFileAtomic, writeThroughTemp } from '../atomic-file.js';
 import { recordCacheEntry, trustedCacheEntry } from './cache-entry.js';
+import { ExitCode, FerryError } from '../errors.js';
 import type { FerryKeys } from '../keys/ferry-keys.js';
 import { latestManifestFile, type BuiltPart, type ImageManifest } from './manifest.js';
 import { writeExt4, type Ext4Progress } from './ext4/index.js';
@@ -127,7 +128,14 @@ async function cachedPart(path: string, key: string, onStep: ((label: string) =>
   const trusted = await trustedCacheEntry(path, onStep);
   if (trusted !== undefined) return { path, key, sizeBytes: trusted, cacheHit: true };
   await build();
-  return { path, key, sizeBytes: await recordCacheEntry(path), cacheHit: false };
+  try {
+    return { path, key, sizeBytes: await recordCacheEntry(path), cacheHit: false };
+  } catch (error) {
+    // Another build of the same key found this entry between its rename and its record, took it
+    // for a damaged one and removed it: rare, and the next build finds or makes it whole.
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    throw new FerryError(`${path} was removed by another build while this one wrote it`, { exitCode: ExitCode.TempFail, hint: 'run the build again', cause: error });
+  }
 }
 
 async function resolvePreset(config: FerryConfig, paths: FerryPaths, onStep?: (label: string) => void, refresh = false): Promise<PresetInputs> {
