@@ -10,6 +10,7 @@ import { callDaemon, DaemonNotRunning } from '../daemon/control-client.js';
 import { formatDurationMs, humanBytes } from '../ui/progress.js';
 import { FerryError } from '../errors.js';
 import type { DaemonStatus } from '../daemon/status.js';
+import { describeUsage } from '../image/state-disk-usage.js';
 
 export function registerDaemonCommands(program: Command): void {
   program
@@ -166,6 +167,7 @@ function renderStatus(s: DaemonStatus): string {
   lines.push(`image    ${g.image ?? building ?? 'none'}${g.image && building ? ` (a new one ${building})` : ''}${g.previousImage ? ` (previous ${g.previousImage})` : ''}${g.pendingImage ? `, swapping to ${g.pendingImage} when sessions end` : ''}`);
   if (g.lastSwap) lines.push(`swap     ${g.lastSwap.outcome} → ${g.lastSwap.imageId} at ${g.lastSwap.at}${g.lastSwap.error ? `: ${g.lastSwap.error}` : ''}`);
   if (g.lastError) lines.push(`problem  ${g.lastError}`);
+  if (s.stateDisk) lines.push(`disk     ${describeUsage(s.stateDisk)} (${s.stateDisk.source === 'guest' ? 'in the guest' : 'as of its last stop'}, ${s.stateDisk.measuredAt})`);
   lines.push(`sessions ${s.sessions.open} open, ${s.sessions.total} since start; ${g.boots} boots, ${g.crashes} crashes`);
   if (s.recentSessions.length) {
     lines.push('recent');

@@ -21,6 +21,7 @@ import { authorizedKeyLines, ConfigReload, watchConfigFile } from './reload.js';
 import { loadSavedImages, saveImages } from './saved-images.js';
 import { frontAddress, writeDaemonSshConfig } from './ssh-alias.js';
 import { SshFront } from './ssh-front.js';
+import { diskFullNote, watchStateDisk } from './state-disk-watch.js';
 import { DAEMON_VERSION, SessionHistory, statusReport } from './status-report.js';
 import { Supervisor } from './supervisor.js';
 
@@ -32,7 +33,10 @@ export interface DaemonOptions {
 
 export async function runDaemon(options: DaemonOptions): Promise<void> {
   const { paths } = options;
-  const config = await loadConfig(paths.configFile);
+  // `--config FILE` must name a file, as for every command. FERRY_CONFIG is what the installed
+  // service always sets: a file removed since means the defaults, as it does while running
+  // (reload.ts), not a daemon that cannot start and is restarted every few seconds.
+  const config = await loadConfig(paths.configFile, { mustExist: paths.configFileNamedBy === 'argument' ? 'argument' : false });
   await mkdir(paths.stateDir, { recursive: true, mode: 0o700 });
   if (await daemonIsRunning(paths.controlSocket)) {
     throw new FerryError(`a ferry daemon is already running (control socket ${paths.controlSocket})`, { exitCode: ExitCode.TempFail });
@@ -111,6 +115,7 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
   undo.push(() => pool.close(), () => supervisor.stop({ reason: 'daemon shutdown' }));
 
   const sessions = new SessionHistory();
+  const disk = watchStateDisk({ stateDisk: paths.stateDisk, runningTarget: () => supervisor.runningTarget, privateKey: guestKey.privateKey, log }, supervisor);
   const front = new SshFront({
     host: config.daemon.listen,
     port: config.daemon.port,
@@ -118,7 +123,11 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
     authorizedKeys: authorizedKeyLines(config, clientKey.publicKey, log),
     guest: clockCheckedSource({ supervisor, pool, clock, privateKey: guestKey.privateKey, log }),
     logger: log,
-    onSession: (record) => sessions.add(record),
+    onSession: (record) => {
+      sessions.add(record);
+      void disk.refresh();
+    },
+    diskFullNote: () => diskFullNote(paths.stateDisk, config.guest.stateDiskSizeBytes, paths.configFile),
     // The limits before login, read at start (a change takes effect at restart).
     ...pickLimits(config),
   });
@@ -141,7 +150,7 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
   const address = frontAddress(listening.host, listening.port);
 
   const status = () =>
-    statusReport({ paths, startedAt, listen: address, config: () => config, reload: reloader.state, supervisor, openSessions: () => front.openSessions, sessions });
+    statusReport({ paths, startedAt, listen: address, config: () => config, reload: reloader.state, supervisor, openSessions: () => front.openSessions, sessions, stateDisk: () => disk.last });
   const control = controlServer(paths, supervisor, status, (reason) => reloader.reload(reason));
   await control.listen();
   undo.push(() => control.close());

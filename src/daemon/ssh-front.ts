@@ -62,6 +62,8 @@ export interface SshFrontOptions {
   readonly logger?: FrontLogger;
   /** Receives every finished session's record (also logged). */
   readonly onSession?: SessionSink;
+  /** What a session is told when the guest runs out of disk (see ForwardOptions.diskFullNote). */
+  readonly diskFullNote?: () => string;
   /** Close a connection not logged in after this long; 0 = never. Default 120 s (OpenSSH's LoginGraceTime). */
   readonly loginGraceTimeMs?: number;
   /** Close a connection at its this-many-th failed login attempt. Default 6 (OpenSSH's MaxAuthTries). */
@@ -275,6 +277,7 @@ export class SshFront extends EventEmitter {
           id,
           user,
           onStart: (meter: SessionMeter) => this.emit('session-start', meter),
+          diskFullNote: this.#options.diskFullNote,
         }).then((record) => {
           if (record !== undefined) this.#recordSession(record);
           this.#changeSessions(-1);

@@ -6,6 +6,7 @@ import type { FerryPaths } from '../config/paths.js';
 import type { FerryConfig } from '../config/types.js';
 import type { ReloadState } from './reload.js';
 import type { SessionRecord } from './session-log.js';
+import type { MeasuredUsage } from './state-disk-watch.js';
 import type { DaemonStatus } from './status.js';
 import type { Supervisor } from './supervisor.js';
 
@@ -38,6 +39,8 @@ export interface StatusSources {
   readonly supervisor: Pick<Supervisor, 'status'>;
   openSessions(): number;
   readonly sessions: SessionHistory;
+  /** The state disk's last measured use (state-disk-watch.ts). */
+  stateDisk(): MeasuredUsage | undefined;
 }
 
 export function statusReport(sources: StatusSources): DaemonStatus {
@@ -58,6 +61,7 @@ export function statusReport(sources: StatusSources): DaemonStatus {
       lastReloadAt: reload.lastReloadAt,
     },
     guest: { ...sources.supervisor.status(), system: guest.system, extraSystems: guest.extraSystems, interpreter: guest.interpreter },
+    stateDisk: sources.stateDisk(),
     sessions: { open: sources.openSessions(), total: sessions.total },
     recentSessions: sessions.newestFirst(),
   };

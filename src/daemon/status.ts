@@ -4,6 +4,7 @@
  */
 import type { Interpreter, ExtraSystem, GuestSystem } from '../config/types.js';
 import type { SessionRecord } from './session-log.js';
+import type { MeasuredUsage } from './state-disk-watch.js';
 import type { Supervisor } from './supervisor.js';
 
 export interface DaemonStatus {
@@ -29,6 +30,8 @@ export interface DaemonStatus {
     extraSystems: readonly ExtraSystem[];
     interpreter: Interpreter;
   };
+  /** The state disk's use, last measured (live from the guest, or its superblock when stopped). */
+  stateDisk?: MeasuredUsage;
   sessions: { open: number; total: number };
   /** Newest first; in JSON, `startedAt` is an ISO date string. */
   recentSessions: Array<Omit<SessionRecord, 'startedAt'> & { startedAt: string | Date }>;

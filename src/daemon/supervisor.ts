@@ -96,6 +96,11 @@ export class Supervisor extends EventEmitter {
     return this.#current;
   }
 
+  /** The running guest's sshd, or undefined when it is not running: never boots one. */
+  get runningTarget(): GuestTarget | undefined {
+    return this.#state === 'running' && this.#guest ? this.#target(this.#guest.endpoint) : undefined;
+  }
+
   /** The guest's sshd, booting it first if needed. Sessions call this through the pool. */
   async ensureRunning(): Promise<GuestTarget> {
     for (;;) {

@@ -52,8 +52,9 @@ export interface StateDiskUsage extends FilesystemUsage {
   readonly source: 'guest' | 'superblock';
 }
 
-/** "3.1 GiB of 40.0 GiB used (8%), 36.9 GiB free; garbage collected below 4.0 GiB free". */
-export function describeUsage(usage: FilesystemUsage, minFreeBytes: number): string {
+/** "3.1 GiB of 40.0 GiB used (8%), 36.9 GiB free" and, given min-free, "; garbage collected below 4.0 GiB free". */
+export function describeUsage(usage: FilesystemUsage, minFreeBytes?: number): string {
   const percent = usage.sizeBytes > 0 ? Math.round((usage.usedBytes / usage.sizeBytes) * 100) : 0;
-  return `${humanBytes(usage.usedBytes)} of ${humanBytes(usage.sizeBytes)} used (${percent}%), ${humanBytes(usage.availableBytes)} free; garbage collected below ${humanBytes(minFreeBytes)} free`;
+  const gc = minFreeBytes === undefined ? '' : `; garbage collected below ${humanBytes(minFreeBytes)} free`;
+  return `${humanBytes(usage.usedBytes)} of ${humanBytes(usage.sizeBytes)} used (${percent}%), ${humanBytes(usage.availableBytes)} free${gc}`;
 }

@@ -50,3 +50,24 @@ it('the port in use: one message and exit 69, no pid file, no control socket, no
   expect(existsSync(paths.imagesDir)).toBe(false);
   expect(ms).toBeLessThan(30_000);
 }, 90_000);
+
+it('`--config` naming a missing file: exit 78 naming it, nothing started; FERRY_CONFIG naming one: the defaults, as while running', async () => {
+  const env = { FERRY_STATE_DIR: path.join(dir, 'state'), FERRY_CACHE_DIR: path.join(dir, 'cache') };
+  const missing = path.join(dir, 'typo.toml');
+  const result = await execa('node', ['--import', 'tsx', path.join(REPO, 'src/cli.ts'), 'daemon', '--config', missing], { cwd: REPO, reject: false, env, timeout: 60_000 });
+  expect(result.exitCode, result.stderr).toBe(78);
+  expect(result.stderr).toContain(`${missing}: cannot read the configuration file: no such file`);
+  expect(existsSync(resolvePaths({ env }).daemonPid)).toBe(false);
+  // The installed service sets FERRY_CONFIG; a file removed since is no reason to crash-loop: the
+  // daemon takes the defaults and gets as far as listening on the default port, held here.
+  const defaultPort = net.createServer();
+  const held = await new Promise<boolean>((resolve) => defaultPort.once('error', () => resolve(false)).listen(31322, '127.0.0.1', () => resolve(true)));
+  try {
+    const viaEnv = await execa('node', ['--import', 'tsx', path.join(REPO, 'src/cli.ts'), 'daemon', '--json-logs'], { cwd: REPO, reject: false, env: { ...env, FERRY_CONFIG: missing }, timeout: 60_000 });
+    expect(viaEnv.stderr).not.toContain('cannot read the configuration file');
+    // Whoever holds 31322 (this test, or something else on this machine), the daemon got to it.
+    expect(viaEnv.stderr, `held by this test: ${held}`).toContain('cannot listen on 127.0.0.1:31322: the port is in use');
+  } finally {
+    await new Promise((resolve) => defaultPort.close(resolve));
+  }
+}, 90_000);
