@@ -14,13 +14,14 @@ apt-get update -qq
 # nix-bin (the host's Nix client and the nix layer), OpenSSH (client, and sshd for the
 # forwarding tests), ssh-audit (the SSH front's algorithm test), e2fsprogs/erofs-utils (the
 # oracle and the benchmark reference), qemu-user-static (x86_64 builds on an aarch64 guest),
-# time (peak RSS in benchmarks).
+# time (peak RSS in benchmarks), libplist-utils (plistutil: the launchd test's plist round trip).
 apt-get install -y -qq \
   qemu-system-x86 qemu-system-arm qemu-utils qemu-user-static ipxe-qemu \
   mmdebstrap nix-bin busybox-static \
   openssh-client openssh-server ssh-audit \
   e2fsprogs erofs-utils \
-  zstd xz-utils cpio kmod iproute2 ca-certificates python3 perl time >/dev/null
+  zstd xz-utils cpio kmod iproute2 ca-certificates python3 perl time \
+  libplist-utils >/dev/null
 mkdir -p /run/sshd
 node --version
 npm ci --no-audit --no-fund

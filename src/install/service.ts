@@ -70,8 +70,18 @@ export function launchdTemplatePath(): string {
   return path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', PACKAGE_FILES.launchdTemplate);
 }
 
+/**
+ * How long the service manager waits after SIGTERM before SIGKILL: the daemon powers the guest off
+ * cleanly first, and its stop ladder (src/vm/stop-ladder.ts) allows the guest 30 s, then the
+ * backend's own stop 10 s more. launchd's default ExitTimeOut is 20 s (LAUNCHD_DEFAULT_EXIT_TIMEOUT
+ * in launchd's core.c), short of that: a poweroff slower than 20 s would be SIGKILLed there, and
+ * launchd's SIGTERM to the job's process group would then end qemu with the guest still up (found by
+ * test/e2e/install-launchd.test.ts; 11 s under tcg here). One value for both service managers.
+ */
+export const SERVICE_STOP_TIMEOUT_S = 90;
+
 /** The keys install fills in; the template holds every other key. */
-export const PLIST_FILLED_KEYS = ['ProgramArguments', 'EnvironmentVariables', 'StandardOutPath', 'StandardErrorPath'] as const;
+export const PLIST_FILLED_KEYS = ['ProgramArguments', 'EnvironmentVariables', 'StandardOutPath', 'StandardErrorPath', 'ExitTimeOut'] as const;
 
 /** The template's static keys (Label, RunAtLoad, KeepAlive, …), checked against what install relies on. */
 export function readLaunchdTemplate(file = launchdTemplatePath()): PlistObject {
@@ -103,6 +113,7 @@ export function renderPlist(argv: readonly string[], environment: Record<string,
     EnvironmentVariables: environment,
     StandardOutPath: paths.daemonOutput,
     StandardErrorPath: paths.daemonOutput,
+    ExitTimeOut: SERVICE_STOP_TIMEOUT_S,
   };
   return plist.build({ ...template, ...filled }) + '\n';
 }
@@ -121,7 +132,7 @@ export function renderUnit(argv: readonly string[], environment: Record<string, 
     'RestartSec=5',
     // The daemon powers the guest off cleanly on SIGTERM; give it the time that takes.
     'KillSignal=SIGTERM',
-    'TimeoutStopSec=90',
+    `TimeoutStopSec=${SERVICE_STOP_TIMEOUT_S}`,
     `StandardOutput=append:${paths.daemonOutput}`,
     `StandardError=append:${paths.daemonOutput}`,
     '',
