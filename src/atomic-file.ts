@@ -18,7 +18,7 @@
  * Node 20 bundles, and unchanged in v1.52). So the plain Node calls here are full syncs there.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, openSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fchmodSync, fsyncSync, openSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 
@@ -40,6 +40,7 @@ export function writeFileAtomicSync(path: string, data: string | Uint8Array, mod
   try {
     const fd = openSync(temp, 'wx', mode);
     try {
+      fchmodSync(fd, mode); // exactly the mode asked for: the umask neither loosens nor tightens it
       const bytes = typeof data === 'string' ? Buffer.from(data) : data;
       for (let done = 0; done < bytes.length; ) done += writeSync(fd, bytes, done, bytes.length - done);
       fsyncSync(fd);

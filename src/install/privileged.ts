@@ -17,6 +17,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ExitCode, FerryError } from '../errors.js';
 import { ProcessError, type Runner } from '../process/runner.js';
+import { writeFileAtomicSync } from '../atomic-file.js';
 import { underRoot } from './layout.js';
 
 /** Where install and uninstall say what they change, one line at a time. */
@@ -85,12 +86,9 @@ export class SystemWrites {
   async writeFile(file: string, data: Buffer, mode: number): Promise<void> {
     if (!this.escalated(file)) {
       if (this.options.dryRun) return;
-      const temp = `${file}.ferry-tmp-${process.pid}`;
-      guardFs(file, () => {
-        writeFileSync(temp, data, { mode });
-        chmodSync(temp, mode); // the umask must not loosen or tighten what was asked for
-        renameSync(temp, file);
-      });
+      // Synced before and after its rename (atomic-file.ts): an install record or ferry.toml is
+      // trusted after a power loss only if it reached the disk.
+      guardFs(file, () => writeFileAtomicSync(file, data, mode));
       return;
     }
     if (this.options.dryRun) {
