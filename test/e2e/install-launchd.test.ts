@@ -4,7 +4,8 @@
  * `ferry uninstall` issue replayed into a launchd stand-in (test/support/launchd.ts, written from
  * launchd.plist(5), launchctl(1) and launchd's source — see there), which loads the plist and
  * spawns the daemon with exactly the environment, working directory, stdio and argv launchd gives
- * an agent, and keeps it alive as KeepAlive and ThrottleInterval say. The daemon runs as Linux
+ * an agent, keeps it alive as KeepAlive and ThrottleInterval say, reaps the job's process group
+ * (qemu with it) when the daemon dies, and SIGKILLs only after ExitTimeOut. The daemon runs as Linux
  * underneath (FERRY_PLATFORM stays with install, by design), so it boots the real guest under qemu,
  * and the real `nix-build` goes through the machines line and the ssh alias install wrote.
  * The plist is also checked with a real plist tool: libplist's `plistutil` (Debian's
@@ -94,6 +95,29 @@ async function waitForStatus(run: JobRun, expectListen: string): Promise<void> {
     await new Promise((r) => setTimeout(r, 250));
   }
   throw new Error(`the daemon did not answer on ${socket}:\n${daemonLog()}`);
+}
+
+/** The real nix-build through the machines line and alias install wrote, checked to have run in the guest. */
+async function buildInGuest(what: string): Promise<void> {
+  const marker = `ferry-launchd-e2e-${Date.now()}`;
+  // The guest builds in Nix's sandbox: no guest paths, hostname "localhost", shell builtins only.
+  const expression = `derivation { name = "ferry-e2e"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "read h < /proc/sys/kernel/hostname; read r < /proc/sys/kernel/osrelease; echo ${marker} $h $r > $out" ]; }`;
+  const started = performance.now();
+  const build = await execa(
+    'nix-build',
+    ['--no-out-link', '--max-jobs', '0', '--option', 'substituters', '', '--builders', `@${path.join(root, 'etc/nix/machines')}`, '-E', expression],
+    { reject: false, timeout: 540_000, env: { NIX_SSHOPTS: `-F ${path.join(root, 'etc/ssh/ssh_config.d/ferry.conf')}` } },
+  );
+  console.log(`nix-build through the LaunchAgent's daemon (${what}): ${Math.round(performance.now() - started)} ms (guest boot under tcg included)`);
+  const consoleLog = () => readFileSync(path.join(path.dirname(readJob(agentFile()).standardOutPath!), 'console.log'), 'utf8').slice(-4000);
+  expect(build.exitCode, `${build.stderr}\n--- daemon:\n${daemonLog()}\n--- guest console:\n${consoleLog()}`).toBe(0);
+  const out = build.stdout.trim().split('\n').at(-1)!;
+  expect(out).toMatch(/^\/nix\/store\/[a-z0-9]{32}-ferry-e2e$/);
+  const [seenMarker, hostname, release] = readFileSync(out, 'utf8').trim().split(' ');
+  expect([seenMarker, hostname]).toEqual([marker, 'localhost']);
+  expect(release).toMatch(/^\d+\.\d+\.\d+[-+]/); // 6.1.0-…-amd64 (Debian 12), 6.12.118+deb13-… (13)
+  expect(release).not.toBe(os.release());
+  expect(await qemuUsing(root)).toHaveLength(1);
 }
 
 beforeAll(async () => {
@@ -232,24 +256,24 @@ describe('the LaunchAgent written by ferry install, run as launchd runs it', () 
   }, 120_000);
 
   it('the real nix-build goes through the machines line and the alias install wrote, into the guest', async () => {
-    const marker = `ferry-launchd-e2e-${Date.now()}`;
-    // The guest builds in Nix's sandbox: no guest paths, hostname "localhost", shell builtins only.
-    const expression = `derivation { name = "ferry-e2e"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "read h < /proc/sys/kernel/hostname; read r < /proc/sys/kernel/osrelease; echo ${marker} $h $r > $out" ]; }`;
-    const started = performance.now();
-    const build = await execa(
-      'nix-build',
-      ['--no-out-link', '--max-jobs', '0', '--option', 'substituters', '', '--builders', `@${path.join(root, 'etc/nix/machines')}`, '-E', expression],
-      { reject: false, timeout: 540_000, env: { NIX_SSHOPTS: `-F ${path.join(root, 'etc/ssh/ssh_config.d/ferry.conf')}` } },
-    );
-    console.log(`nix-build through the LaunchAgent's daemon: ${Math.round(performance.now() - started)} ms (guest boot under tcg included)`);
-    expect(build.exitCode, `${build.stderr}\n--- daemon:\n${daemonLog()}`).toBe(0);
-    const out = build.stdout.trim().split('\n').at(-1)!;
-    expect(out).toMatch(/^\/nix\/store\/[a-z0-9]{32}-ferry-e2e$/);
-    const [seenMarker, hostname, release] = readFileSync(out, 'utf8').trim().split(' ');
-    expect([seenMarker, hostname]).toEqual([marker, 'localhost']);
-    expect(release).toMatch(/^\d+\.\d+\.\d+[-+]/); // 6.1.0-…-amd64 (Debian 12), 6.12.118+deb13-… (13)
-    expect(release).not.toBe(os.release());
-    expect(await qemuUsing(root)).toHaveLength(1);
+    await buildInGuest('first');
+  }, 600_000);
+
+  it('a SIGKILL while the guest runs: launchd SIGTERMs the job\'s process group, so qemu goes too, and the next daemon builds again', async () => {
+    const [qemu] = await qemuUsing(root);
+    expect(qemu).toBeDefined();
+    const killed = launchd.runs(LAUNCHD_LABEL).at(-1)!;
+    process.kill(killed.pid, 'SIGKILL');
+    await killed.ended;
+    // qemu is the daemon's child, in the process group launchd made the job lead (AbandonProcessGroup false).
+    for (let i = 0; i < 100 && (await qemuUsing(root)).length > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await qemuUsing(root)).toEqual([]);
+    for (let i = 0; i < 200 && launchd.runs(LAUNCHD_LABEL).at(-1) === killed; i++) await new Promise((r) => setTimeout(r, 100));
+    const next = launchd.runs(LAUNCHD_LABEL).at(-1)!;
+    expect(next).not.toBe(killed);
+    await waitForStatus(next, `127.0.0.1:${port}`);
+    // The state disk was in use when qemu went: the guest boots from it again (ext4's journal).
+    await buildInGuest('after the kill');
   }, 600_000);
 
   it('install --port with the agent loaded: launchctl print (loaded), then kickstart -k, and the daemon comes back on the new port', async () => {
