@@ -78,8 +78,8 @@ const NIX_CONF = 'experimental-features = nix-command flakes\n';
 const NIX_CONF_WIRED = `${NIX_CONF}${NIX_CONF_MARKER}\n${BUILDERS_USE_SUBSTITUTES}\n`;
 const aliasFile = () => path.join(root, 'etc/ssh/ssh_config.d/ferry.conf');
 const plistFile = () => path.join(home, 'Library/LaunchAgents/dev.ferry.daemon.plist');
-/** The keys install adds to the template: the program, its environment, its output log. */
-const FILLED_KEYS = ['ProgramArguments', 'EnvironmentVariables', 'StandardOutPath', 'StandardErrorPath'];
+/** The keys install adds to the template: the program, its environment, its output log, its stop timeout. */
+const FILLED_KEYS = ['ProgramArguments', 'EnvironmentVariables', 'StandardOutPath', 'StandardErrorPath', 'ExitTimeOut'];
 /** The template in the repository's launchd/ folder, read here on its own (not through install's reader). */
 const launchdTemplate = () => plist.parse(readFileSync(path.join(REPO, 'launchd/ferry-daemon.plist'), 'utf8')) as Record<string, unknown>;
 
