@@ -16,6 +16,8 @@ export const DEFAULTS = {
   memoryBytes: 4 * GiB,
   maxCpus: 4,
   hostname: 'ferry',
+  // trixie's Nix is 2.26; bookworm's 2.8 (2022) stays selectable.
+  debianSuite: 'trixie',
   stateDiskSizeBytes: 40 * GiB,
   nixCores: 0,
   // No `kvm`: the guest has no nested virtualisation; `nixos-test` needs kvm too.
@@ -116,6 +118,7 @@ export function applyDefaults(file: ConfigFile, context: DefaultsContext): Ferry
     guest: {
       system,
       preset: guest.preset ?? defaultPreset(host),
+      debianSuite: guest['debian-suite'] ?? DEFAULTS.debianSuite,
       cpus,
       memoryBytes: guest.memory ?? DEFAULTS.memoryBytes,
       hostname: guest.hostname ?? DEFAULTS.hostname,

@@ -114,8 +114,10 @@ export const diskLockFile = (diskPath: string): string => `${diskPath}.ferry-loc
 
 /** What the base presets keep in the cache's downloads dir, keyed inside by their inputs. */
 export const DOWNLOAD_FILES = {
-  /** debian: which packages (and rootfs) the last resolution chose, per architecture. */
-  debianRecord: (arch: string) => `debian-${arch}.json`,
+  /** debian: which packages (and rootfs) the last resolution chose, per suite and architecture. */
+  debianRecord: (suite: string, arch: string) => `debian-${suite}-${arch}.json`,
+  /** debian: the private apt state (sources, lists, cache) for one suite and architecture. */
+  aptState: (suite: string, arch: string) => `apt-${suite}-${arch}`,
   /** nixpkgs: the flake and store paths the last resolution chose, per guest system. */
   nixpkgsRecord: (system: string) => `nixpkgs-${system}.json`,
   /** debian: mmdebstrap's rootfs tarballs, one directory per input key. */

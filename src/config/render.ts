@@ -32,6 +32,9 @@ ${setting('system', guest.system)}
 # Base of the guest image: "nixpkgs" (kernel, busybox, openssh, nix from the binary cache; the
 # default on macOS) or "debian" (mmdebstrap and Debian's kernel; the default on Linux).
 ${setting('preset', guest.preset)}
+# The Debian release of the debian preset: "trixie" (Nix 2.26) or "bookworm" (Nix 2.8). The
+# state disk is kept when it changes, either way: both keep the Nix database at schema 10.
+${setting('debian-suite', guest.debianSuite)}
 # Virtual CPUs. Default: the host's, at most 4.
 ${setting('cpus', guest.cpus)}
 ${setting('memory', formatSize(guest.memoryBytes))}

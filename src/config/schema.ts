@@ -16,6 +16,8 @@ export const GUEST_SYSTEMS = ['x86_64-linux', 'aarch64-linux'] as const;
 /** Systems a guest can build for besides its own: the other architecture (through an interpreter) or i686. */
 export const EXTRA_SYSTEMS = ['x86_64-linux', 'aarch64-linux', 'i686-linux'] as const;
 export const PRESETS = ['debian', 'nixpkgs'] as const;
+/** The Debian releases the debian preset builds from: trixie (Nix 2.26) and bookworm (Nix 2.8). */
+export const DEBIAN_SUITES = ['trixie', 'bookworm'] as const;
 export const INTERPRETERS = ['rosetta', 'qemu-user', 'none'] as const;
 export const BACKENDS = ['auto', 'qemu', 'hyperkit', 'vfkit'] as const;
 export const ACCELERATORS = ['auto', 'hvf', 'kvm', 'tcg'] as const;
@@ -139,6 +141,7 @@ const nixSchema = z.strictObject({
 const guestSchema = z.strictObject({
   system: z.enum(GUEST_SYSTEMS).optional(),
   preset: z.enum(PRESETS).optional(),
+  'debian-suite': z.enum(DEBIAN_SUITES).optional(),
   cpus: z.int().min(1).max(256).optional(),
   memory: size({ min: 256 * MiB, wholeMiB: true }).optional(),
   hostname: hostname.optional(),

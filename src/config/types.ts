@@ -5,6 +5,7 @@
 import type {
   ACCELERATORS,
   BACKENDS,
+  DEBIAN_SUITES,
   EXTRA_SYSTEMS,
   GUEST_SYSTEMS,
   INTERPRETERS,
@@ -16,6 +17,7 @@ import type {
 export type GuestSystem = (typeof GUEST_SYSTEMS)[number];
 export type ExtraSystem = (typeof EXTRA_SYSTEMS)[number];
 export type Preset = (typeof PRESETS)[number];
+export type DebianSuite = (typeof DEBIAN_SUITES)[number];
 export type Interpreter = (typeof INTERPRETERS)[number];
 export type Backend = (typeof BACKENDS)[number];
 export type Accelerator = (typeof ACCELERATORS)[number];
@@ -53,6 +55,8 @@ export interface GuestNixConfig {
 export interface GuestConfig {
   readonly system: GuestSystem;
   readonly preset: Preset;
+  /** The Debian release the debian preset builds the guest from (its kernel, busybox and Nix too). */
+  readonly debianSuite: DebianSuite;
   readonly cpus: number;
   readonly memoryBytes: number;
   readonly hostname: string;

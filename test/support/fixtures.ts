@@ -5,6 +5,7 @@
  */
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import type { DebianSuite } from '../../src/config/types.js';
 import type { DebianArch } from '../../src/image/presets/apt.js';
 import { debianBusybox, debianKernel as presetKernel } from '../../src/image/presets/debian.js';
 
@@ -22,18 +23,24 @@ export interface KernelFixture {
   packageVersion: string;
 }
 
+/**
+ * The suite of the kernel, busybox and rootfs (rootfs.ts) fixtures: one release, so the boot tests
+ * run one release's kernel with its own userland, whatever the debian preset's default is.
+ */
+export const FIXTURE_SUITE: DebianSuite = 'bookworm';
+
 export function fixtureCacheRoot(): string {
   return process.env.FERRY_TEST_CACHE ?? join(homedir(), '.cache', 'ferry-test');
 }
 
 /** Debian's cloud kernel (the linux-image-cloud-<arch> metapackage's current target), unpacked. */
 export async function debianKernel(arch: DebianArch = 'amd64'): Promise<KernelFixture> {
-  const kernel = await presetKernel(fixtureCacheRoot(), arch);
+  const kernel = await presetKernel(fixtureCacheRoot(), arch, FIXTURE_SUITE);
   const [name, version] = kernel.packageVersion.split('=');
   return { kernel: kernel.kernel, modulesDir: kernel.modulesDir, version: kernel.version, package: name, packageVersion: version };
 }
 
 /** Debian's statically linked busybox; returns the path of the binary. */
 export async function busyboxStatic(arch: DebianArch = 'amd64'): Promise<string> {
-  return (await debianBusybox(fixtureCacheRoot(), arch)).busybox;
+  return (await debianBusybox(fixtureCacheRoot(), arch, FIXTURE_SUITE)).busybox;
 }

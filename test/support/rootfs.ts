@@ -4,11 +4,11 @@
  * rootfs (ext4 read-back, guest boot) uses the same bytes and only the first run pays for it.
  */
 import { cachedMmdebstrap } from '../../src/image/presets/mmdebstrap.js';
-import { fixtureCacheRoot, type DebianArch } from './fixtures.js';
+import { FIXTURE_SUITE, fixtureCacheRoot, type DebianArch } from './fixtures.js';
 
 /** The packages on top of `--variant=essential`: what the guest needs to be a Nix builder. */
 export const ROOTFS_PACKAGES = ['openssh-server', 'nix-bin', 'busybox', 'iproute2', 'ca-certificates'] as const;
-export const ROOTFS_SUITE = 'bookworm';
+export const ROOTFS_SUITE = FIXTURE_SUITE;
 
 export interface RootfsFixture {
   /** The uncompressed tarball mmdebstrap wrote. */

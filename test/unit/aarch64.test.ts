@@ -151,7 +151,7 @@ describe('the arm64 debian preset', () => {
     const argv = mmdebstrapArm64Argv('bookworm');
     expect(argv.slice(0, 4)).toEqual(['--variant=extract', '--include=?essential', '--include=openssh-server,nix-bin,busybox,iproute2,ca-certificates,e2fsprogs,mawk', '--architectures=arm64']);
     expect(argv[4]).toBe(`--extract-hook=${postinstHook()}`); // customize hooks do not run for extract
-    expect(mmdebstrapArgv('arm64')).toEqual(argv);
+    expect(mmdebstrapArgv('arm64', 'bookworm')).toEqual(argv);
     expect(mmdebstrapArgv('amd64')[0]).toBe('--variant=essential');
   });
 

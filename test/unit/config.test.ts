@@ -147,6 +147,7 @@ log-level = "debug"
       guest: {
         system: 'x86_64-linux',
         preset: 'debian',
+        debianSuite: 'trixie',
         cpus: 2,
         memoryBytes: 3 * GiB,
         hostname: 'builder-1',

@@ -12,24 +12,26 @@
  *   debianutils      /etc/shells
  *   mawk             the awk alternative (/usr/bin/awk → mawk)
  *
- * dash ships /bin/sh itself in bookworm. nixbld and the builder user are made at boot by stage 2,
- * as on amd64. ld.so.cache is not made: Debian's glibc searches the multiarch directories
+ * dash ships /bin/sh itself (bookworm; trixie ships /usr/bin/sh, and base-files the merged-/usr
+ * links /bin → usr/bin that make it /bin/sh, and /var/run, /var/lock as empty directories that
+ * the hook replaces). nixbld and the builder user are made at boot by stage 2, as on amd64.
+ * ld.so.cache is not made: Debian's glibc searches the multiarch directories
  * (/lib/aarch64-linux-gnu, /usr/lib/aarch64-linux-gnu) without it; stage 2 would only gain speed.
  *
- * The hook also installs qemu-user's x86_64 interpreter (the arm64 build of qemu-x86_64-static,
- * from Debian's qemu-user-static:arm64) at /usr/libexec/ferry, whatever guest.interpreter says:
- * the base stays the same when the interpreter changes, so switching between "none",
+ * The hook also installs qemu-user's x86_64 interpreter (the arm64 build of a static
+ * qemu-x86_64: bookworm's qemu-user-static:arm64, trixie's qemu-user:arm64) at /usr/libexec/ferry,
+ * whatever guest.interpreter says: the base stays the same when the interpreter changes, so switching between "none",
  * "qemu-user" and "rosetta" only changes the generated config archive, never the system disk.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { publishDirectory } from '../../atomic-file.js';
-import { ExitCode, FerryError } from '../../errors.js';
-import { ProcessError, type Runner } from '../../process/runner.js';
+import { FerryError } from '../../errors.js';
+import type { Runner } from '../../process/runner.js';
 import { QEMU_USER_DIR } from '../guest-os/binfmt.js';
-import { extractDebMember, hostRunner, packageInfo } from './apt.js';
+import { downloadDeb, extractDebMember, packageInfo, type AptTarget } from './apt.js';
 import { cachedMmdebstrap } from './mmdebstrap.js';
 import { DOWNLOAD_FILES } from '../../config/paths.js';
 
@@ -88,12 +90,23 @@ export function mmdebstrapArm64Argv(suite: string): string[] {
 }
 
 /**
- * qemu-x86_64-static for arm64, the one file taken from qemu-user-static:arm64 (the package
- * holds every target, ~375 MB unpacked; only this one is extracted). Cached per version.
+ * Where each suite keeps a static qemu-x86_64: bookworm's qemu-user-static ships it as
+ * qemu-x86_64-static; in trixie qemu-user itself is static (qemu-user-static is only a
+ * transitional package whose qemu-x86_64-static is a symlink to qemu-user's qemu-x86_64).
  */
-export async function qemuX86_64ForArm64(downloadsDir: string, runner: Runner = hostRunner): Promise<{ path: string; packageVersion: string }> {
-  const info = await packageInfo('qemu-user-static', 'arm64', runner);
-  const root = join(downloadsDir, DOWNLOAD_FILES.qemuUserDir);
+const QEMU_X86_64: Record<string, { package: string; member: string }> = {
+  bookworm: { package: 'qemu-user-static', member: './usr/bin/qemu-x86_64-static' },
+  trixie: { package: 'qemu-user', member: './usr/bin/qemu-x86_64' },
+};
+
+/**
+ * A static qemu-x86_64 for arm64, the one file taken from its package (which holds every target,
+ * ~375 MB unpacked; only this one is extracted). Cached per version.
+ */
+export async function qemuX86_64ForArm64(apt: AptTarget): Promise<{ path: string; packageVersion: string }> {
+  const source = QEMU_X86_64[apt.suite] ?? QEMU_X86_64.trixie;
+  const info = await packageInfo(apt, source.package);
+  const root = join(apt.downloadsDir, DOWNLOAD_FILES.qemuUserDir);
   const dir = join(root, `${info.name}_${info.arch}_${info.version.replaceAll(':', '%3a')}`);
   const binary = join(dir, 'qemu-x86_64-static');
   const packageVersion = `${info.name}:arm64=${info.version}`;
@@ -102,14 +115,11 @@ export async function qemuX86_64ForArm64(downloadsDir: string, runner: Runner = 
   const work = await mkdtemp(join(root, '.download-'));
   try {
     const spec = `${info.name}:arm64=${info.version}`;
-    const download = ['download', '-q', spec];
-    const result = await runner.run('apt-get', download, { cwd: work });
-    if (result.exitCode !== 0) throw new ProcessError('apt-get', download, result, { label: `apt-get download ${spec}`, exitCode: ExitCode.Unavailable });
-    const deb = (await readdir(work)).find((f) => f.endsWith('.deb'));
-    if (!deb) throw new FerryError(`apt-get download ${spec} left no .deb in ${work}`);
-    const member = './usr/bin/qemu-x86_64-static';
-    await extractDebMember(join(work, deb), work, member, runner);
+    const deb = await downloadDeb(apt, info, work);
+    const member = source.member;
+    await extractDebMember(deb, work, member, apt.runner);
     const extracted = join(work, member);
+    // existsSync follows a symlink: a member that is only a link (to a file not extracted) is missing too.
     if (!existsSync(extracted)) throw new FerryError(`${spec} has no ${member.slice(1)}`);
     const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
     await mkdir(staging);
