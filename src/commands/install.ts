@@ -1,18 +1,19 @@
 /** `ferry install`, `ferry uninstall`, `ferry doctor`: the host wiring (launchd/systemd, Nix). */
 import { Command, Option } from 'commander';
 import { createInterface } from 'node:readline/promises';
+import { platformOverride as readPlatformOverride } from '../config/host.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { doctor, renderChecks } from '../install/doctor.js';
 import { install } from '../install/install.js';
 import { uninstall } from '../install/uninstall.js';
 import { createProgress } from '../ui/progress.js';
 
-/** FERRY_PLATFORM (tests only): lay out files as on another OS. Never runs that OS's commands for real without --root. */
+/**
+ * FERRY_PLATFORM (tests only): lay out files as on another OS (config/host.ts reads it, for the
+ * whole program). Never runs that OS's commands for real without --root.
+ */
 function platformOverride(): NodeJS.Platform | undefined {
-  const value = process.env.FERRY_PLATFORM;
-  if (value === undefined || value === '') return undefined;
-  if (value !== 'darwin' && value !== 'linux') throw new FerryError(`FERRY_PLATFORM: expected "darwin" or "linux", got "${value}"`, { exitCode: ExitCode.Usage });
-  return value;
+  return readPlatformOverride()?.platform;
 }
 
 /** Asks "make these changes?" on the terminal; anything but yes ends the command with nothing changed. */

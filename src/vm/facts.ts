@@ -10,6 +10,7 @@
  * virtio console, `hvc0` in the guest (crc-org/vfkit doc/usage.md); hyperkit's `-l com1` is an
  * 8250 UART, `ttyS0` (moby/hyperkit src/lib/uart_emul.c).
  */
+import { currentHost } from '../config/host.js';
 import type { GuestSystem } from '../config/types.js';
 
 export type BackendName = 'qemu' | 'hyperkit' | 'vfkit';
@@ -55,6 +56,12 @@ export interface BackendFacts {
   readonly stop: 'QMP system_powerdown' | "vfkit's REST Stop" | 'the ACPI power button';
   /** The kernel must be an uncompressed arm64 `Image` for an aarch64 guest (Virtualization.framework). */
   readonly needsUncompressedArm64Kernel: boolean;
+}
+
+/** This host as ferry's platform decisions see it: FERRY_PLATFORM may report another (config/host.ts). */
+export function thisHost(): HostPlatform {
+  const { platform, arch } = currentHost();
+  return { platform, arch };
 }
 
 const isMac = (host: HostPlatform): boolean => host.platform === 'darwin';

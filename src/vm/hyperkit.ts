@@ -7,11 +7,10 @@
 import { createHash } from 'node:crypto';
 import { appendFile, open } from 'node:fs/promises';
 import tty from 'node:tty';
-import os from 'node:os';
 import { createExecaRunner, type ChildHandle, type Runner } from '../process/runner.js';
 import { bootCmdline, type RunningVm, type SpecProblem, type VmBackend, type VmHooks, type VmSpec } from './backend.js';
 import type { LineConsole } from './console.js';
-import { BACKEND_FACTS, installHint, type HostPlatform } from './facts.js';
+import { BACKEND_FACTS, installHint, thisHost, type HostPlatform } from './facts.js';
 import { attachVm, launch, problemsError, type ConsoleFeed, type HypervisorControl } from './process-vm.js';
 import { runFilesOf } from './run-files.js';
 import { validateCommon, validateNoCommas } from './validate.js';
@@ -65,7 +64,7 @@ export interface HyperkitBackendOptions {
 
 export function createHyperkitBackend(options: HyperkitBackendOptions = {}): VmBackend {
   const runner = options.runner ?? createExecaRunner();
-  const host = options.host ?? { platform: process.platform, arch: os.arch() };
+  const host = options.host ?? thisHost();
   const facts = BACKEND_FACTS.hyperkit;
 
   async function validate(spec: VmSpec): Promise<SpecProblem[]> {

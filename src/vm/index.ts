@@ -4,12 +4,11 @@
  * takes the first that is installed. A backend that cannot run is a FerryError that names why, or
  * the missing binary and how to install it; nothing is started.
  */
-import os from 'node:os';
 import type { Accelerator as ConfiguredAccel } from '../config/types.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { createExecaRunner, type Runner } from '../process/runner.js';
 import type { GuestSystem, VmBackend } from './backend.js';
-import { BACKEND_FACTS, installHint, candidateBackends, whyBackendCannotRun, type BackendName, type HostPlatform } from './facts.js';
+import { BACKEND_FACTS, installHint, candidateBackends, thisHost, whyBackendCannotRun, type BackendName, type HostPlatform } from './facts.js';
 import { createHyperkitBackend } from './hyperkit.js';
 import { createQemuBackend } from './qemu.js';
 import { createVfkitBackend } from './vfkit.js';
@@ -26,9 +25,7 @@ export interface BackendContext {
   kernelCacheDir: string;
 }
 
-export function thisHost(): HostPlatform {
-  return { platform: process.platform, arch: os.arch() };
-}
+export { thisHost };
 
 /** The backend `name`, for the host and accelerator in `context`. */
 export function createBackend(name: BackendName, context: BackendContext): VmBackend {

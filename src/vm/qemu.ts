@@ -4,10 +4,9 @@
  */
 import { constants as fsConstants } from 'node:fs';
 import { access } from 'node:fs/promises';
-import os from 'node:os';
 import { createExecaRunner, type Runner } from '../process/runner.js';
 import { bootCmdline, type RunningVm, type SpecProblem, type VmBackend, type VmHooks, type VmSpec } from './backend.js';
-import { BACKEND_FACTS, installHint, type HostPlatform, type QemuAccelerator } from './facts.js';
+import { BACKEND_FACTS, installHint, thisHost, type HostPlatform, type QemuAccelerator } from './facts.js';
 import { attachVm, launch, problemsError, type HypervisorControl } from './process-vm.js';
 import { connectQmpWhenReady, QmpClient } from './qmp.js';
 import { runFilesOf } from './run-files.js';
@@ -92,7 +91,7 @@ export interface QemuBackend extends VmBackend {
 
 export function createQemuBackend(options: QemuBackendOptions = {}): QemuBackend {
   const runner = options.runner ?? createExecaRunner();
-  const host = options.host ?? { platform: process.platform, arch: os.arch() };
+  const host = options.host ?? thisHost();
   const wanted = options.accel ?? 'auto';
   const facts = BACKEND_FACTS.qemu;
   const kvm = kvmProber(runner, options.kvmDevice ?? '/dev/kvm', options.probeTimeoutMs ?? 3000);

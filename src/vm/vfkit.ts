@@ -1,15 +1,16 @@
 /**
- * The vfkit backend (Virtualization.framework on Apple silicon). Syntax from crc-org/vfkit
- * doc/usage.md (options, devices, the RESTful API) and pkg/config/bootloader.go (the cmdline
- * value has its surrounding quotes trimmed). Not run on real hardware here: the argv is checked
- * flag by flag in test/unit/vm-argv.test.ts.
+ * The vfkit backend (Virtualization.framework: aarch64 guests on Apple silicon, x86_64 guests on
+ * Intel Macs). Syntax from crc-org/vfkit doc/usage.md (options, devices, the RESTful API),
+ * pkg/config/bootloader.go (the cmdline value has its surrounding quotes trimmed), pkg/config/
+ * virtio.go (`readonly` on a disk) and pkg/rest/vf/vm_config.go (a state change is answered
+ * 202 Accepted). Not run on a Mac yet: here it runs through the stand-in test/support/
+ * vfkit-standin.ts (test/e2e/vfkit.test.ts), written from vfkit's source.
  */
 import { createHash } from 'node:crypto';
 import http from 'node:http';
-import os from 'node:os';
 import { createExecaRunner, type Runner } from '../process/runner.js';
 import { bootCmdline, type RunningVm, type SpecProblem, type VmBackend, type VmHooks, type VmSpec } from './backend.js';
-import { BACKEND_FACTS, installHint, type HostPlatform } from './facts.js';
+import { BACKEND_FACTS, installHint, thisHost, type HostPlatform } from './facts.js';
 import { ensureUncompressedKernel } from './kernel-image.js';
 import { attachVm, launch, problemsError, type HypervisorControl } from './process-vm.js';
 import { socketPathProblems } from './qemu.js';
@@ -36,7 +37,8 @@ export function buildVfkitArgv(spec: VmSpec, options: VfkitArgvOptions): string[
     // One argv element, no shell: the quotes are vfkit's own, trimmed from the cmdline value.
     '--bootloader', `linux,kernel=${options.kernel ?? spec.kernel},initrd=${spec.initrd},cmdline="${bootCmdline(BACKEND_FACTS.vfkit, spec)}"`,
   ];
-  for (const disk of spec.disks) argv.push('--device', `virtio-blk,path=${disk.path}`);
+  // `readonly`: the system disk is shared by guests and cached by its hash; nothing may write it.
+  for (const disk of spec.disks) argv.push('--device', `virtio-blk,path=${disk.path}${disk.readOnly ? ',readonly' : ''}`);
   argv.push('--device', `virtio-net,nat,mac=${vfkitMac(spec.name)}`);
   argv.push('--device', `virtio-serial,logFilePath=${spec.consoleLog}`);
   argv.push('--device', 'virtio-rng');
@@ -45,16 +47,24 @@ export function buildVfkitArgv(spec: VmSpec, options: VfkitArgvOptions): string[
   return argv;
 }
 
-/** POST /vm/state {"state": …} over vfkit's unix socket (doc/usage.md, "RESTful API"). */
+/**
+ * POST /vm/state {"state": …} over vfkit's unix socket (doc/usage.md, "RESTful API"). vfkit
+ * answers 202 Accepted (pkg/rest/vf/vm_config.go SetVMState), 500 with {"error": …} when
+ * Virtualization.framework refuses (a paused VM cannot be asked to stop).
+ */
 export function requestVfkitState(socketPath: string, state: 'Stop' | 'HardStop', timeoutMs = 5000): Promise<void> {
   return new Promise((resolve, reject) => {
     const body = JSON.stringify({ state });
     const request = http.request(
       { socketPath, path: '/vm/state', method: 'POST', headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }, timeout: timeoutMs },
       (response) => {
-        response.resume();
-        if (response.statusCode === 200) resolve();
-        else reject(new Error(`vfkit answered ${response.statusCode} to state ${state}`));
+        let text = '';
+        response.setEncoding('utf8').on('data', (chunk: string) => (text += chunk));
+        response.on('end', () => {
+          const code = response.statusCode ?? 0;
+          if (code >= 200 && code < 300) resolve();
+          else reject(new Error(`vfkit answered ${code} to state ${state}${text.trim() ? `: ${text.trim()}` : ''}`));
+        });
       },
     );
     request.on('timeout', () => request.destroy(new Error(`vfkit did not answer within ${timeoutMs} ms`)));
@@ -72,7 +82,7 @@ export interface VfkitBackendOptions {
 
 export function createVfkitBackend(options: VfkitBackendOptions): VmBackend {
   const runner = options.runner ?? createExecaRunner();
-  const host = options.host ?? { platform: process.platform, arch: os.arch() };
+  const host = options.host ?? thisHost();
   const facts = BACKEND_FACTS.vfkit;
 
   async function validate(spec: VmSpec): Promise<SpecProblem[]> {

@@ -198,7 +198,7 @@ describe('the same real arm64 image on an Apple-silicon Mac: backend auto → vf
         ['--memory', '3072'], // "The value is in MiB"
         // "--bootloader linux,kernel=…,initrd=…,cmdline=\"…\"": an uncompressed Image ("must be uncompressed")
         ['--bootloader', `linux,kernel=${kernel},initrd=${manifest.initrd.path},cmdline="console=hvc0 ${manifest.cmdline} ferry.time=1700000000 ferry.net=dhcp"`],
-        ['--device', `virtio-blk,path=${manifest.systemDisk.path}`],
+        ['--device', `virtio-blk,path=${manifest.systemDisk.path},readonly`],
         ['--device', `virtio-blk,path=${paths.stateDisk}`],
         ['--device', `virtio-net,nat,mac=${vfkitMac('ferry')}`],
         ['--device', `virtio-serial,logFilePath=${paths.consoleLog}`],

@@ -106,6 +106,8 @@ export class TestDaemon {
     readonly paths: FerryPaths,
     readonly port: number,
     child: ChildProcess,
+    /** The network namespace the daemon runs in (ip netns exec); its loopback is not the test's. */
+    readonly netns?: string,
   ) {
     this.#child = child;
     child.stdout!.setEncoding('utf8').on('data', (chunk: string) => this.#output.push(chunk));
@@ -118,7 +120,10 @@ export class TestDaemon {
    * `freshImages`, its image cache is its own and empty but for the shared downloads (the base
    * packages): its first image is really built (the system disk written), not found cached.
    */
-  static async start(config: (port: number) => string, options: { readyTimeoutMs?: number; freshImages?: boolean } = {}): Promise<TestDaemon> {
+  static async start(
+    config: (port: number) => string,
+    options: { readyTimeoutMs?: number; freshImages?: boolean; env?: Record<string, string>; netns?: string } = {},
+  ): Promise<TestDaemon> {
     const work = await mkdtemp(path.join(tmpdir(), 'ferry-daemon-'));
     await mkdir(path.join(IMAGE_CACHE, 'downloads'), { recursive: true });
     let cacheDir = IMAGE_CACHE;
@@ -132,15 +137,17 @@ export class TestDaemon {
       FERRY_STATE_DIR: path.join(work, 'state'),
       FERRY_CACHE_DIR: cacheDir,
       FERRY_CONFIG: path.join(work, 'ferry.toml'),
+      ...options.env,
     };
     const port = await freePort();
     await writeFile(env.FERRY_CONFIG, config(port));
-    const child = spawn('node', ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'daemon', '--json-logs'], {
+    const [command, args] = inNetns(options.netns, 'node', ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), 'daemon', '--json-logs']);
+    const child = spawn(command, args, {
       env,
       cwd: ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    const daemon = new TestDaemon(work, env, resolvePaths({ env }), port, child);
+    const daemon = new TestDaemon(work, env, resolvePaths({ env }), port, child, options.netns);
     const deadline = Date.now() + (options.readyTimeoutMs ?? 300_000);
     let exitCode: number | null | undefined;
     void daemon.#exited.then((code) => (exitCode = code));
@@ -208,7 +215,7 @@ export class TestDaemon {
 
   /** The ferry CLI from source with this daemon's directories. */
   ferry(args: string[], timeoutMs = 120_000): Promise<Result> {
-    return execa('node', ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), ...args], { env: this.env, cwd: ROOT, reject: false, timeout: timeoutMs }) as Promise<Result>;
+    return execa(...inNetns(this.netns, 'node', ['--import', 'tsx', path.join(ROOT, 'src/cli.ts'), ...args]), { env: this.env, cwd: ROOT, reject: false, timeout: timeoutMs }) as Promise<Result>;
   }
 
   writeConfig(options: ConfigOptions): Promise<void> {
@@ -217,7 +224,7 @@ export class TestDaemon {
 
   /** OpenSSH to the daemon's front through the alias it wrote, plus `extra` options. */
   ssh(args: string[], options: { timeoutMs?: number; extra?: string[] } = {}): Promise<Result> {
-    return execa('ssh', ['-F', this.paths.builderSshConfig, ...(options.extra ?? []), BUILDER_ALIAS, ...args], {
+    return execa(...inNetns(this.netns, 'ssh', ['-F', this.paths.builderSshConfig, ...(options.extra ?? []), BUILDER_ALIAS, ...args]), {
       reject: false,
       timeout: options.timeoutMs ?? 120_000,
       stdin: 'ignore',
@@ -241,14 +248,13 @@ export class TestDaemon {
     const proto = options.proto ?? 'ssh-ng';
     const started = performance.now();
     const result = await execa(
-      'nix-build',
-      [
+      ...inNetns(this.netns, 'nix-build', [
         '--no-out-link',
         '--max-jobs', '0',
         '--option', 'substituters', '',
         '--builders', `${proto}://${BUILDER_ALIAS} ${options.systems ?? 'x86_64-linux'} ${this.paths.clientKey} ${options.maxJobs ?? 4}`,
         exprFile,
-      ],
+      ]),
       {
         env: { ...this.env, NIX_SSHOPTS: `-F ${this.paths.builderSshConfig}` },
         reject: false,
@@ -282,6 +288,11 @@ export class TestDaemon {
     else await rm(this.work, { recursive: true, force: true });
     return code;
   }
+}
+
+/** `command args` as run inside network namespace `netns` (`ip netns exec`, which execs: same pid), or as it is. */
+function inNetns(netns: string | undefined, command: string, args: string[]): [string, string[]] {
+  return netns ? ['ip', ['netns', 'exec', netns, command, ...args]] : [command, args];
 }
 
 /** A derivation whose builder is `/bin/sh -c script` (no `${` in scripts: Nix would interpolate it). */

@@ -252,7 +252,7 @@ describe('vfkit argv (crc-org/vfkit doc/usage.md)', () => {
       ['--cpus', '2'],
       ['--memory', '2048'],
       ['--bootloader', `linux,kernel=/cache/Image,initrd=${spec.initrd},cmdline="console=hvc0 quiet"`],
-      ['--device', `virtio-blk,path=${spec.disks[0].path}`],
+      ['--device', `virtio-blk,path=${spec.disks[0].path},readonly`],
       ['--device', `virtio-blk,path=${spec.disks[1].path}`],
       ['--device', `virtio-net,nat,mac=${vfkitMac('builder')}`],
       ['--device', `virtio-serial,logFilePath=${spec.consoleLog}`],
