@@ -135,7 +135,7 @@ async function run(
     return meter.finish({ kind: 'error', message: 'the client left before the guest was ready' });
   }
   onGuest(guest);
-  const piped = pipe(front, guest, writer, meter, diskFullNote && (() => `ferry: ${diskFullNote()}${newline}`));
+  const piped = pipe(front, guest, writer, meter, diskFullNote && (() => noteLine(request, `ferry: ${diskFullNote()}`, newline)));
   await new Promise<void>((resolve) => guest.once('close', () => resolve()));
 
   const exit = piped.exit();
@@ -227,6 +227,17 @@ function sendExit(front: ServerChannel, exit: SessionExit): void {
       front.exit(FORWARD_FAILURE_STATUS); // a signal name ssh2 cannot send
     }
   }
+}
+
+/**
+ * A line for the client's stderr in the middle of a session. Nix's ssh-ng client shows nothing
+ * of ssh's stderr once a build runs, except Nix's own JSON log lines ("@nix {…}", as
+ * `nix-daemon --stdio` itself would send with --log-format internal-json): ferry's note takes
+ * that form there, and stays a plain line for every other command.
+ */
+function noteLine(request: GuestChannelRequest, text: string, newline: string): string {
+  if (request.command?.startsWith('nix-daemon ')) return `@nix ${JSON.stringify({ action: 'msg', level: 0, msg: text })}\n`;
+  return `${text}${newline}`;
 }
 
 function messageOf(error: unknown): string {
