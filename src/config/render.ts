@@ -59,7 +59,7 @@ ${setting('cores', guest.nix.cores)}
 ${setting('features', guest.nix.features)}
 ${setting('trusted-users', guest.nix.trustedUsers)}
 # Garbage collection in the guest before the state disk fills: below min-free free space, Nix
-# deletes what builds left behind until max-free is free. "auto": a tenth and a quarter of
+# deletes what builds left behind until max-free is free. "auto": a fifth and two fifths of
 # state-disk-size.
 ${setting('min-free', 'auto')}
 ${setting('max-free', 'auto')}

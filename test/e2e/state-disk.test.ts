@@ -4,7 +4,7 @@
  * state disk.
  *
  * - Builds that together need more than the disk all succeed: the guest's Nix collects garbage
- *   (min-free / max-free, "auto": a tenth and a quarter of the disk) — what builds leave behind
+ *   (min-free / max-free, "auto": a fifth and two fifths of the disk) — what builds leave behind
  *   in a builder is garbage (a remote build's outputs went to the host already).
  * - `ferry status --json` reports the disk's use.
  * - A single build larger than the disk fails with a message naming the state disk and

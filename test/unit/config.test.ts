@@ -155,7 +155,7 @@ log-level = "debug"
         extraSystems: ['i686-linux'],
         // i686 runs natively on an x86_64 kernel: no interpreter needed.
         interpreter: 'none',
-        nix: { maxJobs: 3, cores: 2, features: ['big-parallel', 'kvm'], extraConfig: 'keep-outputs = true', trustedUsers: ['builder'], minFreeBytes: 2 * GiB, maxFreeBytes: 5 * GiB, substituters: 'host', trustedPublicKeys: 'host' },
+        nix: { maxJobs: 3, cores: 2, features: ['big-parallel', 'kvm'], extraConfig: 'keep-outputs = true', trustedUsers: ['builder'], minFreeBytes: 2 * GiB, maxFreeBytes: 8 * GiB, substituters: 'host', trustedPublicKeys: 'host' },
       },
       image: {
         sizeBytes: 2 * GiB,
@@ -629,9 +629,9 @@ describe('paths', () => {
 describe('guest.nix.min-free and max-free', () => {
   const parse = (text: string) => parseConfigText(text, '/home/ann/.config/ferry/ferry.toml', { host: linuxX64 });
 
-  it('"auto" (the default) is a tenth and a quarter of the state disk, in whole MiB', () => {
-    expect(parse('[guest]\nstate-disk-size = "40GiB"\n').guest.nix).toMatchObject({ minFreeBytes: 4 * GiB, maxFreeBytes: 10 * GiB });
-    expect(parse('[guest]\nstate-disk-size = "1GiB"\n[guest.nix]\nmin-free = "auto"\nmax-free = "auto"\n').guest.nix).toMatchObject({ minFreeBytes: 102 * MiB, maxFreeBytes: 256 * MiB });
+  it('"auto" (the default) is a fifth and two fifths of the state disk, in whole MiB', () => {
+    expect(parse('[guest]\nstate-disk-size = "40GiB"\n').guest.nix).toMatchObject({ minFreeBytes: 8 * GiB, maxFreeBytes: 16 * GiB });
+    expect(parse('[guest]\nstate-disk-size = "1GiB"\n[guest.nix]\nmin-free = "auto"\nmax-free = "auto"\n').guest.nix).toMatchObject({ minFreeBytes: 205 * MiB, maxFreeBytes: 410 * MiB });
   });
 
   it('a min-free given alone raises the automatic max-free to it, never below', () => {

@@ -36,7 +36,7 @@ describe('ferry doctor: the state disk', () => {
     await ensureStateDisk(disk, GiB);
     const fresh = await stateDiskCheck('[guest]\nstate-disk-size = "1GiB"\n');
     expect(fresh.status).toBe('ok');
-    expect(fresh.detail).toMatch(new RegExp(`^${disk}: \\d+\\.\\d MiB of 1\\.0 GiB used \\(\\d+%\\), \\d+\\.\\d MiB free; garbage collected below 102\\.0 MiB free \\(as of the guest’s last stop\\)$`));
+    expect(fresh.detail).toMatch(new RegExp(`^${disk}: \\d+\\.\\d MiB of 1\\.0 GiB used \\(\\d+%\\), \\d+\\.\\d MiB free; garbage collected below 205\\.0 MiB free \\(as of the guest’s last stop\\)$`));
 
     const low = await stateDiskCheck('[guest]\nstate-disk-size = "1GiB"\n[guest.nix]\nmin-free = "1000MiB"\n');
     expect(low).toMatchObject({ status: 'warn', fix: expect.stringContaining('guest.state-disk-size') });

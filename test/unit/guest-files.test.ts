@@ -53,8 +53,8 @@ describe('nix.conf', () => {
     expect(lines).toContain('sandbox-fallback = false');
     expect(lines).toContain(`sandbox-paths = /bin/sh=${GUEST_BUSYBOX}`);
     // The default 40GiB state disk: GC below 4GiB free, until 10GiB are free.
-    expect(lines).toContain(`min-free = ${4 * 1024 ** 3}`);
-    expect(lines).toContain(`max-free = ${10 * 1024 ** 3}`);
+    expect(lines).toContain(`min-free = ${8 * 1024 ** 3}`);
+    expect(lines).toContain(`max-free = ${16 * 1024 ** 3}`);
     expect(lines.join('\n')).not.toMatch(/sandbox = (false|relaxed)/);
   });
 
