@@ -139,7 +139,7 @@ async function cachedPart(path: string, key: string, onStep: ((label: string) =>
 }
 
 async function resolvePreset(config: FerryConfig, paths: FerryPaths, onStep?: (label: string) => void, refresh = false): Promise<PresetInputs> {
-  if (config.guest.preset === 'debian') return debianPreset(paths.downloadsDir, config.guest.system, onStep, refresh);
+  if (config.guest.preset === 'debian') return debianPreset(paths.downloadsDir, config.guest, onStep, refresh);
   return nixpkgsPreset(paths.downloadsDir, config.guest.system, { onStep, refresh });
 }
 

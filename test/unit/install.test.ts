@@ -644,17 +644,20 @@ describe('an install stopped half way is undone by uninstall', () => {
 
   it('SIGKILL of the real `ferry install` in the middle of the image build: `ferry uninstall` leaves the root as it was', async () => {
     const before = treeHash(root);
-    // The debian preset's first host command is `dpkg --print-architecture`: this one says it
-    // has been reached (keys, ferry.toml and the guest keys are made by then) and then hangs.
+    // The debian preset's first host command is one of apt's or dpkg's (which one depends on what
+    // its private apt state already holds): each stub says it has been reached (keys, ferry.toml
+    // and the guest keys are made by then) and then hangs.
     const stubs = await mkdtemp(path.join(tmpdir(), 'ferry-stubs-'));
     const reached = path.join(stubs, 'reached');
-    writeFileSync(path.join(stubs, 'dpkg'), `#!/bin/sh\necho $$ > ${reached}.tmp && mv ${reached}.tmp ${reached}\nexec sleep 600\n`, { mode: 0o755 });
+    for (const tool of ['apt-get', 'apt-cache', 'dpkg', 'dpkg-deb', 'mmdebstrap']) {
+      writeFileSync(path.join(stubs, tool), `#!/bin/sh\necho $$ > ${reached}.tmp && mv ${reached}.tmp ${reached}\nexec sleep 600\n`, { mode: 0o755 });
+    }
     const env = { HOME: home, PATH: `${stubs}:${process.env.PATH}`, FERRY_PLATFORM: 'linux' };
     const cli = (args: string[]) => execa('node', ['--import', 'tsx', path.join(REPO, 'src/cli.ts'), ...args, '--root', root, '--yes'], { cwd: REPO, reject: false, extendEnv: false, env });
     const installing = cli(['install']);
     try {
       for (let waited = 0; !existsSync(reached); waited += 50) {
-        if (waited > 60_000 || installing.exitCode !== null) throw new Error(`install never reached dpkg: ${(await installing).stderr}`);
+        if (waited > 60_000 || installing.exitCode !== null) throw new Error(`install never reached apt or dpkg: ${(await installing).stderr}`);
         await new Promise((resolve) => setTimeout(resolve, 50));
       }
       installing.kill('SIGKILL');
