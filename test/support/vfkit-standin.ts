@@ -377,6 +377,9 @@ async function run(argv: readonly string[]): Promise<number> {
   }
   state = 'VirtualMachineStateRunning';
   const change = async (to: string): Promise<void> => {
+    // pkg/rest/vf/state_change.go's log lines (logrus, on stderr: ferry's hypervisor log).
+    const words: Record<string, string> = { Stop: 'stopping machine', HardStop: 'force stopping machine', Pause: 'pausing virtual machine', Resume: 'resuming machine' };
+    if (words[to]) process.stderr.write(`level=debug msg="${words[to]}"\n`);
     if (to === 'Stop') {
       if (state !== 'VirtualMachineStateRunning') throw new Error('Invalid virtual machine state transition.');
       await qmp.execute('system_powerdown');
