@@ -20,6 +20,7 @@ import { DOWNLOAD_FILES } from '../../config/paths.js';
 import { FerryError, ExitCode } from '../../errors.js';
 import { createExecaRunner, ProcessError, type Runner } from '../../process/runner.js';
 import { debianMirror, suiteSources } from './apt-sources.js';
+import { runRetrying } from '../../process/retry.js';
 
 export type DebianArch = 'amd64' | 'arm64';
 
@@ -94,11 +95,16 @@ async function update(apt: AptTarget, dir: string): Promise<void> {
   await writeFile(join(dir, 'status'), '');
   await writeFile(join(dir, 'sources.list'), '');
   await writeFile(join(dir, 'sources.list.d', 'debian.sources'), suiteSources(debianMirror(), apt.suite));
-  await apt.runner.check('apt-get', [...aptOptions(dir), 'update', '-qq'], {
-    label: `apt-get update (Debian ${apt.suite} ${apt.arch}, in ${dir})`,
-    exitCode: ExitCode.Unavailable,
-    hint: `the sources ferry wrote from the host's Debian source: ${join(dir, 'sources.list.d', 'debian.sources')}`,
-  });
+  const args = [...aptOptions(dir), 'update', '-qq'];
+  // Another apt holding the lock, a mirror out of reach for a moment: tried again (retry.ts).
+  const result = await runRetrying(apt.runner, 'apt-get', args);
+  if (result.exitCode !== 0) {
+    throw new ProcessError('apt-get', args, result, {
+      label: `apt-get update (Debian ${apt.suite} ${apt.arch}, in ${dir})`,
+      exitCode: ExitCode.Unavailable,
+      hint: `the sources ferry wrote from the host's Debian source: ${join(dir, 'sources.list.d', 'debian.sources')}`,
+    });
+  }
   await writeFile(join(dir, UPDATED), `${new Date().toISOString()}\n`);
 }
 
@@ -149,7 +155,8 @@ export async function refreshAptLists(apt: AptTarget): Promise<void> {
 
 async function aptRun(apt: AptTarget, args: readonly string[], cwd?: string) {
   const dir = await aptState(apt);
-  return apt.runner.run(args[0] === 'show' ? 'apt-cache' : 'apt-get', [...aptOptions(dir), ...args], { cwd });
+  // A download cut short, or apt's lock held a moment: tried again (retry.ts).
+  return runRetrying(apt.runner, args[0] === 'show' ? 'apt-cache' : 'apt-get', [...aptOptions(dir), ...args], { cwd });
 }
 
 /** The candidate version of a package in the target's suite (updating its lists once if it is unknown). */

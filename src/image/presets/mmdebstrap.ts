@@ -12,6 +12,7 @@ import { ExitCode } from '../../errors.js';
 import { ProcessError, type Runner } from '../../process/runner.js';
 import { hostRunner } from './apt.js';
 import { DOWNLOAD_FILES } from '../../config/paths.js';
+import { runRetrying } from '../../process/retry.js';
 
 export async function cachedMmdebstrap(
   downloadsDir: string,
@@ -31,7 +32,8 @@ export async function cachedMmdebstrap(
   await mkdir(staging);
   try {
     const args = ['--quiet', ...argv, join(staging, DOWNLOAD_FILES.rootfsTar)];
-    const result = await (options.runner ?? hostRunner).run('mmdebstrap', args, { env: options.env });
+    // mmdebstrap runs apt: a download cut short or apt's lock held is tried again (retry.ts).
+    const result = await runRetrying(options.runner ?? hostRunner, 'mmdebstrap', args, { env: options.env });
     if (result.exitCode !== 0) {
       throw new ProcessError('mmdebstrap', args, result, {
         exitCode: ExitCode.Unavailable,
