@@ -99,7 +99,7 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
   const clock = new ClockWatch();
   undo.push(() => clock.close());
   const supervisor: Supervisor = new Supervisor({
-    ...guestVmDeps(paths, () => config, () => clock.reset()),
+    ...guestVmDeps(paths, () => config, () => clock.reset(), log),
     saveImages: (image, before) => saveImages(paths, image, before),
     closeConnections: (): Promise<void> => pool.close(),
     imageReady: () => reloader.imageReady(),

@@ -40,14 +40,14 @@ export async function stopLeftoverGuest(paths: FerryPaths, log: Logger): Promise
  * The supervisor's VM dependencies. `config` is asked at each boot (a reload may have changed
  * it); `onBooted` runs once a guest is up (it sets its clock from the command line at boot).
  */
-export function guestVmDeps(paths: FerryPaths, config: () => FerryConfig, onBooted: () => void): Pick<SupervisorDeps, 'boot' | 'stop' | 'guestHostKey'> {
+export function guestVmDeps(paths: FerryPaths, config: () => FerryConfig, onBooted: () => void, log?: Logger): Pick<SupervisorDeps, 'boot' | 'stop' | 'guestHostKey'> {
   // The guest this daemon booted: it is stopped through its own VM (the one stop ladder), which
   // also knows when it has already exited.
   let booted: BootedGuest | undefined;
   return {
     boot: async (manifest) => {
       await ensureStateDisk(paths.stateDisk, config().guest.stateDiskSizeBytes);
-      booted = await bootGuest({ manifest, config: config(), paths, detached: false });
+      booted = await bootGuest({ manifest, config: config(), paths, detached: false, onRetry: (error) => log?.warn({ err: error }, 'the guest crashed while booting; booting it once more') });
       onBooted();
       return booted;
     },

@@ -15,6 +15,7 @@ import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadConfig } from '../../src/config/load.js';
+import type { FerryError } from '../../src/errors.js';
 import { resolvePaths, type FerryPaths } from '../../src/config/paths.js';
 import type { ImageManifest } from '../../src/image/manifest.js';
 import { bootGuest } from '../../src/vm/instance/boot.js';
@@ -207,6 +208,22 @@ describe('the guest, booted from the debian preset under qemu', () => {
       expect(await runningGuest(paths)).toBeUndefined();
       expect(existsSync(`${paths.stateDisk}.ferry-lock`)).toBe(false);
     });
+
+    it('a kernel that crashes while booting is booted once more, then fails with the crash on the console', async () => {
+      const config = await loadConfig(env.FERRY_CONFIG);
+      // No init in the initramfs: the kernel panics (panic=-1, so qemu exits), every time.
+      const crashing = { ...config, vm: { ...config.vm, kernelCmdlineExtra: 'rdinit=/ferry-no-such-init' } };
+      const retries: Error[] = [];
+      const failure = await bootGuest({ manifest, config: crashing, paths, detached: false, onRetry: (error) => retries.push(error) }).then(
+        () => undefined,
+        (error: unknown) => error as FerryError,
+      );
+      expect(failure?.message).toMatch(/did not become ready: .*the VM exited/);
+      expect(retries).toHaveLength(1);
+      expect(await readFile(paths.consoleLog, 'utf8')).toContain('Kernel panic - not syncing');
+      expect(await hypervisorsUsing(work)).toEqual([]);
+      expect(await runningGuest(paths)).toBeUndefined();
+    }, 120_000);
 
     it('a state disk already in use by another running guest', async () => {
       const record = await up();

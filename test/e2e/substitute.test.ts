@@ -15,98 +15,35 @@
  * on. Without it (the second test), the same cache is there for the guest, and the host sends the
  * input through the front itself.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
-import { createReadStream, statSync } from 'node:fs';
-import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { randomUUID } from 'node:crypto';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { configText, TestDaemon } from '../support/daemon.js';
+import { configWithCache, derivationNeeding, makeBinaryCache, serveCache, type CacheServer } from '../support/binary-cache.js';
+import { TestDaemon } from '../support/daemon.js';
 
 /** Big enough that a copy through the front would show; small enough for a tcg guest on CI. */
 const INPUT_BYTES = 64 * 1024 * 1024;
-/** configText's guest.nix line (no substituters at all): replaced here by the test cache. */
-const NO_SUBSTITUTERS = 'extra-config = "substituters =\\ncompress-build-log = false"';
-
-interface CacheServer {
-  port: number;
-  /** Each request's path and the bytes sent for it. */
-  requests: Array<{ url: string; status: number; bytes: number }>;
-  close: () => Promise<void>;
-}
-
-/** A static server over a `file://` binary cache's directory, on 127.0.0.1 only. */
-async function serveCache(dir: string): Promise<CacheServer> {
-  const requests: CacheServer['requests'] = [];
-  const server = http.createServer((request, response) => {
-    const url = new URL(request.url ?? '/', 'http://cache');
-    const file = path.join(dir, path.normalize(decodeURIComponent(url.pathname)).replace(/^(\.\.[/\\])+/, ''));
-    let size: number;
-    try {
-      const st = statSync(file);
-      if (!st.isFile()) throw new Error('not a file');
-      size = st.size;
-    } catch {
-      requests.push({ url: url.pathname, status: 404, bytes: 0 });
-      response.writeHead(404).end();
-      return;
-    }
-    requests.push({ url: url.pathname, status: 200, bytes: request.method === 'HEAD' ? 0 : size });
-    response.writeHead(200, { 'content-length': size, 'content-type': file.endsWith('.narinfo') ? 'text/x-nix-narinfo' : 'application/octet-stream' });
-    if (request.method === 'HEAD') response.end();
-    else createReadStream(file).pipe(response);
-  });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const { port } = server.address() as AddressInfo;
-  return { port, requests, close: () => new Promise((resolve) => server.close(() => resolve())) };
-}
-
-async function nix(args: string[]): Promise<string> {
-  const result = await execa(args[0], args.slice(1), { reject: false, timeout: 120_000 });
-  if (result.exitCode !== 0) throw new Error(`${args.join(' ')} failed (${result.exitCode}):\n${result.stderr}`);
-  return String(result.stdout).trim();
-}
-
 describe("the guest substitutes a build's input from a binary cache on the host's loopback", () => {
   let work: string;
   let cache: CacheServer;
   let daemon: TestDaemon;
   let inputs: string[] = [];
-  let publicKey: string;
   const timings: Record<string, number> = {};
 
   beforeAll(async () => {
     work = await mkdtemp(path.join(tmpdir(), 'ferry-substitute-'));
     let started = performance.now();
-    const secret = path.join(work, 'cache.secret');
-    const pub = path.join(work, 'cache.pub');
-    await nix(['nix-store', '--generate-binary-cache-key', `ferry-e2e-${randomUUID().slice(0, 8)}-1`, secret, pub]);
-    publicKey = (await readFile(pub, 'utf8')).trim();
-    const cacheDir = path.join(work, 'cache');
-    // Two inputs of random bytes (new store paths every run, so no store has them yet), both in
-    // the cache: one for each test.
-    for (const label of ['a', 'b']) {
-      const input = path.join(work, `ferry-e2e-input-${label}-${randomUUID().slice(0, 8)}`);
-      const handle = await open(input, 'w');
-      for (let written = 0; written < INPUT_BYTES; written += 1 << 20) await handle.write(randomBytes(1 << 20));
-      await handle.close();
-      const storePath = await nix(['nix-store', '--add', input]);
-      inputs.push(storePath);
-      // Uncompressed: the bytes are random anyway, and xz in a tcg guest would be the slowest step.
-      await nix(['nix', '--extra-experimental-features', 'nix-command', 'copy', '--to', `file://${cacheDir}?compression=none&secret-key=${secret}`, storePath]);
-    }
+    // Two inputs, both in the cache: one for each test.
+    const made = await makeBinaryCache(work, 2, INPUT_BYTES);
+    inputs = made.inputs;
     timings.cacheMs = Math.round(performance.now() - started);
-    cache = await serveCache(cacheDir);
+    cache = await serveCache(made.dir);
 
     started = performance.now();
-    daemon = await TestDaemon.start((port) => {
-      const text = configText(port);
-      if (!text.includes(NO_SUBSTITUTERS)) throw new Error(`test/support/daemon.ts configText no longer has ${NO_SUBSTITUTERS}`);
-      return text.replace(NO_SUBSTITUTERS, [`substituters = ["http://127.0.0.1:${cache.port}"]`, `trusted-public-keys = [${JSON.stringify(publicKey)}]`, 'extra-config = "compress-build-log = false"'].join('\n'));
-    });
+    daemon = await TestDaemon.start((port) => configWithCache(port, cache, made.publicKey));
     timings.daemonMs = Math.round(performance.now() - started);
   }, 600_000);
 
@@ -121,11 +58,7 @@ describe("the guest substitutes a build's input from a binary cache on the host'
   async function buildNeeding(input: string, substitutes: boolean) {
     const name = `ferry-e2e-substitute-${randomUUID().slice(0, 8)}`;
     const exprFile = path.join(work, `${name}.nix`);
-    // The builder only checks that the input is there (busybox's test, no exec) and names it.
-    await writeFile(
-      exprFile,
-      `derivation { name = ${JSON.stringify(name)}; system = builtins.currentSystem; builder = "/bin/sh"; input = builtins.storePath ${JSON.stringify(input)}; args = [ "-c" "[ -s \\"$input\\" ] && echo \\"$input\\" > $out" ]; }\n`,
-    );
+    await writeFile(exprFile, derivationNeeding(name, input));
     const seen = new Set((await daemon.status()).recentSessions.map((session) => session.id));
     const served = cache.requests.length;
     // The host's Nix settings for this nix-build (the daemon's env is what nixBuildFile runs with).

@@ -32,6 +32,8 @@ export interface BootOptions {
   runner?: Runner;
   /** The host the backend is chosen for (default: this one). */
   host?: HostPlatform;
+  /** Told when a guest whose kernel crashed while booting is booted once more. */
+  onRetry?: (error: Error) => void;
 }
 
 export interface BootedGuest {
@@ -47,8 +49,29 @@ export function chooseBackend(config: FerryConfig, paths: FerryPaths, runner?: R
   return selectBackend(config.vm.backend, config.guest.system, { runner, host, accel: config.vm.accel, kernelCacheDir: paths.kernelsDir });
 }
 
-/** Boots `manifest`, waits for FERRY-READY, records the guest. On any failure nothing is left running. */
+/** What the kernel prints when it crashes (a panic, an oops): not the guest refusing to come up. */
+const KERNEL_CRASH = /Kernel panic - not syncing|\bOops: |BUG: unable to handle/;
+
+/** A boot that ended in a kernel crash (the console says so), as opposed to FERRY-FAILED or a timeout. */
+class GuestCrashedWhileBooting extends FerryError {}
+
+/**
+ * Boots `manifest`, waits for FERRY-READY, records the guest. On any failure nothing is left
+ * running. A guest whose kernel crashed while booting is booted once more: seen under emulation
+ * (tcg: one panic in an interrupt in a few dozen boots of Debian 13's kernel), where a second
+ * boot comes up; a guest that says FERRY-FAILED, or never gets ready, fails at once.
+ */
 export async function bootGuest(options: BootOptions): Promise<BootedGuest> {
+  try {
+    return await bootGuestOnce(options);
+  } catch (error) {
+    if (!(error instanceof GuestCrashedWhileBooting)) throw error;
+    options.onRetry?.(error);
+    return bootGuestOnce(options);
+  }
+}
+
+async function bootGuestOnce(options: BootOptions): Promise<BootedGuest> {
   const { manifest, config, paths } = options;
   await mkdir(paths.vmDir, { recursive: true, mode: 0o700 });
   await mkdir(paths.logDir, { recursive: true });
@@ -66,8 +89,10 @@ export async function bootGuest(options: BootOptions): Promise<BootedGuest> {
     endpoint = await waitReady(vm, options.readyTimeoutMs ?? config.daemon.readyTimeoutMs);
   } catch (error) {
     await vm.stop({ hard: true });
-    const tail = vm.console.history().slice(-15).join('\n');
-    throw new FerryError(`guest '${spec.name}' did not become ready: ${(error as Error).message}`, {
+    const history = vm.console.history();
+    const tail = history.slice(-15).join('\n');
+    const Failure = history.some((line) => KERNEL_CRASH.test(line)) ? GuestCrashedWhileBooting : FerryError;
+    throw new Failure(`guest '${spec.name}' did not become ready: ${(error as Error).message}`, {
       cause: error,
       hint: tail ? `the last console lines (${spec.consoleLog}):\n${tail}` : `see ${spec.consoleLog}`,
     });
