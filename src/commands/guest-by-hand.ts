@@ -12,7 +12,7 @@ import { ExitCode, FerryError } from '../errors.js';
 import { buildImage } from '../image/build.js';
 import { ensureStateDisk } from '../image/state-disk.js';
 import { ferryKeys } from '../keys/ferry-keys.js';
-import { createProgress, formatDurationMs } from '../ui/progress.js';
+import { createProgress, formatDurationMs, writerProgress } from '../ui/progress.js';
 import type { StopHow } from '../vm/backend.js';
 import { FileTail } from '../vm/console.js';
 import { bootGuest } from '../vm/instance/boot.js';
@@ -43,8 +43,7 @@ export function registerGuestCommands(program: Command): void {
         config,
         paths,
         keys: ferryKeys(paths),
-        onStep: (label) => progress.step(label),
-        onProgress: (p) => p.phase === 'data' && progress.update(p.done, p.total, 'bytes'),
+        ...writerProgress(progress),
       });
       const disk = await ensureStateDisk(paths.stateDisk, config.guest.stateDiskSizeBytes);
       if (disk.action !== 'unchanged') progress.step(`state disk ${disk.action}: ${paths.stateDisk}`);

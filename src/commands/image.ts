@@ -3,7 +3,7 @@ import type { Command } from 'commander';
 import { parseSize } from '../config/units.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { resolvePaths } from '../config/paths.js';
-import { createProgress, formatDurationMs, humanBytes } from '../ui/progress.js';
+import { createProgress, formatDurationMs, humanBytes, writerProgress } from '../ui/progress.js';
 
 export function registerImageCommands(program: Command): void {
   const image = program.command('image').description('build and inspect guest images');
@@ -39,8 +39,7 @@ export function registerImageCommands(program: Command): void {
         output: opts.output,
         sizeBytes,
         label: opts.label,
-        onStep: (label) => progress.step(label),
-        onProgress: (p) => p.phase === 'data' && progress.update(p.done, p.total, 'bytes'),
+        ...writerProgress(progress),
       });
       progress.done();
       if (opts.json) {
@@ -91,8 +90,7 @@ async function buildCommand(opts: { config?: string; json?: boolean; refresh?: b
     paths,
     keys: ferryKeys(paths),
     refresh: opts.refresh,
-    onStep: (label) => progress.step(label),
-    onProgress: (p) => p.phase === 'data' && progress.update(p.done, p.total, 'bytes'),
+    ...writerProgress(progress),
   });
   progress.done();
   if (opts.json) {

@@ -17,7 +17,7 @@ import { ExitCode, FerryError } from '../errors.js';
 import { buildImage } from '../image/build.js';
 import { ferryKey, ferryKeys } from '../keys/ferry-keys.js';
 import { publicKeyWithoutComment } from '../keys/public-key-line.js';
-import type { Progress } from '../ui/progress.js';
+import { writerProgress, type Progress } from '../ui/progress.js';
 import { createExecaRunner, ProcessError, RecordingRunner, type Runner } from '../process/runner.js';
 import { FileWriter, readIfExists, type Report, type WriteOutcome } from './files.js';
 import { SystemWrites } from './privileged.js';
@@ -291,8 +291,7 @@ async function buildWithProgress(writer: FileWriter, config: FerryConfig, paths:
     config,
     paths,
     keys,
-    onStep: (label) => progress?.step(label),
-    onProgress: (p) => p.phase === 'data' && progress?.update(p.done, p.total, 'bytes'),
+    ...writerProgress(progress),
   });
   progress?.done();
   const hit = manifest.systemDisk.cacheHit && manifest.initrd.cacheHit;

@@ -10,6 +10,22 @@ export interface Progress {
   done(message?: string): void;
 }
 
+/**
+ * The image writers' callbacks (buildImage, mkfs) shown on `progress`: each step by name, and the
+ * data phase — the long one — as bytes.
+ */
+export function writerProgress(progress: Progress | undefined): {
+  onStep: (label: string) => void;
+  onProgress: (p: { phase: string; done: number; total: number }) => void;
+} {
+  return {
+    onStep: (label) => progress?.step(label),
+    onProgress: (p) => {
+      if (p.phase === 'data') progress?.update(p.done, p.total, 'bytes');
+    },
+  };
+}
+
 export function createProgress(options: { stream?: NodeJS.WriteStream; quiet?: boolean } = {}): Progress {
   const stream = options.stream ?? process.stderr;
   if (options.quiet) return { step() {}, update() {}, done() {} };
