@@ -125,7 +125,7 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
     logger: log,
     onSession: (record) => {
       sessions.add(record);
-      void disk.refresh();
+      void disk.refreshAfterSession();
     },
     diskFullNote: () => diskFullNote(paths.stateDisk, config.guest.stateDiskSizeBytes, paths.configFile),
     // The limits before login, read at start (a change takes effect at restart).

@@ -2,14 +2,17 @@
  * The state disk's use for `ferry status` (and doctor, through it): measured, not guessed. While
  * the guest runs, its root control command `df` reports the live figures (the superblock on the
  * host lags behind a mounted filesystem); when it is stopped, the superblock is exact and is read
- * on the host. Measured at start, after every session, and when the guest stops; the status
- * report shows the last measurement with its time.
+ * on the host. Measured at start, at each boot and stop, and after a session when the figures are
+ * older than half a minute; the status report shows the last measurement with its time.
  */
 import type { Logger } from 'pino';
 import { humanBytes } from '../format.js';
 import { readFilesystemUsage, type StateDiskUsage } from '../image/state-disk-usage.js';
 import { runControlCommand } from './guest-control.js';
 import type { GuestTarget } from './supervisor.js';
+
+/** How stale the figures may get while sessions come and go (each boot and stop measures anyway). */
+const SESSION_REFRESH_MS = 30_000;
 
 export type MeasuredUsage = StateDiskUsage & { readonly measuredAt: string };
 
@@ -38,6 +41,15 @@ export class StateDiskWatch {
 
   get last(): MeasuredUsage | undefined {
     return this.#last;
+  }
+
+  /**
+   * After a session: measures again only when the last figures are older than `SESSION_REFRESH_MS`,
+   * so many short builds cost one root login to the guest every so often, not one each.
+   */
+  refreshAfterSession(): Promise<void> {
+    const age = this.#last ? Date.now() - Date.parse(this.#last.measuredAt) : Infinity;
+    return age < SESSION_REFRESH_MS ? Promise.resolve() : this.refresh();
   }
 
   /** Measures again (one at a time; a request during a measurement runs once more after it). */
