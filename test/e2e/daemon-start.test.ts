@@ -42,7 +42,7 @@ describe('a fresh start: the front answers from the first second', () => {
 
   it('an ssh session and a build a second after the start wait for the image build and the boot, then succeed', async () => {
     const spawned = Date.now();
-    daemon = await TestDaemon.start((port) => configText(port), { freshImages: true });
+    daemon = await TestDaemon.start((port) => configText(port), { freshImages: true, answering: true });
     timings.controlAnswersAfterMs = Date.now() - spawned;
     const early = await daemon.status();
     expect(early.guest.image).toBeUndefined(); // no image yet: it is being built
@@ -118,7 +118,7 @@ describe('an image that cannot be built', () => {
 
 describe('SIGTERM while the first image builds', () => {
   it('the daemon ends at once with exit 0, abandoning the build, and leaves no pid file', async () => {
-    const daemon = await TestDaemon.start((port) => configText(port), { freshImages: true });
+    const daemon = await TestDaemon.start((port) => configText(port), { freshImages: true, answering: true });
     expect((await daemon.status()).daemon.buildingSince).toBeDefined();
     const { daemonPid } = daemon.paths;
     const started = performance.now();

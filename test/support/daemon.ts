@@ -116,13 +116,16 @@ export class TestDaemon {
   }
 
   /**
-   * Starts `ferry daemon` with `config(port)` and waits until its control socket answers. With
-   * `freshImages`, its image cache is its own and empty but for the shared downloads (the base
-   * packages): its first image is really built (the system disk written), not found cached.
+   * Starts `ferry daemon` with `config(port)` and waits until its control socket answers and its
+   * first image build has ended (an image, or the build's error, in its status) — the daemon
+   * answers from its first second, long before a cold image is built. `answering` returns as
+   * soon as the control socket answers, for tests of that first second. With `freshImages`, its
+   * image cache is its own and empty but for the shared downloads (the base packages): its first
+   * image is really built (the system disk written), not found cached.
    */
   static async start(
     config: (port: number) => string,
-    options: { readyTimeoutMs?: number; freshImages?: boolean; env?: Record<string, string>; netns?: string } = {},
+    options: { readyTimeoutMs?: number; freshImages?: boolean; env?: Record<string, string>; netns?: string; answering?: boolean } = {},
   ): Promise<TestDaemon> {
     const work = await mkdtemp(path.join(tmpdir(), 'ferry-daemon-'));
     await mkdir(path.join(IMAGE_CACHE, 'downloads'), { recursive: true });
@@ -154,15 +157,16 @@ export class TestDaemon {
     for (;;) {
       if (exitCode !== undefined) throw new Error(`ferry daemon exited (${exitCode}) before it was ready:\n${daemon.log()}`);
       try {
-        await daemon.status();
-        return daemon;
+        const status = await daemon.status();
+        if (options.answering || status.guest.image !== undefined || status.daemon.buildError !== undefined) return daemon;
       } catch {
-        if (Date.now() > deadline) {
-          await daemon.stop();
-          throw new Error(`ferry daemon did not answer on its control socket in time:\n${daemon.log()}`);
-        }
-        await sleep(200);
+        // not answering yet
       }
+      if (Date.now() > deadline) {
+        await daemon.stop();
+        throw new Error(`ferry daemon did not answer on its control socket with its first image built in time:\n${daemon.log()}`);
+      }
+      await sleep(200);
     }
   }
 
