@@ -30,7 +30,7 @@ import type { FerryKeys } from '../keys/ferry-keys.js';
 import { latestManifestFile, type BuiltPart, type ImageManifest } from './manifest.js';
 import { writeExt4, type Ext4Progress } from './ext4/index.js';
 import { guestFiles } from './guest-os/files.js';
-import { OVERLAY_DIR, STAGE1_MODULES, stage1Init } from './guest-os/stage1.js';
+import { OVERLAY_DIR, POWER_BUTTON_MODULES, STAGE1_MODULES, stage1Init } from './guest-os/stage1.js';
 import { buildInitramfs, writeGzippedCpio, type CpioEntry } from './initramfs/index.js';
 import { DirLayer } from './layers/dir.js';
 import type { Layer } from './layers/layer.js';
@@ -183,7 +183,7 @@ async function buildSystemDisk(layers: Layer[], config: FerryConfig, paths: Ferr
 async function buildBaseInitramfs(preset: PresetInputs, paths: FerryPaths, onStep?: (label: string) => void): Promise<BuiltPart> {
   const busybox = await stat(preset.busybox);
   const init = stage1Init();
-  const key = sha256(JSON.stringify([FORMAT_VERSION, preset.identity, preset.kernelVersion, busybox.size, STAGE1_MODULES, init]));
+  const key = sha256(JSON.stringify([FORMAT_VERSION, preset.identity, preset.kernelVersion, busybox.size, STAGE1_MODULES, POWER_BUTTON_MODULES, init]));
   const path = join(paths.imagesDir, IMAGE_FILES.initramfs(key.slice(0, 32)));
   return cachedPart(path, key, onStep, () => {
     onStep?.('writing the initramfs');
@@ -191,6 +191,7 @@ async function buildBaseInitramfs(preset: PresetInputs, paths: FerryPaths, onSte
       busybox: preset.busybox,
       modulesDir: preset.modulesDir,
       modules: STAGE1_MODULES,
+      optionalModules: POWER_BUTTON_MODULES,
       init,
       outputPath: path,
       mtime: 0,

@@ -10,7 +10,7 @@
  */
 import { execa } from 'execa';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -156,6 +156,27 @@ describe('the guest, booted from the debian preset under qemu', () => {
     const fsck = await execa('e2fsck', ['-fn', paths.stateDisk], { reject: false });
     expect(fsck.exitCode, fsck.stdout + fsck.stderr).toBe(0);
     expect((await ferry(['down'])).stdout).toContain('not running');
+  });
+
+  it("a guest whose control command does not answer is powered off by the hypervisor's power button (QMP system_powerdown): clean, e2fsck finds nothing", async () => {
+    const booted = await up();
+    // The control command cannot log in without its key: the stop ladder goes on to the backend's own step.
+    const hidden = `${paths.guestClientKey}.hidden`;
+    await rename(paths.guestClientKey, hidden);
+    let down;
+    try {
+      down = await ferry(['down', '--timeout', '60']);
+    } finally {
+      await rename(hidden, paths.guestClientKey);
+    }
+    expect(down.exitCode, down.stderr).toBe(0);
+    expect(down.stdout).toContain('asked through the hypervisor');
+    expect(await exited(booted.pid)).toBe(true);
+    const console = await readFile(paths.consoleLog, 'utf8');
+    expect(console).toContain('ferry: the power button was pressed, powering off'); // stage 2's acpid ran the handler
+    expect(console).toContain('FERRY-STOPPED'); // init's shutdown script unmounted the state disk
+    const fsck = await execa('e2fsck', ['-fn', paths.stateDisk], { reject: false });
+    expect(fsck.exitCode, fsck.stdout + fsck.stderr).toBe(0);
   });
 
   it('a store path survives `ferry image build` with a changed config, a grown state disk and a restart', async () => {

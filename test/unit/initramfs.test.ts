@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FerryError } from '../../src/errors.js';
 import { buildInitramfs, cpioArchive, MODULE_LOAD_ORDER_PATH, type CpioEntry } from '../../src/image/initramfs/index.js';
 import { selectModules } from '../../src/image/initramfs/modules.js';
+import { POWER_BUTTON_MODULES } from '../../src/image/guest-os/stage1.js';
 import { busyboxStatic, debianKernel, type KernelFixture } from '../support/fixtures.js';
 
 const MTIME = 1_700_000_000; // 2023-11-14T22:13:20Z
@@ -195,6 +196,13 @@ describe('kernel module selection (Debian cloud kernel)', () => {
     const attempt = selectModules(kernel.modulesDir, ['virtio_blk', 'no_such_module']);
     await expect(attempt).rejects.toBeInstanceOf(FerryError);
     await expect(attempt).rejects.toThrow(`kernel module no_such_module not found in ${kernel.modulesDir}`);
+  });
+
+  it("optional modules (the power button's) are taken when the kernel has them and skipped when it has neither module nor built-in", async () => {
+    const selection = await selectModules(kernel.modulesDir, ['virtio_blk'], [...POWER_BUTTON_MODULES, 'no_such_module']);
+    const order = selection.loadOrder.map((m) => m.name);
+    expect(order).toEqual(expect.arrayContaining(['virtio_blk', 'evdev', 'button'])); // both modules in Debian's amd64 cloud kernel
+    expect(selection.absent).toEqual(['no_such_module']);
   });
 
   it('decompresses .ko.xz and .ko.zst modules, and explains a corrupt one', async () => {

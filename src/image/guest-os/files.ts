@@ -7,7 +7,7 @@ import { readHostNixSettings, type HostNixSettings, type NixListSetting } from '
 import type { FerryConfig } from '../../config/types.js';
 import { BINFMT_PATH, binfmtScript } from './binfmt.js';
 import { GUEST_BUSYBOX } from './stage1.js';
-import { BUILDER_USER, CONTROL_PATH, HOST_ADDRESS_PLACEHOLDER, SHUTDOWN_PATH, STAGE2_PATH, controlScript, inittab, shutdownScript, stage2Script, udhcpcScript } from './stage2.js';
+import { acpidFiles, BUILDER_USER, CONTROL_PATH, HOST_ADDRESS_PLACEHOLDER, SHUTDOWN_PATH, STAGE2_PATH, controlScript, inittab, shutdownScript, stage2Script, udhcpcScript } from './stage2.js';
 
 export interface GeneratedFile {
   /** Absolute path in the guest. */
@@ -138,6 +138,7 @@ export function guestFiles(config: FerryConfig, keys: GuestKeys, hostNix?: HostN
     { path: STAGE2_PATH, mode: 0o755, content: stage2Script() },
     { path: SHUTDOWN_PATH, mode: 0o755, content: shutdownScript() },
     { path: CONTROL_PATH, mode: 0o755, content: controlScript() },
+    ...acpidFiles(),
     { path: '/usr/lib/ferry/udhcpc', mode: 0o755, content: udhcpcScript() },
     ...(binfmt ? [{ path: BINFMT_PATH, mode: 0o755, content: binfmt }] : []),
   ];

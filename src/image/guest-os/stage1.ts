@@ -33,6 +33,16 @@ export const STAGE1_MODULES = [
 ] as const;
 
 /**
+ * The power button, loaded when the kernel has them: a hypervisor's clean stop (QMP
+ * system_powerdown, vfkit's REST `Stop`, which is VZVirtualMachine's requestStop, hyperkit's
+ * SIGTERM) presses it, the kernel reports KEY_POWER on an evdev device, and stage 2's acpid
+ * powers the guest off cleanly. `button` is the ACPI button (a module in Debian's amd64 kernel,
+ * built in on arm64); a kernel without them still boots, it just cannot be asked that way, and
+ * the stop ladder goes on to the backend's hard stop.
+ */
+export const POWER_BUTTON_MODULES = ['evdev', 'button'] as const;
+
+/**
  * The modules (and dependencies) stage 1 loads only when the config archive carries the binfmt
  * script, i.e. an interpreter is configured: loading them costs ≈ 70 ms of an emulated boot.
  */

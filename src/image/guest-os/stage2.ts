@@ -11,6 +11,8 @@ import { GUEST_BUSYBOX, STATE_MOUNT } from './stage1.js';
 export const STAGE2_PATH = '/usr/lib/ferry/stage2';
 export const SHUTDOWN_PATH = '/usr/lib/ferry/shutdown';
 export const CONTROL_PATH = '/usr/lib/ferry/control';
+/** busybox acpid's config directory: its event map, its action table and the power button's handler. */
+export const ACPI_DIR = '/usr/lib/ferry/acpi';
 export const BUILDER_USER = 'builder';
 export const BUILDER_UID = 1000;
 /** Nix's build users (nixbld1…N in group nixbld), the ids NixOS uses. */
@@ -105,6 +107,7 @@ ${nixRegistrationLoadScript().trimEnd()}
 [ -x ${BINFMT_PATH} ] && ${BINFMT_PATH}
 ${sandboxProbe().trimEnd()}
 setsid nix-daemon </dev/null >/var/log/nix-daemon.log 2>&1 &
+${powerButtonScript().trimEnd()}
 # The state disk grows when its configured size grows: the file was extended on the host, the
 # filesystem follows here, online. The size it was grown to is stamped on the disk, so an
 # unchanged disk costs no resize2fs.
@@ -156,6 +159,39 @@ done
 ${GUEST_BUSYBOX} unshare -m -p -f -i -u -n true 2>/tmp/ferry-sandbox-probe ||
   { echo "FERRY-FAILED: Nix's sandbox cannot be set up: the kernel refused its namespaces ($(cat /tmp/ferry-sandbox-probe)); ferry never builds unsandboxed" > /dev/console; exit 1; }
 `;
+}
+
+/**
+ * The power button (POWER_BUTTON_MODULES): busybox acpid reads every evdev device the kernel made
+ * and runs the handler on KEY_POWER. Without an input device (a kernel without the modules) there
+ * is nothing to read, and acpid would only exit complaining.
+ */
+function powerButtonScript(): string {
+  return `# The power button, a hypervisor's clean stop: acpid runs ${ACPI_DIR}/power-button on KEY_POWER.
+[ -e /dev/input/event0 ] && setsid acpid -d -c ${ACPI_DIR} -a ${ACPI_DIR}/actions -M ${ACPI_DIR}/map </dev/null >/var/log/acpid.log 2>&1 &
+`;
+}
+
+/**
+ * acpid's files. The map turns a press of KEY_POWER (EV_KEY, code 116, value 1) into the event
+ * "button/power PWRF"; the action table sends any event naming PWRF to ./power-button in
+ * ACPI_DIR. Both are given explicitly: busybox acpid's built-in tables apply only when these files
+ * are missing, and an empty file would silently map nothing (util-linux/acpid.c).
+ */
+export function acpidFiles(): Array<{ path: string; mode: number; content: string }> {
+  return [
+    { path: `${ACPI_DIR}/map`, mode: 0o644, content: 'EV_KEY 01 KEY_POWER 116 1 button/power PWRF\n' },
+    { path: `${ACPI_DIR}/actions`, mode: 0o644, content: 'PWRF power-button\n' },
+    {
+      path: `${ACPI_DIR}/power-button`,
+      mode: 0o755,
+      content: `#!${GUEST_BUSYBOX} sh
+# ferry (generated): the hypervisor pressed the power button; init's shutdown leaves the state disk clean.
+echo "ferry: the power button was pressed, powering off" > /dev/console
+exec ${GUEST_BUSYBOX} poweroff
+`,
+    },
+  ];
 }
 
 export function shutdownScript(): string {

@@ -36,6 +36,8 @@ export interface BuildInitramfsOptions {
   modulesDir?: string;
   /** Modules to include (with their dependencies), e.g. virtio_blk, virtio_net, overlay. */
   modules?: readonly string[];
+  /** Modules to include when the kernel has them (skipped, not an error, when it does not). */
+  optionalModules?: readonly string[];
   /** The text of /init, the first process. */
   init: string;
   /** Busybox applets to link in /bin; DEFAULT_APPLETS if not given. */
@@ -60,12 +62,13 @@ export interface InitramfsResult {
 
 export async function buildInitramfs(options: BuildInitramfsOptions): Promise<InitramfsResult> {
   const requested = options.modules ?? [];
+  const optional = options.optionalModules ?? [];
   let selection: ModuleSelection | undefined;
-  if (requested.length > 0) {
+  if (requested.length > 0 || optional.length > 0) {
     if (!options.modulesDir) {
-      throw new FerryError(`initramfs ${options.outputPath}: modules ${requested.join(', ')} were requested but no modules directory was given`);
+      throw new FerryError(`initramfs ${options.outputPath}: modules ${[...requested, ...optional].join(', ')} were requested but no modules directory was given`);
     }
-    selection = await selectModules(options.modulesDir, requested);
+    selection = await selectModules(options.modulesDir, requested, optional);
   }
   await checkBusybox(options.busybox, selection);
 

@@ -38,6 +38,8 @@ export interface ModuleSelection {
   loadOrder: SelectedModule[];
   /** Requested or depended-on names that are built into the kernel. */
   builtin: string[];
+  /** Optional names this kernel has neither as a module nor built in (skipped). */
+  absent: string[];
 }
 
 const SUFFIXES: Array<[string, ModuleCompression]> = [
@@ -55,9 +57,10 @@ export function canonicalModuleName(name: string): string {
 /**
  * Resolves `names` and everything they depend on in `modulesDir` (a /lib/modules/VERSION
  * directory). Throws a FerryError naming the module and the directory when a module is neither
- * present nor built in.
+ * present nor built in — except for the `optional` names, which are skipped when this kernel
+ * lacks them (their dependencies, once an optional module is there, are required as any).
  */
-export async function selectModules(modulesDir: string, names: readonly string[]): Promise<ModuleSelection> {
+export async function selectModules(modulesDir: string, names: readonly string[], optional: readonly string[] = []): Promise<ModuleSelection> {
   const version = basename(modulesDir);
   const available = await indexModuleFiles(modulesDir);
   const builtinNames = await readBuiltin(modulesDir);
@@ -65,6 +68,7 @@ export async function selectModules(modulesDir: string, names: readonly string[]
   const loadOrder: SelectedModule[] = [];
   const done = new Map<string, SelectedModule | 'builtin'>();
   const builtin: string[] = [];
+  const absent: string[] = [];
   const inProgress: string[] = [];
 
   // Depth-first, appending a module after its dependencies: a deterministic topological order.
@@ -79,6 +83,10 @@ export async function selectModules(modulesDir: string, names: readonly string[]
       if (builtinNames.has(name)) {
         done.set(name, 'builtin');
         builtin.push(name);
+        return;
+      }
+      if (!neededBy && optional.includes(rawName)) {
+        absent.push(name);
         return;
       }
       const why = neededBy ? ` (needed by ${neededBy})` : '';
@@ -108,8 +116,8 @@ export async function selectModules(modulesDir: string, names: readonly string[]
     loadOrder.push(selected);
   };
 
-  for (const name of names) await visit(name, undefined);
-  return { version, loadOrder, builtin };
+  for (const name of [...names, ...optional]) await visit(name, undefined);
+  return { version, loadOrder, builtin, absent };
 }
 
 interface ModuleFile {
