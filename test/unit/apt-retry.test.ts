@@ -43,10 +43,8 @@ describe('apt, tried again while another apt holds its lock', () => {
 
   it('a failure that waiting cannot mend is not tried again', async () => {
     const said: string[] = [];
-    const started = performance.now();
     const result = await runRetrying(createExecaRunner(), 'apt-cache', ['show', 'no-such-package-ferry-test'], { onRetry: (_, line) => said.push(line) });
     expect(result.exitCode).not.toBe(0);
-    expect(said).toEqual([]);
-    expect(performance.now() - started).toBeLessThan(1900);
+    expect(said).toEqual([]); // no retry announced, so none made (an upper bound on the time would only measure the machine's load)
   });
 });

@@ -13,7 +13,7 @@ import { parseConfigText } from '../../src/config/load.js';
 import { readHostNixSettings } from '../../src/config/host-nix-conf.js';
 import { guestCacheUrl, guestFiles, nixConf, sshdConfig } from '../../src/image/guest-os/files.js';
 import { GUEST_BUSYBOX, stage1Init } from '../../src/image/guest-os/stage1.js';
-import { controlScript, HOST_ADDRESS_PLACEHOLDER, hostAddressScript, inittab, shutdownScript, stage2Script, udhcpcScript } from '../../src/image/guest-os/stage2.js';
+import { acpidFiles, controlScript, HOST_ADDRESS_PLACEHOLDER, hostAddressScript, inittab, shutdownScript, stage2Script, udhcpcScript } from '../../src/image/guest-os/stage2.js';
 import { ensureStateDisk } from '../../src/image/state-disk.js';
 import { ensureKeyPair } from '../../src/keys/ssh-keys.js';
 import { guestCmdline } from '../../src/vm/instance/spec.js';
@@ -184,6 +184,7 @@ describe('generated scripts', () => {
     ['shutdown', shutdownScript()],
     ['control', controlScript()],
     ['udhcpc', udhcpcScript()],
+    ['acpid power-button handler', acpidFiles().find((file) => file.mode & 0o111)!.content],
   ];
   for (const [name, text] of scripts) {
     for (const shell of [['busybox', 'sh', '-n'], ['dash', '-n']]) {
@@ -208,7 +209,7 @@ describe('generated scripts', () => {
     const executables = guestFiles(config, keys).filter((f) => f.mode & 0o111);
     const checked = new Set(scripts.map(([, text]) => text));
     for (const file of executables) expect(checked.has(file.content), file.path).toBe(true);
-    expect(executables.length).toBe(4);
+    expect(executables.length).toBe(5);
   });
 
   it('the control command runs poweroff, settime, time and refuses anything else', async () => {
