@@ -16,7 +16,7 @@ type Register = (program: Command) => void;
 const GROUPS: ReadonlyArray<{ commands: readonly string[]; load: () => Promise<Register> }> = [
   { commands: ['image'], load: async () => (await import('./commands/image.js')).registerImageCommands },
   { commands: ['up', 'down', 'console', 'exec', 'ssh'], load: async () => (await import('./commands/guest-by-hand.js')).registerGuestCommands },
-  { commands: ['daemon', 'status', 'start', 'stop', 'restart', 'logs'], load: async () => (await import('./commands/daemon.js')).registerDaemonCommands },
+  { commands: ['daemon', 'status', 'start', 'stop', 'restart', 'rebuild', 'logs'], load: async () => (await import('./commands/daemon.js')).registerDaemonCommands },
   { commands: ['install', 'uninstall', 'doctor'], load: async () => (await import('./commands/install.js')).registerInstallCommands },
 ];
 
