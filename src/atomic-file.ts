@@ -20,7 +20,7 @@
 import { randomBytes } from 'node:crypto';
 import { closeSync, existsSync, fchmodSync, fsyncSync, openSync, readdirSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
-import { open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, type FileHandle } from 'node:fs/promises';
 
 /**
  * `.NAME.tmp-PID-RANDOM` beside `path`: hidden, named by its writer's pid (removeDeadTemporaries
@@ -170,6 +170,21 @@ async function syncTree(dir: string): Promise<void> {
     }
   }
   await syncDirectory(dir);
+}
+
+/**
+ * A name for a working or staging directory in `parent` that removeDeadTemporaries recognises
+ * (`.staging-PID-HEX`): if this process is killed while it works there, the next build removes it.
+ */
+export function stagingPathIn(parent: string): string {
+  return join(parent, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
+/** A new, empty directory at stagingPathIn(parent). */
+export async function makeStagingDir(parent: string): Promise<string> {
+  const dir = stagingPathIn(parent);
+  await mkdir(dir);
+  return dir;
 }
 
 /**

@@ -3,12 +3,13 @@
  * process published the same directory first, theirs stays and ours goes; any other failure is
  * reported. On the real filesystem.
  */
+import { execa } from 'execa';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { publishDirectory, removeDeadTemporaries } from '../../src/atomic-file.js';
+import { makeStagingDir, publishDirectory, removeDeadTemporaries } from '../../src/atomic-file.js';
 
 let work: string;
 beforeAll(async () => {
@@ -75,5 +76,15 @@ describe('removeDeadTemporaries', () => {
     expect(removed).toEqual([names.deadImage, names.deadCpio, names.deadAtomic, names.deadStaging].sort());
     expect((await readdir(dir)).sort()).toEqual([names.ours, names.parent, names.image, names.lookalike].sort());
     expect(removeDeadTemporaries(path.join(work, 'missing'))).toEqual([]);
+  });
+
+  it("a download's working directory (makeStagingDir) is removed once the process that made it is gone", async () => {
+    const dir = await mkdtemp(path.join(work, 'downloads-'));
+    const atomicFile = new URL('../../src/atomic-file.ts', import.meta.url).href;
+    // Another process makes one and exits without cleaning up, as a killed download would.
+    const { stdout } = await execa('node', ['--import', 'tsx', '--input-type=module', '-e', `const { makeStagingDir } = await import(${JSON.stringify(atomicFile)}); process.stdout.write(await makeStagingDir(${JSON.stringify(dir)}));`]);
+    const ours = await makeStagingDir(dir);
+    expect(removeDeadTemporaries(dir)).toEqual([stdout]);
+    expect(await readdir(dir)).toEqual([path.basename(ours)]);
   });
 });

@@ -10,12 +10,11 @@
  * written atomically. A new package version (a kernel security update) gets its own directory
  * instead of a stale hit.
  */
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { publishDirectory } from '../../atomic-file.js';
+import { makeStagingDir, publishDirectory, stagingPathIn } from '../../atomic-file.js';
 import { DOWNLOAD_FILES } from '../../config/paths.js';
 import { FerryError, ExitCode } from '../../errors.js';
 import { createExecaRunner, ProcessError, type Runner } from '../../process/runner.js';
@@ -122,7 +121,7 @@ function aptState(apt: AptTarget): Promise<string> {
       await mkdir(apt.downloadsDir, { recursive: true });
       // Made beside the cache's other downloads and renamed into place, so an interrupted update
       // never leaves lists that look complete (and the next build removes the staging directory).
-      const staging = join(apt.downloadsDir, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+      const staging = stagingPathIn(apt.downloadsDir);
       try {
         await update(apt, staging);
         await publishDirectory(staging, dir, join(dir, UPDATED));
@@ -202,8 +201,8 @@ export async function unpackedPackage(apt: AptTarget, cacheRoot: string, info: P
   const dir = join(cacheRoot, `${info.name}_${info.arch}_${info.version.replaceAll(':', '%3a')}`);
   if (existsSync(dir)) return dir;
   await mkdir(cacheRoot, { recursive: true });
-  const work = await mkdtemp(join(cacheRoot, '.download-'));
-  const staging = join(cacheRoot, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const work = await makeStagingDir(cacheRoot);
+  const staging = stagingPathIn(cacheRoot);
   try {
     const deb = await downloadDeb(apt, info, work);
     await apt.runner.check('dpkg-deb', ['-x', deb, staging], { label: `dpkg-deb -x ${deb}` });

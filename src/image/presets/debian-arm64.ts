@@ -23,11 +23,10 @@
  * whatever guest.interpreter says: the base stays the same when the interpreter changes, so switching between "none",
  * "qemu-user" and "rosetta" only changes the generated config archive, never the system disk.
  */
-import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, rename, rm } from 'node:fs/promises';
+import { mkdir, rename, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { publishDirectory } from '../../atomic-file.js';
+import { makeStagingDir, publishDirectory, stagingPathIn } from '../../atomic-file.js';
 import { FerryError } from '../../errors.js';
 import type { Runner } from '../../process/runner.js';
 import { QEMU_USER_DIR } from '../guest-os/binfmt.js';
@@ -112,7 +111,7 @@ export async function qemuX86_64ForArm64(apt: AptTarget): Promise<{ path: string
   const packageVersion = `${info.name}:arm64=${info.version}`;
   if (existsSync(binary)) return { path: binary, packageVersion };
   await mkdir(root, { recursive: true });
-  const work = await mkdtemp(join(root, '.download-'));
+  const work = await makeStagingDir(root);
   try {
     const spec = `${info.name}:arm64=${info.version}`;
     const deb = await downloadDeb(apt, info, work);
@@ -121,7 +120,7 @@ export async function qemuX86_64ForArm64(apt: AptTarget): Promise<{ path: string
     const extracted = join(work, member);
     // existsSync follows a symlink: a member that is only a link (to a file not extracted) is missing too.
     if (!existsSync(extracted)) throw new FerryError(`${spec} has no ${member.slice(1)}`);
-    const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+    const staging = stagingPathIn(root);
     await mkdir(staging);
     await rename(extracted, join(staging, 'qemu-x86_64-static'));
     await publishDirectory(staging, dir, binary);

@@ -3,11 +3,11 @@
  * it), built in a staging directory and renamed into place, so an interrupted run never leaves
  * a half-written rootfs where a build would trust it.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { publishDirectory } from '../../atomic-file.js';
+import { publishDirectory, stagingPathIn } from '../../atomic-file.js';
 import { ExitCode } from '../../errors.js';
 import { ProcessError, type Runner } from '../../process/runner.js';
 import { hostRunner } from './apt.js';
@@ -28,7 +28,7 @@ export async function cachedMmdebstrap(
   const tar = join(dir, DOWNLOAD_FILES.rootfsTar);
   if (existsSync(tar)) return tar;
   await mkdir(root, { recursive: true });
-  const staging = join(root, `.staging-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const staging = stagingPathIn(root);
   await mkdir(staging);
   try {
     const args = ['--quiet', ...argv, join(staging, DOWNLOAD_FILES.rootfsTar)];
