@@ -31,10 +31,18 @@ export interface HostNixSettings {
   readonly trustedPublicKeys: NixListSetting;
 }
 
-/** Assignments in the order Nix applies them, includes expanded in place. */
-export function nixConfAssignments(file: string, read: (file: string) => string | undefined = readText): Array<{ name: string; words: string[] }> {
+/**
+ * Assignments in the order Nix applies them, includes expanded in place. `files`, when given,
+ * collects every file named on the way (read or missing): what a watcher of these settings watches.
+ */
+export function nixConfAssignments(
+  file: string,
+  read: (file: string) => string | undefined = readText,
+  files?: string[],
+): Array<{ name: string; words: string[] }> {
   const out: Array<{ name: string; words: string[] }> = [];
   const visit = (current: string, depth: number) => {
+    if (depth <= 16 && files && !files.includes(current)) files.push(current);
     // A missing `include` is an error to Nix; for reading settings it is the same as an empty file.
     const text = read(current);
     if (text === undefined || depth > 16) return; // > 16: an include loop, which Nix would fail on
@@ -71,6 +79,13 @@ export function listSetting(assignments: ReadonlyArray<{ name: string; words: st
 export function readHostNixSettings(file = HOST_NIX_CONF, read: (file: string) => string | undefined = readText): HostNixSettings {
   const assignments = nixConfAssignments(file, read);
   return { substituters: listSetting(assignments, 'substituters'), trustedPublicKeys: listSetting(assignments, 'trusted-public-keys') };
+}
+
+/** The host's nix.conf and every file it includes (present or not, since one may appear later). */
+export function hostNixConfFiles(file = HOST_NIX_CONF): string[] {
+  const files: string[] = [];
+  nixConfAssignments(file, readText, files);
+  return files;
 }
 
 function readText(file: string): string | undefined {

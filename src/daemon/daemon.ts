@@ -6,6 +6,7 @@
  */
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
+import { hostNixConfFiles } from '../config/host-nix-conf.js';
 import { loadConfig } from '../config/load.js';
 import type { FerryPaths } from '../config/paths.js';
 import type { FerryConfig } from '../config/types.js';
@@ -17,7 +18,7 @@ import { ClockWatch, clockCheckedSource } from './guest-control.js';
 import { GuestPool } from './guest-pool.js';
 import { guestVmDeps, stopLeftoverGuest } from './guest-vm.js';
 import { createDaemonLogger } from './logger.js';
-import { authorizedKeyLines, ConfigReload, watchConfigFile } from './reload.js';
+import { authorizedKeyLines, ConfigReload, watchConfigFiles } from './reload.js';
 import { loadSavedImages, saveImages } from './saved-images.js';
 import { frontAddress, writeDaemonSshConfig } from './ssh-alias.js';
 import { SshFront } from './ssh-front.js';
@@ -154,7 +155,9 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
   const control = controlServer(paths, supervisor, status, (reason) => reloader.reload(reason));
   await control.listen();
   undo.push(() => control.close());
-  const watcher = watchConfigFile(paths.configFile, (event) => void reloader.reload(`${paths.configFile} ${event}`));
+  // The host's nix.conf too: a cache added there reaches the guest's nix.conf without a restart
+  // (an unchanged result is a cache hit and no swap).
+  const watcher = watchConfigFiles([paths.configFile, ...hostNixConfFiles()], (file, event) => void reloader.reload(`${file} ${event}`));
   undo.push(() => watcher.close());
   log.info({ address }, 'ready');
   return () => reloader.state.buildingSince !== undefined;

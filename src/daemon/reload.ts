@@ -190,13 +190,17 @@ export function authorizedKeyLines(config: FerryConfig, clientPublicKey: string,
   return keys;
 }
 
-/** Calls `onChange` 300 ms after ferry.toml last changed (editors write in several steps). */
-export function watchConfigFile(file: string, onChange: (event: string) => void): { close(): Promise<void> } {
-  const watcher = watch(file, { ignoreInitial: true, awaitWriteFinish: { stabilityThreshold: 200, pollInterval: 50 } });
+/**
+ * Calls `onChange` with the file and the event 300 ms after one of `files` last changed (editors
+ * write in several steps): ferry.toml, and the host's nix.conf with what it includes, whose binary
+ * caches the guest follows (guest.nix.substituters = "host").
+ */
+export function watchConfigFiles(files: readonly string[], onChange: (file: string, event: string) => void): { close(): Promise<void> } {
+  const watcher = watch([...files], { ignoreInitial: true, awaitWriteFinish: { stabilityThreshold: 200, pollInterval: 50 } });
   let debounce: NodeJS.Timeout | undefined;
-  watcher.on('all', (event) => {
+  watcher.on('all', (event, file) => {
     clearTimeout(debounce);
-    debounce = setTimeout(() => onChange(event), 300);
+    debounce = setTimeout(() => onChange(file, event), 300);
   });
   return {
     close: () => {
