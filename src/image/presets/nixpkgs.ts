@@ -214,7 +214,7 @@ export interface NixpkgsLayoutEntry {
  */
 export const NIXPKGS_LAYOUT: readonly NixpkgsLayoutEntry[] = [
   { input: 'kernel', path: kernelFileName, kind: 'file', use: 'the kernel the backend boots directly' },
-  { input: 'kernel', path: () => 'lib/modules', kind: 'dir', use: "the modules stage 1 loads (one lib/modules/<version>)" },
+  { input: 'kernel', path: () => 'lib/modules', kind: 'dir', use: 'the modules stage 1 loads, in its one lib/modules/<version>' },
   { input: 'busybox', path: () => 'bin/busybox', kind: 'file', use: 'the initramfs\'s busybox and every applet in the image' },
   { input: 'openssh', path: () => 'bin/sshd', kind: 'file', use: "the guest's SSH endpoint (/usr/sbin/sshd)" },
   { input: 'nix', path: () => 'bin/nix-daemon', kind: 'file', use: 'the nix-daemon the forwarded sessions reach' },
