@@ -44,6 +44,8 @@ const NIXPKGS_SHAPED: Record<string, string[]> = {
   'pkgs/by-name/ca/cacert/package.nix': ['    platforms = lib.platforms.all;', '    install -D -t "$out/etc/ssl/certs" ca-bundle.crt'],
   'pkgs/by-name/e2/e2fsprogs/package.nix': ['  outputs = [', '    "bin"', '    "out"', '  ];', '    platforms = lib.platforms.unix;'],
   'pkgs/build-support/setup-hooks/move-sbin.sh': ['fixupOutputHooks+=(_moveSbin)', '        mv "$i" $prefix/bin'],
+  'pkgs/tools/package-management/nix/modular/src/libstore/package.nix': ['      (lib.mesonOption "sandbox-shell" "${busybox-sandbox-shell}/bin/busybox")'],
+  'pkgs/os-specific/linux/busybox/sandbox-shell.nix': ['busybox.override {', '  enableStatic = true;', '  enableMinimal = true;'],
 };
 
 let work: string;
@@ -129,6 +131,7 @@ describe('against a nixpkgs-shaped tree', () => {
     ['the CA bundle installed elsewhere', edit('pkgs/by-name/ca/cacert/package.nix', '$out/etc/ssl/certs', '$out/share/certs'), 'has etc/ssl/certs/ca-bundle.crt', /has no line matching/],
     ['sshd in sbin', edit('pkgs/tools/networking/openssh/common.nix', '/bin"', '/sbin"'), 'has bin/sshd', /has no line matching/],
     ['an applet the image links switched off', { 'pkgs/os-specific/linux/busybox/default.nix': [...NIXPKGS_SHAPED['pkgs/os-specific/linux/busybox/default.nix'], '    CONFIG_UDHCPC n'] }, 'busybox has every applet', /switched off/],
+    ['a dynamically linked sandbox shell', edit('pkgs/os-specific/linux/busybox/sandbox-shell.nix', 'enableStatic = true', 'enableStatic = false'), 'static sandbox shell', /has no line matching enableStatic/],
     ['aarch64-linux no longer a Hydra system', { 'ci/supportedSystems.json': ['[', '  "x86_64-linux"', ']'] }, 'Hydra builds openssh', /lacks aarch64-linux/],
   ])('refutes %s', async (_name, changes, fact, note) => {
     const result = find(checkNixpkgsPreset(new NixpkgsTree(await tree(changes))), fact);

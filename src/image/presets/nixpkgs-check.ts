@@ -4,8 +4,9 @@
  * evaluating or building anything. What is checked comes from the preset's code, never from a
  * second list: the attributes (NIXPKGS_ATTRIBUTES), the files taken from each store path
  * (NIXPKGS_LAYOUT), the guest systems (GUEST_SYSTEMS), the module compressions the initramfs reads
- * (MODULE_SUFFIXES), the modules stage 1 loads (STAGE1_MODULES) and the applets the image links
- * (REQUIRED_APPLETS). What lives here is only where nixpkgs decides each of those and how to read
+ * (MODULE_SUFFIXES), the modules stage 1 loads (STAGE1_MODULES), the applets the image links
+ * (REQUIRED_APPLETS), and whether the guest's nix.conf leaves the sandbox's /bin/sh to Nix
+ * (sandboxPaths). What lives here is only where nixpkgs decides each of those and how to read
  * it there (RULES, EXPRESSIONS, KCONFIG); a preset fact with no rule is reported, not skipped.
  *
  * Each result is `confirmed` or `refuted` with the lines that decide it (file:line), `missing`
@@ -18,6 +19,7 @@
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { GUEST_SYSTEMS } from '../../config/schema.js';
+import { sandboxPaths } from '../guest-os/files.js';
 import { MODULE_SUFFIXES } from '../initramfs/modules.js';
 import { INTERPRETER_MODULES, STAGE1_MODULES } from '../guest-os/stage1.js';
 import { REQUIRED_APPLETS } from './nixpkgs-root.js';
@@ -73,6 +75,8 @@ const PLATFORMS = 'lib/systems/platforms.nix';
 const KERNEL_CONFIG = 'pkgs/os-specific/linux/kernel/common-config.nix';
 const KERNEL_BUILD = 'pkgs/os-specific/linux/kernel/manual-config.nix';
 const MOVE_SBIN = 'pkgs/build-support/setup-hooks/move-sbin.sh';
+const NIX_STORE_LIB = 'pkgs/tools/package-management/nix/modular/src/libstore/package.nix';
+const SANDBOX_SHELL = 'pkgs/os-specific/linux/busybox/sandbox-shell.nix';
 
 /** Each input's expression (candidates, newest layout first: packages move to pkgs/by-name). */
 const EXPRESSIONS: Record<NixpkgsInput, readonly string[]> = {
@@ -278,6 +282,14 @@ function busyboxApplets(tree: NixpkgsTree): Omit<FactResult, 'fact'> {
   return combine([base, off.length ? { status: 'refuted', evidence: off, note: 'switched off in the busybox expression' } : { status: 'confirmed', evidence: [] }]);
 }
 
+/** nixpkgs' Nix mounts a static busybox at the sandbox's /bin/sh by itself (NixOS/nix: `"/bin/sh=" SANDBOX_SHELL`). */
+function nixSandboxShell(tree: NixpkgsTree): Omit<FactResult, 'fact'> {
+  return combine([
+    all(tree, NIX_STORE_LIB, [/mesonOption "sandbox-shell" "\$\{busybox-sandbox-shell\}\/bin\/busybox"/]),
+    all(tree, SANDBOX_SHELL, [/enableStatic = true;/]),
+  ]);
+}
+
 function busyboxLinkage(tree: NixpkgsTree): Omit<FactResult, 'fact'> {
   return all(tree, EXPRESSIONS.busybox, [/enableStatic \? stdenv\.hostPlatform\.isStatic/]);
 }
@@ -315,6 +327,9 @@ export function checkNixpkgsPreset(tree: NixpkgsTree, attributes: Attributes = N
   }
   add(`busybox has every applet the image links (${REQUIRED_APPLETS.length}: ${REQUIRED_APPLETS.join(' ')})`, busyboxApplets(tree));
   add('busybox is dynamically linked unless the package set is static (so the initramfs carries its loader and libraries)', busyboxLinkage(tree));
+  if (sandboxPaths('nixpkgs').length === 0) {
+    add("nix is built with a static sandbox shell, the /bin/sh of every build (the guest's nix.conf sets no sandbox-paths)", nixSandboxShell(tree));
+  }
   return results;
 }
 
