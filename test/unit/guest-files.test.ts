@@ -58,6 +58,15 @@ describe('nix.conf', () => {
     expect(lines.join('\n')).not.toMatch(/sandbox = (false|relaxed)/);
   });
 
+  it("leaves the nixpkgs preset's /bin/sh to its Nix: the static busybox-sandbox-shell it is built with, not the preset's dynamic busybox", () => {
+    const nixpkgs = parseConfigText('[guest]\npreset = "nixpkgs"\nsystem = "x86_64-linux"\n', '/dev/null/ferry.toml');
+    expect(nixpkgs.guest.preset).toBe('nixpkgs');
+    const lines = nixConf(nixpkgs).trimEnd().split('\n');
+    expect(lines).toContain('sandbox = true');
+    expect(lines).toContain('sandbox-fallback = false');
+    expect(lines.filter((line) => line.startsWith('sandbox-paths'))).toEqual([]);
+  });
+
   it('changes when max-jobs changes (so an image build with a new max-jobs has a new config archive)', () => {
     const other = parseConfigText('[guest.nix]\nmax-jobs = 6\n', 'ferry.toml');
     expect(nixConf(other)).toContain('max-jobs = 6');

@@ -4,10 +4,13 @@
  *   - the `nix build` argv for both systems, recorded through an injected runner;
  *   - the error for a missing substitute, from Nix output of the real shape;
  *   - the record in downloads/ (reused, refreshed, invalidated by another flake);
- *   - the image from REAL local store paths standing in for the nixpkgs ones (Debian's static
- *     busybox, stand-in sshd / nix-daemon scripts): written by the ext4 writer, `e2fsck -fn`
- *     clean, and every command stage 1 and stage 2 call run inside a chroot of the image's files;
- *   - `buildImage` with preset "nixpkgs" end to end (system disk, initramfs, manifest).
+ *   - the image from REAL local store paths standing in for the nixpkgs ones (Debian's busybox
+ *     linked as nixpkgs links its `busybox` — dynamically, loader and RUNPATH in a glibc store
+ *     path, see test/support/nixpkgs-busybox.ts — stand-in sshd / nix-daemon scripts): written by
+ *     the ext4 writer, `e2fsck -fn` clean, and every command stage 1 and stage 2 call run inside
+ *     a chroot of the image's files;
+ *   - `buildImage` with preset "nixpkgs" end to end (system disk, initramfs, manifest), and the
+ *     initramfs's dynamically linked busybox running in a chroot of the initramfs alone.
  */
 import { execa } from 'execa';
 import { chmod, copyFile, mkdir, mkdtemp, readFile, readlink, rm, symlink, writeFile } from 'node:fs/promises';
@@ -32,10 +35,11 @@ import {
 } from '../../src/image/presets/nixpkgs.js';
 import { Tree } from '../../src/image/tree.js';
 import { ProcessError, RecordingRunner } from '../../src/process/runner.js';
-import { addPathToStore } from '../support/nix.js';
+import { addPathToStore, requisites } from '../support/nix.js';
+import { nixpkgsShapedBusybox } from '../support/nixpkgs-busybox.js';
 
 const KERNEL_VERSION = '6.6.63-ferry-stand-in';
-const ATTRS = ['linux^out', 'pkgsStatic.busybox^out', 'openssh^out', 'nix^out', 'cacert^out', 'e2fsprogs^bin'];
+const ATTRS = ['linux^out', 'busybox^out', 'openssh^out', 'nix^out', 'cacert^out', 'e2fsprogs^bin'];
 
 interface Call {
   file: string;
@@ -68,8 +72,12 @@ async function standIn(name: string, files: Record<string, string | { link: stri
 
 const script = (name: string) => `#!/bin/sh\necho ${name}-ok "$@"\n`;
 
+let glibc: string;
+
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'ferry-nixpkgs-'));
+  const shaped = await nixpkgsShapedBusybox();
+  glibc = shaped.glibc;
   const builtin = STAGE1_MODULES.map((m) => `kernel/drivers/${m}.ko`).join('\n');
   paths = {
     kernel: await standIn('linux-stand-in', {
@@ -77,13 +85,8 @@ beforeAll(async () => {
       Image: 'not a kernel either\n',
       [`lib/modules/${KERNEL_VERSION}/modules.builtin`]: `${builtin}\n`,
     }),
-    // Debian's static busybox, laid out as nixpkgs installs it: bin/busybox and relative applet links.
-    busybox: await standIn('busybox-static-stand-in', {
-      'bin/busybox': { copy: '/bin/busybox' },
-      'bin/sh': { link: 'busybox' },
-      'bin/vi': { link: 'busybox' },
-      'sbin/ifconfig': { link: '../bin/busybox' },
-    }),
+    // Linked and laid out as nixpkgs' busybox: bin/busybox, its glibc, relative applet links.
+    busybox: shaped.busybox,
     openssh: await standIn('openssh-stand-in', { 'bin/sshd': script('sshd'), 'bin/ssh-keygen': script('ssh-keygen'), 'bin/ssh': script('ssh') }),
     nix: await standIn('nix-stand-in', {
       'bin/nix': script('nix'),
@@ -126,17 +129,17 @@ describe('nixpkgs preset: resolution', () => {
 
   it('names the attribute that is not substitutable and says nothing is built on the host', async () => {
     const system = 'aarch64-linux';
-    const drv = '/nix/store/4sj2vajnbp1ri6d6y3w5bfjsskyrfz7a-busybox-static-aarch64-unknown-linux-musl-1.36.1.drv';
+    const drv = '/nix/store/4sj2vajnbp1ri6d6y3w5bfjsskyrfz7a-busybox-1.36.1.drv';
     const { calls, runner } = recordingRunner((args) => {
       if (args.includes('--dry-run')) {
-        const busy = args.at(-1)!.includes('.pkgsStatic.busybox^');
+        const busy = args.at(-1)!.includes('.busybox^');
         return { exitCode: 0, stdout: '', stderr: busy ? `this derivation will be built:\n  ${drv}\n` : 'these 3 paths will be fetched (1.20 MiB download, 5.10 MiB unpacked):\n  /nix/store/…\n' };
       }
       return {
         exitCode: 1,
         stdout: '',
         stderr:
-          `these 2 derivations will be built:\n  ${drv}\n  /nix/store/9x0q3y6wb0c4dlg4g1xxm6pq8h4ryq3k-musl-static-aarch64-unknown-linux-musl-1.2.5.drv\n` +
+          `these 2 derivations will be built:\n  ${drv}\n  /nix/store/9x0q3y6wb0c4dlg4g1xxm6pq8h4ryq3k-glibc-2.40-66.drv\n` +
           "error: unable to start any build; either increase '--max-jobs' or enable remote builds.\n" +
           '       https://nixos.org/manual/nix/stable/advanced-topics/distributed-builds.html\n',
       };
@@ -144,7 +147,7 @@ describe('nixpkgs preset: resolution', () => {
     const error = await resolveNixpkgsPaths(system, { runner, flake: 'nixpkgs' }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(FerryError);
     const message = (error as FerryError).message;
-    expect(message).toContain('nixpkgs#legacyPackages.aarch64-linux.pkgsStatic.busybox^out');
+    expect(message).toContain('nixpkgs#legacyPackages.aarch64-linux.busybox^out');
     expect(message).not.toContain('.openssh^out');
     expect(message).toContain('not substitutable');
     expect(message).toContain('ferry builds nothing on the host');
@@ -169,7 +172,7 @@ describe('nixpkgs preset: resolution', () => {
     await expect(resolveNixpkgsPaths('x86_64-linux', { runner, flake: 'nixpkgs' })).rejects.toThrow(/expected 6 store paths/);
     const swapped = [paths.kernel, paths.openssh, paths.busybox, paths.nix, paths.cacert, paths.e2fsprogs].join('\n');
     const { runner: wrong } = recordingRunner(() => ({ exitCode: 0, stdout: swapped, stderr: '' }));
-    await expect(resolveNixpkgsPaths('x86_64-linux', { runner: wrong, flake: 'nixpkgs' })).rejects.toThrow(/pkgsStatic.busybox for x86_64-linux resolved to .*openssh-stand-in, which has no bin\/busybox/);
+    await expect(resolveNixpkgsPaths('x86_64-linux', { runner: wrong, flake: 'nixpkgs' })).rejects.toThrow(/^busybox for x86_64-linux resolved to .*openssh-stand-in, which has no bin\/busybox/);
   });
 
   it('records the paths in downloads/nixpkgs-<system>.json: reused, re-resolved on refresh or another flake', async () => {
@@ -266,6 +269,8 @@ describe('nixpkgs preset: the image from real store paths', () => {
     expect(await readlink(join(root, 'usr/sbin/sshd'))).toBe(`${paths.openssh}/bin/sshd`);
     expect(await readlink(join(root, 'bin/sh'))).toBe(`${paths.busybox}/bin/busybox`);
     expect(existsSync(join(root, 'usr/share/ferry/nix-registration'))).toBe(true);
+    // busybox's glibc came along with it, as its closure (the image's /bin/sh ran on it above).
+    expect(existsSync(join(root, glibc.slice(1), 'lib/libc.so.6'))).toBe(true);
   }, 120_000);
 });
 
@@ -290,9 +295,27 @@ describe('nixpkgs preset: buildImage', () => {
     expect(existsSync(manifest.initrd.path)).toBe(true);
     const fsck = await execa('e2fsck', ['-fn', manifest.systemDisk.path], { reject: false });
     expect(fsck.exitCode, fsck.stdout).toBe(0);
-    // The initramfs carries the preset's static busybox.
+    // The initramfs carries the preset's busybox and, at their store paths, exactly the loader and
+    // libraries it names — not its whole closure, and not the busybox store path itself.
     const cpio = await execa('sh', ['-c', `zcat '${manifest.initramfs.path}' | cpio -t 2>/dev/null`]);
-    expect(cpio.stdout.split('\n')).toContain('bin/busybox');
+    const members = cpio.stdout.split('\n');
+    expect(members).toContain('bin/busybox');
+    const loaderAndLibs = ['ld-linux-x86-64.so.2', 'libresolv.so.2', 'libc.so.6'].map((name) => `${glibc.slice(1)}/lib/${name}`);
+    expect(members.filter((m) => m.startsWith('nix/store/') && !loaderAndLibs.some((f) => f.startsWith(m)))).toEqual([]);
+    for (const file of loaderAndLibs) expect(members).toContain(file);
+    expect(await requisites([paths.busybox])).toEqual([glibc, paths.busybox].sort());
+    // …and that is all it needs: in a chroot of the initramfs alone, its shell and applets run as
+    // stage 1 runs them (PATH=/bin, applets through the /bin links).
+    const initramfsRoot = join(work, 'initramfs-root');
+    await rm(initramfsRoot, { recursive: true, force: true });
+    await mkdir(initramfsRoot);
+    await execa('sh', ['-c', `zcat '${manifest.initramfs.path}' | cpio -idm --quiet`], { cwd: initramfsRoot });
+    const stage1Like = await execa('/usr/sbin/chroot', [initramfsRoot, '/bin/sh', '-c', 'echo ok; mkdir /probe && ls -d /probe; head -c 4 /bin/busybox | tail -c 3'], {
+      reject: false,
+      env: { PATH: '/bin' },
+    });
+    expect(stage1Like.stderr).toBe('');
+    expect(stage1Like.stdout.split('\n')).toEqual(['ok', '/probe', 'ELF']);
     // Same resolution: everything from the cache.
     const again = await buildImage({ config, paths: ferryPaths, keys: ferryKeys(ferryPaths) });
     expect([again.systemDisk.cacheHit, again.initramfs.cacheHit]).toEqual([true, true]);

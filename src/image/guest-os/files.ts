@@ -41,11 +41,10 @@ export function nixConf(config: FerryConfig, hostNix: HostNixSource = () => read
     `max-free = ${nix.maxFreeBytes}`,
     `system-features = ${nix.features.join(' ')}`,
     // Nix's sandbox, and no way around it: a guest that cannot set it up fails the build
-    // (sandbox-fallback) instead of building unsandboxed. /bin/sh inside it is the static busybox
-    // stage 1 installs, as NixOS provides one; Nix mounts /dev/shm, /proc and /dev itself.
+    // (sandbox-fallback) instead of building unsandboxed. Nix mounts /dev/shm, /proc and /dev itself.
     'sandbox = true',
     'sandbox-fallback = false',
-    `sandbox-paths = /bin/sh=${GUEST_BUSYBOX}`,
+    ...sandboxPaths(config.guest.preset),
     'experimental-features = nix-command',
   ];
   if (config.guest.extraSystems.length > 0) lines.push(`extra-platforms = ${config.guest.extraSystems.join(' ')}`);
@@ -53,6 +52,19 @@ export function nixConf(config: FerryConfig, hostNix: HostNixSource = () => read
   // Last, so that its lines win (the test suite's `substituters =` among them).
   if (nix.extraConfig.trim()) lines.push(nix.extraConfig.trim());
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * The sandbox's /bin/sh, a statically linked shell (a build's sandbox holds only its inputs'
+ * closure, so a dynamically linked one would find no loader). The debian preset's is the static
+ * busybox stage 1 installs. nixpkgs' Nix brings its own: it is built with `sandbox-shell` =
+ * busybox-sandbox-shell, a static busybox (nixpkgs nix/modular/src/libstore/package.nix,
+ * busybox/sandbox-shell.nix `enableStatic = true`), which Nix mounts at /bin/sh unless
+ * sandbox-paths says otherwise (NixOS/nix globals.cc, `"/bin/sh=" SANDBOX_SHELL`) — and the
+ * nixpkgs preset's own busybox is dynamically linked (docs/nixpkgs-preset.md), so the default stays.
+ */
+export function sandboxPaths(preset: FerryConfig['guest']['preset']): string[] {
+  return preset === 'nixpkgs' ? [] : [`sandbox-paths = /bin/sh=${GUEST_BUSYBOX}`];
 }
 
 /**

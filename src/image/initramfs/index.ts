@@ -1,10 +1,12 @@
 /**
- * Builds ferry's initramfs: a static busybox, the kernel modules stage 1 needs (with their
- * dependencies, uncompressed), the /init script, and the few directories and device nodes the
- * kernel and the script expect. Written as gzip'd cpio newc, atomically and synced.
+ * Builds ferry's initramfs: busybox (statically linked, or dynamically linked with its loader and
+ * libraries at the store paths it names — runtime.ts), the kernel modules stage 1 needs (with
+ * their dependencies, uncompressed), the /init script, and the few directories and device nodes
+ * the kernel and the script expect. Written as gzip'd cpio newc, atomically and synced.
  */
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
+import { dirname } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip, constants as zlibConstants } from 'node:zlib';
@@ -13,6 +15,7 @@ import { FerryError } from '../../errors.js';
 import { cpioArchive, type CpioEntry } from './cpio.js';
 import { Elf, ElfError } from './elf.js';
 import { selectModules, type ModuleSelection } from './modules.js';
+import { programRuntime } from './runtime.js';
 
 export { cpioArchive, type CpioEntry } from './cpio.js';
 export { selectModules, canonicalModuleName, type ModuleSelection, type SelectedModule } from './modules.js';
@@ -30,7 +33,10 @@ export const DEFAULT_APPLETS = [
 ];
 
 export interface BuildInitramfsOptions {
-  /** A statically linked busybox for the guest's architecture. */
+  /**
+   * busybox for the guest's architecture: statically linked, or dynamically linked with its
+   * loader and libraries on this host at the absolute paths it names (nixpkgs' `busybox`).
+   */
   busybox: string;
   /** The kernel's /lib/modules/VERSION directory. Required when `modules` is not empty. */
   modulesDir?: string;
@@ -70,9 +76,9 @@ export async function buildInitramfs(options: BuildInitramfsOptions): Promise<In
     }
     selection = await selectModules(options.modulesDir, requested, optional);
   }
-  await checkBusybox(options.busybox, selection);
+  const runtime = await checkBusybox(options.busybox, selection);
 
-  const entries = initramfsEntries(options, selection);
+  const entries = initramfsEntries(options, selection, runtime);
   const level = options.compressionLevel ?? 6;
   if (!Number.isInteger(level) || level < 1 || level > 9) {
     throw new FerryError(`initramfs compression level must be an integer from 1 to 9, got ${level}`);
@@ -123,7 +129,7 @@ export async function writeGzippedCpio(
 }
 
 /** Everything in the archive, parents before children (the kernel creates entries in order). */
-function initramfsEntries(options: BuildInitramfsOptions, selection: ModuleSelection | undefined): CpioEntry[] {
+function initramfsEntries(options: BuildInitramfsOptions, selection: ModuleSelection | undefined, runtime: readonly string[]): CpioEntry[] {
   const entries: CpioEntry[] = [];
   const dirs = new Set<string>();
   const addDir = (path: string, mode = 0o755) => {
@@ -143,6 +149,11 @@ function initramfsEntries(options: BuildInitramfsOptions, selection: ModuleSelec
   entries.push({ kind: 'chardev', path: 'dev/null', major: 1, minor: 3, mode: 0o666 });
 
   entries.push({ kind: 'hostFile', path: 'bin/busybox', hostPath: options.busybox, mode: 0o755 });
+  // A dynamically linked busybox's loader and libraries, at the very paths its ELF names.
+  for (const file of runtime) {
+    addDir(dirname(file).slice(1));
+    entries.push({ kind: 'hostFile', path: file.slice(1), hostPath: file, mode: 0o555 });
+  }
   for (const applet of options.applets ?? DEFAULT_APPLETS) {
     if (applet === 'busybox' || applet.includes('/')) throw new FerryError(`initramfs applet name ${JSON.stringify(applet)} is not valid`);
     entries.push({ kind: 'symlink', path: `bin/${applet}`, target: 'busybox' });
@@ -171,13 +182,14 @@ function initramfsEntries(options: BuildInitramfsOptions, selection: ModuleSelec
 }
 
 /**
- * A dynamically linked busybox, or one for another architecture than the kernel's modules, only
- * fails at boot ("No working init found"); say what is wrong now instead.
+ * A busybox whose loader or libraries are missing, or one for another architecture than the
+ * kernel's modules, only fails at boot ("No working init found"); say what is wrong now instead.
+ * Returns the files a dynamically linked busybox needs (empty for a static one).
  */
-async function checkBusybox(path: string, selection: ModuleSelection | undefined): Promise<void> {
+async function checkBusybox(path: string, selection: ModuleSelection | undefined): Promise<string[]> {
   const problem = (why: string) =>
     new FerryError(`busybox for the initramfs: ${path}: ${why}`, {
-      hint: 'give the path of a statically linked busybox for the guest architecture (Debian: busybox-static)',
+      hint: 'give the path of a busybox for the guest architecture: statically linked (Debian: busybox-static), or a Nix store path with its closure on this host (nixpkgs: busybox)',
     });
   let head: Buffer;
   try {
@@ -196,7 +208,7 @@ async function checkBusybox(path: string, selection: ModuleSelection | undefined
   let elf: Elf;
   try {
     elf = new Elf(head);
-    if (elf.hasInterpreter()) throw problem('it is dynamically linked, but nothing in the initramfs can load it');
+    elf.hasInterpreter();
   } catch (error) {
     if (error instanceof ElfError) throw problem(`not an ELF executable (${error.message})`);
     throw error;
@@ -204,6 +216,13 @@ async function checkBusybox(path: string, selection: ModuleSelection | undefined
   const module = selection?.loadOrder[0];
   if (module && module.machine !== elf.machine) {
     throw problem(`it is built for ${elf.machineName}, but the kernel modules (${module.sourcePath}) are for ${new Elf(module.data).machineName}`);
+  }
+  if (!elf.hasInterpreter()) return [];
+  try {
+    return (await programRuntime(path)).files;
+  } catch (error) {
+    if (error instanceof FerryError) throw problem(error.message.replace(`${path} is `, 'it is '));
+    throw error;
   }
 }
 

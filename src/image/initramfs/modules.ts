@@ -42,7 +42,8 @@ export interface ModuleSelection {
   absent: string[];
 }
 
-const SUFFIXES: Array<[string, ModuleCompression]> = [
+/** The module file names the initramfs reads, and the compression each means. */
+export const MODULE_SUFFIXES: ReadonlyArray<readonly [string, ModuleCompression]> = [
   ['.ko.xz', 'xz'],
   ['.ko.zst', 'zst'],
   ['.ko.gz', 'gz'],
@@ -137,7 +138,7 @@ async function indexModuleFiles(modulesDir: string): Promise<Map<string, ModuleF
   }
   const index = new Map<string, ModuleFile>();
   for (const entry of entries) {
-    const match = SUFFIXES.find(([suffix]) => entry.endsWith(suffix));
+    const match = MODULE_SUFFIXES.find(([suffix]) => entry.endsWith(suffix));
     if (!match) continue;
     const [suffix, compression] = match;
     const name = canonicalModuleName(basename(entry).slice(0, -suffix.length));
@@ -163,7 +164,7 @@ async function readBuiltin(modulesDir: string): Promise<Set<string>> {
 }
 
 function stripCompression(path: string): string {
-  for (const [suffix] of SUFFIXES) {
+  for (const [suffix] of MODULE_SUFFIXES) {
     if (path.endsWith(suffix)) return path.slice(0, -suffix.length) + '.ko';
   }
   return path;

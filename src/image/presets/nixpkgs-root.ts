@@ -26,7 +26,8 @@ export const CA_BUNDLE = 'etc/ssl/certs/ca-bundle.crt';
  * busybox applets that stage 2 (run by the initramfs's busybox, which stage 1 copies in, and which
  * finds applets through PATH unless built to prefer its own), shutdown, control and the udhcpc
  * script call by name. They are linked even when the busybox store path lists no applet links of
- * its own; pkgsStatic.busybox's default config has every one of them.
+ * its own; nixpkgs' busybox (`make defconfig`, pkgs/os-specific/linux/busybox/default.nix) has
+ * every one of them.
  */
 export const REQUIRED_APPLETS = [
   'sh', 'ash', 'init', 'mount', 'umount', 'cat', 'cp', 'mkdir', 'ln', 'mv', 'rm', 'hostname', 'date', 'ip', 'sed',

@@ -24,9 +24,13 @@
  *                      vfkit needs) and its modules in lib/modules/<version> (NixOS ships them as
  *                      .ko.xz; initramfs/modules.ts reads those). Used on the host only: it is
  *                      not put into the system disk.
- *   pkgsStatic.busybox one static binary for the initramfs (stage 1 needs no libraries), and every
- *                      shell utility stage 2 calls, `ip`, `udhcpc` and `init` included — so no
- *                      coreutils or iproute2 closure in the image.
+ *   busybox            every shell utility stage 1 and stage 2 call, `ip`, `udhcpc` and `init`
+ *                      included — so no coreutils or iproute2 closure in the image. Dynamically
+ *                      linked (glibc): the initramfs carries its loader and libraries at their
+ *                      store paths (initramfs/runtime.ts), as NixOS's own stage 1 carries its
+ *                      dynamically linked tools. Not `pkgsStatic.busybox`: Hydra builds no
+ *                      package of pkgsStatic but its stdenv (pkgs/top-level/release.nix), so it
+ *                      is not in the binary cache and `--max-jobs 0` would refuse it.
  *   openssh            sshd (the guest's SSH endpoint) and ssh-keygen.
  *   nix                nix-daemon, nix-store (stage 2 loads the registration with it) and friends.
  *   cacert             /etc/ssl/certs/ca-certificates.crt, for substitution inside the guest.
@@ -40,13 +44,15 @@
  * What was verified where. On the Linux machine that wrote this (no route to cache.nixos.org,
  * no nixpkgs checkout): the `nix build` argv for both systems, the error for a missing
  * substitute (fed a Nix error of the real shape), the cache record, and the whole image made from
- * REAL local store paths standing in for the nixpkgs ones (Debian's static busybox, small
- * stand-in sshd/nix-daemon scripts) — written with the ext4 writer, `e2fsck -fn` clean, and every
- * command stage 1 and stage 2 run found and executed through the image's own symlinks in a
- * chroot; and `buildImage` with preset "nixpkgs" going through. Only on a Mac with Nix and the
- * cache: that the attributes are all substitutable for both systems (pkgsStatic.busybox is the
- * one most likely to be missing for some nixpkgs revision; the error then names it), and that
- * the resulting guest boots.
+ * REAL local store paths standing in for the nixpkgs ones (Debian's busybox linked the nixpkgs
+ * way — loader and RUNPATH in a glibc store path — small stand-in sshd/nix-daemon scripts) —
+ * written with the ext4 writer, `e2fsck -fn` clean, and every command stage 1 and stage 2 run
+ * found and executed through the image's own symlinks in a chroot, the initramfs's busybox
+ * running in a chroot of the initramfs alone; and `buildImage` with preset "nixpkgs" going
+ * through. Each attribute and layout below was checked against nixpkgs' own files
+ * (docs/nixpkgs-preset.md, scripts/check-nixpkgs-preset.ts, which reads NIXPKGS_ATTRIBUTES and
+ * NIXPKGS_LAYOUT from here). Only on a Mac with Nix and the cache: that the attributes are all
+ * substitutable for both systems, and that the resulting guest boots.
  */
 import { existsSync, lstatSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -62,7 +68,7 @@ import { DOWNLOAD_FILES } from '../../config/paths.js';
 /** The nixpkgs attribute (below legacyPackages.<system>) and output for each input. */
 export const NIXPKGS_ATTRIBUTES = {
   kernel: { attribute: 'linux', output: 'out' },
-  busybox: { attribute: 'pkgsStatic.busybox', output: 'out' },
+  busybox: { attribute: 'busybox', output: 'out' },
   openssh: { attribute: 'openssh', output: 'out' },
   nix: { attribute: 'nix', output: 'out' },
   cacert: { attribute: 'cacert', output: 'out' },
@@ -187,29 +193,40 @@ async function runNix(runner: Runner, explicit: string | undefined, args: string
   });
 }
 
-/** The kernel image file name nixpkgs installs for each system. */
+/** The kernel image file name nixpkgs installs for each system (vfkit needs arm64's uncompressed `Image`). */
 export function kernelFileName(system: string): string {
   return system.startsWith('aarch64') ? 'Image' : 'bzImage';
 }
 
-/** What must be in each store path; checked before anything is cached or built. */
-function requiredFiles(paths: NixpkgsPaths, system: string): Array<[NixpkgsInput, string]> {
-  return [
-    ['kernel', join(paths.kernel, kernelFileName(system))],
-    ['kernel', join(paths.kernel, 'lib', 'modules')],
-    ['busybox', join(paths.busybox, 'bin', 'busybox')],
-    ['openssh', join(paths.openssh, 'bin', 'sshd')],
-    ['nix', join(paths.nix, 'bin', 'nix-daemon')],
-    ['nix', join(paths.nix, 'bin', 'nix-store')],
-    ['cacert', join(paths.cacert, CA_BUNDLE)],
-    ['e2fsprogs', join(paths.e2fsprogs, 'bin', 'resize2fs')],
-  ];
+/** One file or directory ferry takes from an input's store path. */
+export interface NixpkgsLayoutEntry {
+  input: NixpkgsInput;
+  /** Relative to the store path (the attribute's named output). */
+  path: (system: string) => string;
+  kind: 'file' | 'dir';
+  /** What ferry does with it. */
+  use: string;
 }
 
+/**
+ * Everything the preset reads from the store paths: checked before anything is cached or built,
+ * and the list scripts/check-nixpkgs-preset.ts confirms against nixpkgs' expressions.
+ */
+export const NIXPKGS_LAYOUT: readonly NixpkgsLayoutEntry[] = [
+  { input: 'kernel', path: kernelFileName, kind: 'file', use: 'the kernel the backend boots directly' },
+  { input: 'kernel', path: () => 'lib/modules', kind: 'dir', use: 'the modules stage 1 loads, in its one lib/modules/<version>' },
+  { input: 'busybox', path: () => 'bin/busybox', kind: 'file', use: 'the initramfs\'s busybox and every applet in the image' },
+  { input: 'openssh', path: () => 'bin/sshd', kind: 'file', use: "the guest's SSH endpoint (/usr/sbin/sshd)" },
+  { input: 'nix', path: () => 'bin/nix-daemon', kind: 'file', use: 'the nix-daemon the forwarded sessions reach' },
+  { input: 'nix', path: () => 'bin/nix-store', kind: 'file', use: "stage 2's nix-store --load-db of the image's registration" },
+  { input: 'cacert', path: () => CA_BUNDLE, kind: 'file', use: 'the CA bundle for substitution in the guest' },
+  { input: 'e2fsprogs', path: () => 'bin/resize2fs', kind: 'file', use: "stage 2's online growth of the state disk" },
+];
+
 function checkPaths(paths: NixpkgsPaths, system: string): void {
-  for (const [input, file] of requiredFiles(paths, system)) {
-    if (!existsSync(file)) {
-      throw new FerryError(`${NIXPKGS_ATTRIBUTES[input].attribute} for ${system} resolved to ${paths[input]}, which has no ${file.slice(paths[input].length + 1)}`, {
+  for (const { input, path } of NIXPKGS_LAYOUT) {
+    if (!existsSync(join(paths[input], path(system)))) {
+      throw new FerryError(`${NIXPKGS_ATTRIBUTES[input].attribute} for ${system} resolved to ${paths[input]}, which has no ${path(system)}`, {
         hint: 'the nixpkgs revision lays this package out differently from what ferry expects; pin another one with FERRY_NIXPKGS',
       });
     }
@@ -275,6 +292,7 @@ export function nixpkgsPresetInputs(paths: NixpkgsPaths, system: string, flake =
     kernel: join(paths.kernel, kernelFileName(system)),
     modulesDir,
     kernelVersion: version,
+    // Dynamically linked: the initramfs carries its loader and libraries (initramfs/runtime.ts).
     busybox: join(paths.busybox, 'bin', 'busybox'),
     // Store paths name their contents, so the paths themselves identify the inputs.
     identity: `nixpkgs:${system}:${flake}:${INPUTS.map((input) => paths[input]).join(':')}`,

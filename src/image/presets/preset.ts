@@ -18,7 +18,7 @@ export interface PresetInputs {
   /** The kernel's /lib/modules/<version>. */
   modulesDir: string;
   kernelVersion: string;
-  /** A static busybox for the initramfs. */
+  /** busybox for the initramfs: static, or a store path whose loader and libraries are on the host. */
   busybox: string;
   /** Identifies these inputs (package versions, argv): part of the image cache keys. */
   identity: string;
