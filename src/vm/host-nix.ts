@@ -16,10 +16,12 @@
  *     (evaluating nixpkgs takes seconds). `ferry uninstall --purge` removes the link with the
  *     cache, and Nix drops the dangling root itself.
  *
- * nixpkgs (read at 044b684b, pkgs/by-name/vf/vfkit/package.nix): `vfkit` builds `cmd/vfkit` for
- * `platforms.darwin` and signs `$out/bin/vfkit` with vfkit's entitlements (Virtualization.framework
- * refuses an unsigned binary). qemu (pkgs/applications/virtualization/qemu/default.nix) is
- * configured `--enable-hvf` on Darwin and installs every `bin/qemu-system-*`.
+ * nixpkgs, read file by file: pkgs/by-name/vf/vfkit/package.nix (at 044b684b) builds `cmd/vfkit`
+ * for `platforms.darwin` and signs `$out/bin/vfkit` with vfkit's entitlements (Virtualization.
+ * framework refuses an unsigned binary); pkgs/applications/virtualization/qemu/default.nix (at
+ * 00b0ec49) configures `--enable-hvf` on Darwin and installs every `bin/qemu-system-*`. Nixpkgs
+ * 26.05 is the last release that builds x86_64-darwin (its release notes): an Intel Mac pins it
+ * with FERRY_NIXPKGS, or Nix's refusal of the platform is what the error shows.
  */
 import { existsSync, mkdirSync, realpathSync } from 'node:fs';
 import path from 'node:path';
