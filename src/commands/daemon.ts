@@ -43,11 +43,9 @@ export function registerDaemonCommands(program: Command): void {
       try {
         status = await callDaemon<DaemonStatus>(paths.controlSocket, 'GET', '/status', 5000);
       } catch (error) {
-        if (error instanceof DaemonNotRunning && opts.json) {
-          process.stdout.write(`${JSON.stringify({ daemon: null, error: error.message }, null, 2)}\n`);
-          process.exitCode = ExitCode.Unavailable;
-          return;
-        }
+        // Thrown either way: main() sets the exit code (69) from what the action throws, so a
+        // process.exitCode set here would be overwritten with 0.
+        if (error instanceof DaemonNotRunning && opts.json) process.stdout.write(`${JSON.stringify({ daemon: null, error: error.message }, null, 2)}\n`);
         throw error;
       }
       if (opts.json) {

@@ -120,6 +120,8 @@ export const DOWNLOAD_FILES = {
   aptState: (suite: string, arch: string) => `apt-${suite}-${arch}`,
   /** nixpkgs: the flake and store paths the last resolution chose, per guest system. */
   nixpkgsRecord: (system: string) => `nixpkgs-${system}.json`,
+  /** A Mac's VM backend from the host's Nix (vm/host-nix.ts): the out-link, a GC root, to its store path. */
+  nixBackend: (backend: string) => `nix-backend-${backend}`,
   /** debian: mmdebstrap's rootfs tarballs, one directory per input key. */
   rootfsDir: 'rootfs',
   rootfsTar: 'rootfs.tar',

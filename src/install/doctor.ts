@@ -14,8 +14,9 @@ import { callDaemon } from '../daemon/control-client.js';
 import { BUILDER_ALIAS } from '../daemon/ssh-alias.js';
 import { FerryError } from '../errors.js';
 import { parsePublicKeyLine, PublicKeyLineError } from '../keys/public-key-line.js';
-import { installHint } from '../vm/facts.js';
-import { selectBackend } from '../vm/index.js';
+import { BACKEND_FACTS, installHint } from '../vm/facts.js';
+import { locateBackend } from '../vm/index.js';
+import { backendContext } from '../vm/instance/boot.js';
 import { createExecaRunner, findOnPath, ProcessError, type Runner } from '../process/runner.js';
 import { checkLayers } from './doctor-layers.js';
 import { checkStateDisk, liveStateDiskUsage } from './doctor-state-disk.js';
@@ -90,18 +91,15 @@ function restartCommand(ctx: HostContext): string {
 async function checkBackend(ctx: HostContext, config: FerryConfig): Promise<Check> {
   try {
     const { host } = ctx;
-    const { facts } = await selectBackend(config.vm.backend, config.guest.system, {
-      runner: ctx.runner,
-      host,
-      accel: config.vm.accel,
-      kernelCacheDir: ctx.layout.paths.kernelsDir,
-    });
+    // The same choice the daemon's boot makes, Nix's binary included (it fetches it now if it must).
+    const located = await locateBackend(config.vm.backend, config.guest.system, backendContext(config, ctx.layout.paths, ctx.runner, host));
+    const facts = BACKEND_FACTS[located.name];
     const binary = facts.binary(config.guest.system);
-    const found = (await ctx.runner.which(binary))!;
-    const version = await ctx.runner.run(found, [...facts.versionArgs], { timeoutMs: 10_000 });
+    const version = await ctx.runner.run(located.binary, [...facts.versionArgs], { timeoutMs: 10_000 });
     const first = `${version.stdout}\n${version.stderr}`.trim().split('\n')[0] ?? '';
-    if (version.exitCode !== 0) return { name: 'backend', status: 'fail', detail: `${found} does not run: ${version.error ?? first}`, fix: `reinstall ${binary} (${installHint(facts, host)})` };
-    return { name: 'backend', status: 'ok', detail: `${facts.name}: ${found} (${first}); stops the guest by its control command, then ${facts.stop}` };
+    if (version.exitCode !== 0) return { name: 'backend', status: 'fail', detail: `${located.binary} does not run: ${version.error ?? first}`, fix: `reinstall ${binary} (${installHint(facts, host)})` };
+    const where = located.fromNix ? `${located.binary}, from nixpkgs through the host's Nix (${located.fromNix.installable}; none on PATH; GC root ${located.fromNix.link})` : located.binary;
+    return { name: 'backend', status: 'ok', detail: `${facts.name}: ${where} (${first}); stops the guest by its control command, then ${facts.stop}` };
   } catch (error) {
     const hint = error instanceof FerryError ? error.hint : undefined;
     return { name: 'backend', status: 'fail', detail: (error as Error).message, fix: hint?.replace(/^install (it|one of): /, '') ?? 'install qemu' };

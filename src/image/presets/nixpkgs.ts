@@ -90,7 +90,8 @@ export function nixpkgsInstallable(flake: string, system: string, input: Nixpkgs
   return `${flake}#legacyPackages.${system}.${attribute}^${output}`;
 }
 
-const NIX_OPTIONS = ['--extra-experimental-features', 'nix-command flakes'];
+/** What every `nix` command of ferry's needs: the new CLI and flakes, on any Nix that has them. */
+export const NIX_OPTIONS = ['--extra-experimental-features', 'nix-command flakes'];
 
 /** The arguments of the one `nix build` that resolves every input (after the program name). */
 export function nixBuildArgv(flake: string, system: string): string[] {
@@ -181,15 +182,20 @@ function describeMissing(missing: NixpkgsInput[], flake: string, system: string)
 }
 
 /** Runs `nix` `args` with the first candidate that can be started. */
-async function runNix(runner: Runner, explicit: string | undefined, args: string[]): Promise<{ bin: string; result: RunResult }> {
+export async function runNix(
+  runner: Runner,
+  explicit: string | undefined,
+  args: string[],
+  needs: { who: string; otherwise: string } = { who: 'the nixpkgs preset', otherwise: 'use preset = "debian" under [guest]' },
+): Promise<{ bin: string; result: RunResult }> {
   const candidates = explicit ? [explicit] : nixProgramCandidates('nix');
   for (const bin of candidates) {
     const result = await runner.run(bin, args);
     if (result.errorCode !== 'ENOENT' && result.errorCode !== 'EACCES') return { bin, result };
   }
-  throw new FerryError(`the nixpkgs preset needs the host's nix, and none was found (tried ${candidates.join(', ')})`, {
+  throw new FerryError(`${needs.who} needs the host's nix, and none was found (tried ${candidates.join(', ')})`, {
     exitCode: ExitCode.Unavailable,
-    hint: 'install Nix (https://nixos.org/download), or use preset = "debian" under [guest]',
+    hint: `install Nix (https://nixos.org/download), or ${needs.otherwise}`,
   });
 }
 

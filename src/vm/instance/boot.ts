@@ -14,7 +14,7 @@ import { createExecaRunner, type Runner } from '../../process/runner.js';
 import type { GuestEndpoint, RunningVm, VmBackend } from '../backend.js';
 import type { HostPlatform } from '../facts.js';
 import { freePort } from '../free-port.js';
-import { selectBackend } from '../index.js';
+import { selectBackend, type BackendContext } from '../index.js';
 import { writeGuestRecord, type GuestRecord } from './record.js';
 import { guestVmSpec } from './spec.js';
 import { guestPowerOff, writeGuestSshConfig } from './ssh.js';
@@ -44,9 +44,15 @@ export interface BootedGuest {
 
 const FAILED_LINE = /\bFERRY-FAILED\b.*$/;
 
+/** What `[vm] backend` and `[vm] accel` choose from, for the guest's system on this host (`ferry doctor` asks the same). */
+export function backendContext(config: FerryConfig, paths: FerryPaths, runner?: Runner, host?: HostPlatform): BackendContext {
+  // A Mac with no backend on PATH takes one from nixpkgs through its own Nix (vm/host-nix.ts).
+  return { runner, host, accel: config.vm.accel, kernelCacheDir: paths.kernelsDir, fromHostNix: { downloadsDir: paths.downloadsDir } };
+}
+
 /** The backend `[vm] backend` and `[vm] accel` choose for the guest's system on this host. */
 export function chooseBackend(config: FerryConfig, paths: FerryPaths, runner?: Runner, host?: HostPlatform): Promise<VmBackend> {
-  return selectBackend(config.vm.backend, config.guest.system, { runner, host, accel: config.vm.accel, kernelCacheDir: paths.kernelsDir });
+  return selectBackend(config.vm.backend, config.guest.system, backendContext(config, paths, runner, host));
 }
 
 /** What the kernel prints when it crashes (a panic, an oops): not the guest refusing to come up. */
