@@ -129,6 +129,11 @@ export class NixLayer implements Layer {
     }
   }
 
+  /** The paths this layer was given (its closure is what it puts in an image). */
+  get requestedPaths(): readonly string[] {
+    return this.paths;
+  }
+
   /**
    * A store path's name starts with a hash of everything it was made from (or of its contents),
    * and on one host a valid path always has the same contents, so the sorted closure names what
@@ -155,19 +160,21 @@ export class NixLayer implements Layer {
     const closure = await this.closure();
     const registration = await this.registration();
 
+    await this.addStorePaths(tree, closure);
+    addRegistration(tree, registration, NIX_REGISTRATION_PATH);
+  }
+
+  /**
+   * Adds `/nix/store` and the given store paths (some of this layer's closure: the store disks
+   * write the paths a cached disk lacks) with everything under them, and nothing else.
+   */
+  async addStorePaths(tree: Tree, storePaths: readonly string[]): Promise<void> {
     const store = { uid: 0, gid: 0, mtime: 1 };
     tree.add('/nix', { kind: 'dir', perm: 0o755, ...store });
     // 1775 + root, as Nix creates its store directory: the sticky bit stops users deleting paths.
     tree.add(NIX_STORE_DIR, { kind: 'dir', perm: 0o1775, ...store });
-
     const hardLinks = new Map<string, string>();
-    for (const storePath of closure) await this.addStorePath(tree, storePath, hardLinks);
-
-    const meta = { uid: 0, gid: 0, mtime: 1 };
-    const text = Buffer.from(registration.text);
-    tree.add(NIX_REGISTRATION_PATH, { kind: 'file', perm: 0o444, ...meta, size: text.length, content: { kind: 'bytes', data: text } }, meta);
-    const hash = Buffer.from(`${registration.sha256}\n`);
-    tree.add(NIX_REGISTRATION_HASH_PATH, { kind: 'file', perm: 0o444, ...meta, size: hash.length, content: { kind: 'bytes', data: hash } }, meta);
+    for (const storePath of storePaths) await this.addStorePath(tree, storePath, hardLinks);
   }
 
   private async queryClosure(): Promise<string[]> {
@@ -290,6 +297,29 @@ export class NixLayer implements Layer {
       throw new LayerError(this.description, `cannot list ${path} in the host's Nix store: ${(error as Error).message}`, { cause: error });
     }
   }
+}
+
+/** Adds the registration at `path` and its sha256 at `path.sha256` (read-only, root's, mtime 1). */
+export function addRegistration(tree: Tree, registration: NixRegistration, path: string): void {
+  const meta = { uid: 0, gid: 0, mtime: 1 };
+  const text = Buffer.from(registration.text);
+  tree.add(path, { kind: 'file', perm: 0o444, ...meta, size: text.length, content: { kind: 'bytes', data: text } }, meta);
+  const hash = Buffer.from(`${registration.sha256}\n`);
+  tree.add(`${path}.sha256`, { kind: 'file', perm: 0o444, ...meta, size: hash.length, content: { kind: 'bytes', data: hash } }, meta);
+}
+
+/**
+ * Each path's NAR size, read from a registration: `--dump-db` prints per path its name, NAR
+ * hash, NAR size, deriver, the number of references and the references, one a line.
+ */
+export function registrationNarSizes(text: string): Map<string, number> {
+  const lines = text.split('\n');
+  const sizes = new Map<string, number>();
+  for (let i = 0; i + 4 < lines.length && lines[i] !== ''; ) {
+    sizes.set(lines[i], Number(lines[i + 2]));
+    i += 5 + Number(lines[i + 4]);
+  }
+  return sizes;
 }
 
 /** `/nix/store/<name>` with nothing below it. */
