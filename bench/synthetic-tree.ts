@@ -134,7 +134,7 @@ export async function syntheticTree(params: SyntheticParams, log: (line: string)
   return tree;
 }
 
-function writeTree(root: string, plan: TreePlan, seed: number): void {
+export function writeTree(root: string, plan: TreePlan, seed: number): void {
   // One random MiB, written from a per-file offset: non-zero, not repeating within a block, and
   // 2 GiB of it costs nothing to produce.
   const random = prng(seed ^ 0x5eed);

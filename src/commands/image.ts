@@ -102,6 +102,7 @@ async function buildCommand(opts: { config?: string; json?: boolean; refresh?: b
   process.stdout.write(
     `image ${manifest.id} (${manifest.preset}, ${manifest.system}, kernel ${manifest.kernel.version})\n` +
       part('system disk', manifest.systemDisk) +
+      (manifest.storeDisks ?? []).map((disk, i) => part(i === 0 ? 'store disk' : 'store delta', disk)).join('') +
       part('initramfs', manifest.initramfs) +
       part('config', manifest.config) +
       part('initrd', manifest.initrd) +

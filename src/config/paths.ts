@@ -138,6 +138,9 @@ export const IMAGE_FILES = {
   latest: 'latest.json',
   manifest: (id: string) => `build-${id}.json`,
   systemDisk: (key: string) => `system-${key}.img`,
+  /** A store disk (the nix layers' paths, store-disks.ts) and the list of the store paths a base holds. */
+  storeDisk: (key: string) => `store-${key}.img`,
+  storeDiskPaths: (key: string) => `store-${key}.paths`,
   initramfs: (key: string) => `initramfs-${key}.cpio.gz`,
   configArchive: (key: string) => `config-${key}.cpio.gz`,
   initrd: (key: string) => `initrd-${key}.img`,

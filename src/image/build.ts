@@ -2,10 +2,13 @@
  * `ferry image build`: everything the guest boots from, in a content-addressed cache.
  *
  * The build is split so that a change of generated files (keys, nix.conf, users, scripts) never
- * re-reads or rewrites the base:
- *   system-<key>.img      ext4 from the base layers (preset rootfs + [[image.layers]]); its key
- *                         hashes the layers' fingerprints (cheap: stat of a tarball, a walk of a
- *                         directory's metadata, a store closure's path names), never contents.
+ * re-reads or rewrites the base, and a change of store paths never rewrites the rootfs:
+ *   system-<key>.img      ext4 from the base layers but the nix ones (preset rootfs, `tar` and
+ *                         `dir` layers); its key hashes the layers' fingerprints (cheap: stat of
+ *                         a tarball, a walk of a directory's metadata), never contents.
+ *   store-<key>.img       the nix layers' closure (the preset's store paths and `nix` layers):
+ *                         a base, and when the closure grew a little since, a delta of the new
+ *                         paths alone (store-disks.ts says how they are chosen).
  *   initramfs-<key>.cpio.gz   busybox, modules and stage 1; keyed by kernel, busybox and script.
  *   config-<key>.cpio.gz  the generated files, appended to the initramfs (the kernel unpacks
  *                         concatenated archives in order); stage 1 copies them into the root.
@@ -13,7 +16,7 @@
  *   build-<id>.json       the manifest: which of the above make one bootable guest.
  *
  * Every file is synced before it is renamed into place (atomic-file.ts), and beside each of the
- * four images a record of its size and first and last bytes (`NAME.check`, cache-entry.ts) decides
+ * images a record of its size and first and last bytes (`NAME.check`, cache-entry.ts) decides
  * whether a file found under its key is reused: a damaged one is removed and built again.
  */
 import { createHash } from 'node:crypto';
@@ -24,8 +27,7 @@ import { pipeline } from 'node:stream/promises';
 import type { FerryConfig } from '../config/types.js';
 import { DOWNLOAD_FILES, IMAGE_FILES, type FerryPaths } from '../config/paths.js';
 import { removeDeadTemporaries, writeChunksTo, writeFileAtomic, writeThroughTemp } from '../atomic-file.js';
-import { recordCacheEntry, trustedCacheEntry } from './cache-entry.js';
-import { ExitCode, FerryError } from '../errors.js';
+import { cachedPart } from './cache-entry.js';
 import type { FerryKeys } from '../keys/ferry-keys.js';
 import { latestManifestFile, type BuiltPart, type ImageManifest } from './manifest.js';
 import { writeExt4, type Ext4Progress } from './ext4/index.js';
@@ -36,6 +38,7 @@ import { DirLayer } from './layers/dir.js';
 import type { Layer } from './layers/layer.js';
 import { NixLayer } from './layers/nix.js';
 import { TarLayer } from './layers/tar.js';
+import { buildStoreDisks } from './store-disks.js';
 import { guard } from './user-errors.js';
 import { debianPreset } from './presets/debian.js';
 import { nixpkgsPreset } from './presets/nixpkgs.js';
@@ -73,19 +76,23 @@ export async function buildImage(options: BuildImageOptions): Promise<ImageManif
 
   const preset = await timed('preset', () => resolvePreset(config, paths, options.onStep, options.refresh));
   const layers = baseLayers(config, preset);
-  const systemDisk = await timed('systemDisk', () => buildSystemDisk(layers, config, paths, options));
+  const nixLayers = layers.filter((layer): layer is NixLayer => layer instanceof NixLayer);
+  const systemLayers = layers.filter((layer) => !(layer instanceof NixLayer));
+  const systemDisk = await timed('systemDisk', () => buildSystemDisk(systemLayers, config, paths, options));
+  const storeDisks = await timed('storeDisks', () => buildStoreDisks(nixLayers, paths, options));
   const initramfs = await timed('initramfs', () => buildBaseInitramfs(preset, paths, options.onStep));
   const configArchive = await timed('config', () => buildConfigArchive(config, options.keys, paths, options.onStep));
   const initrd = await timed('initrd', () => concatenate(initramfs, configArchive, paths, options.onStep));
 
-  const cmdline = imageKernelArgs(systemDisk.key);
-  const id = sha256([FORMAT_VERSION, systemDisk.key, initrd.key, preset.kernel, cmdline].join('\n')).slice(0, 16);
+  const cmdline = imageKernelArgs(systemDisk.key, storeDisks.length);
+  const id = sha256([FORMAT_VERSION, systemDisk.key, ...storeDisks.map((disk) => disk.key), initrd.key, preset.kernel, cmdline].join('\n')).slice(0, 16);
   const manifestPath = join(paths.imagesDir, IMAGE_FILES.manifest(id));
   const manifest: ImageManifest = {
     id,
     system: config.guest.system,
     preset: preset.name,
     systemDisk,
+    storeDisks,
     initramfs,
     config: configArchive,
     initrd,
@@ -105,8 +112,9 @@ export async function buildImage(options: BuildImageOptions): Promise<ImageManif
  * cryptomgr.notests: the kernel's known-answer self-tests of every crypto algorithm it carries run
  * at each boot; they took ~0.25 s of the kernel's ~1.8 s under emulation (initcall_debug).
  */
-export function imageKernelArgs(systemDiskKey: string): string {
-  return `panic=-1 loglevel=4 cryptomgr.notests ferry.system=${systemDiskKey.slice(0, 16)}`;
+export function imageKernelArgs(systemDiskKey: string, storeDisks = 0): string {
+  const stores = storeDisks > 0 ? ` ferry.stores=${storeDisks}` : '';
+  return `panic=-1 loglevel=4 cryptomgr.notests ferry.system=${systemDiskKey.slice(0, 16)}${stores}`;
 }
 
 /**
@@ -118,24 +126,6 @@ function removeTemporariesOfDeadBuilds(paths: FerryPaths, onStep?: (label: strin
   const dirs = [paths.imagesDir, paths.downloadsDir, ...downloads.map((name) => join(paths.downloadsDir, name))];
   const removed = dirs.flatMap((dir) => removeDeadTemporaries(dir));
   if (removed.length > 0) onStep?.(`removed what builds that did not finish left behind: ${removed.join(', ')}`);
-}
-
-/**
- * The cache entry at `path`: reused when it matches its record (cache-entry.ts), otherwise made
- * by `build` (which writes it synced and in place) and recorded.
- */
-async function cachedPart(path: string, key: string, onStep: ((label: string) => void) | undefined, build: () => Promise<unknown>): Promise<BuiltPart> {
-  const trusted = await trustedCacheEntry(path, onStep);
-  if (trusted !== undefined) return { path, key, sizeBytes: trusted, cacheHit: true };
-  await build();
-  try {
-    return { path, key, sizeBytes: await recordCacheEntry(path), cacheHit: false };
-  } catch (error) {
-    // Another build of the same key found this entry between its rename and its record, took it
-    // for a damaged one and removed it: rare, and the next build finds or makes it whole.
-    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
-    throw new FerryError(`${path} was removed by another build while this one wrote it`, { exitCode: ExitCode.TempFail, hint: 'run the build again', cause: error });
-  }
 }
 
 async function resolvePreset(config: FerryConfig, paths: FerryPaths, onStep?: (label: string) => void, refresh = false): Promise<PresetInputs> {

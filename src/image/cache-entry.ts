@@ -16,6 +16,8 @@ import { createHash } from 'node:crypto';
 import { open, readFile, rm, type FileHandle } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { writeFileAtomic } from '../atomic-file.js';
+import { ExitCode, FerryError } from '../errors.js';
+import type { BuiltPart } from './manifest.js';
 
 const SAMPLE_BYTES = 64 * 1024;
 
@@ -101,5 +103,23 @@ async function readFully(handle: FileHandle, target: Buffer, position: number): 
     const { bytesRead } = await handle.read(target, done, target.length - done, position + done);
     if (bytesRead === 0) return;
     done += bytesRead;
+  }
+}
+
+/**
+ * The cache entry at `path`: reused when it matches its record (above), otherwise made
+ * by `build` (which writes it synced and in place) and recorded.
+ */
+export async function cachedPart(path: string, key: string, onStep: ((label: string) => void) | undefined, build: () => Promise<unknown>): Promise<BuiltPart> {
+  const trusted = await trustedCacheEntry(path, onStep);
+  if (trusted !== undefined) return { path, key, sizeBytes: trusted, cacheHit: true };
+  await build();
+  try {
+    return { path, key, sizeBytes: await recordCacheEntry(path), cacheHit: false };
+  } catch (error) {
+    // Another build of the same key found this entry between its rename and its record, took it
+    // for a damaged one and removed it: rare, and the next build finds or makes it whole.
+    if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error;
+    throw new FerryError(`${path} was removed by another build while this one wrote it`, { exitCode: ExitCode.TempFail, hint: 'run the build again', cause: error });
   }
 }

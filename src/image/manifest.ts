@@ -20,6 +20,11 @@ export interface ImageManifest {
   system: string;
   preset: string;
   systemDisk: BuiltPart;
+  /**
+   * The nix layers' store disks, read-only after the state disk: a base, then a delta if any
+   * (store-disks.ts). Absent in manifests written before the store had disks of its own.
+   */
+  storeDisks?: BuiltPart[];
   initramfs: BuiltPart;
   config: BuiltPart;
   initrd: BuiltPart;

@@ -294,7 +294,7 @@ async function buildWithProgress(writer: FileWriter, config: FerryConfig, paths:
     ...writerProgress(progress),
   });
   progress?.done();
-  const hit = manifest.systemDisk.cacheHit && manifest.initrd.cacheHit;
+  const hit = manifest.systemDisk.cacheHit && (manifest.storeDisks ?? []).every((disk) => disk.cacheHit) && manifest.initrd.cacheHit;
   out(`image ${manifest.id} (${manifest.preset}, ${manifest.system}): ${hit ? 'already built' : 'built'} in ${paths.imagesDir}`);
 }
 

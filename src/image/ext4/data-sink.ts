@@ -6,7 +6,7 @@
 import type { BlockAllocator } from './allocator.js';
 import { OutOfSpaceError } from './allocator.js';
 import { BLOCK_SIZE } from './constants.js';
-import { appendBlock, type Extent } from './extents.js';
+import { appendBlocks, type Extent } from './extents.js';
 import type { ImageFile } from './image-file.js';
 
 const ZERO_BLOCK = Buffer.alloc(BLOCK_SIZE);
@@ -78,17 +78,22 @@ export class DataSink {
       this.pending = rest;
       return;
     }
+    // Runs of data blocks go to the extent list at once: one call per block was a fifth of the
+    // CPU time of writing a 1 GiB store closure (bench/store-image.ts).
     let kept = 0;
-    for (let i = 0; i < whole; i++) {
-      const offset = base + i * BLOCK_SIZE;
-      if (this.allowHoles && ZERO_BLOCK.compare(this.buffer, offset, offset + BLOCK_SIZE) === 0) {
-        this.logical += 1;
-        continue;
+    for (let i = 0; i < whole; ) {
+      let end = i;
+      while (end < whole && !(this.allowHoles && this.zeroBlock(base + end * BLOCK_SIZE))) end += 1;
+      if (end > i) {
+        if (kept !== i) this.buffer.copyWithin(base + kept * BLOCK_SIZE, base + i * BLOCK_SIZE, base + end * BLOCK_SIZE);
+        appendBlocks(this.extents, this.logical, this.bufferStart + this.usedBlocks + kept, end - i);
+        this.logical += end - i;
+        kept += end - i;
+        i = end;
+      } else {
+        this.logical += 1; // a hole
+        i += 1;
       }
-      if (kept !== i) this.buffer.copyWithin(base + kept * BLOCK_SIZE, offset, offset + BLOCK_SIZE);
-      appendBlock(this.extents, this.logical, this.bufferStart + this.usedBlocks + kept);
-      this.logical += 1;
-      kept += 1;
     }
     const rest = this.pending - whole * BLOCK_SIZE;
     if (rest > 0 && kept !== whole) this.buffer.copyWithin(base + kept * BLOCK_SIZE, base + whole * BLOCK_SIZE, base + whole * BLOCK_SIZE + rest);
@@ -101,6 +106,15 @@ export class DataSink {
     this.usedBlocks += kept;
     this.allocated += kept;
     this.pending = rest;
+  }
+
+  /**
+   * Whether the block at `offset` in the buffer is all zeros. Most data blocks have a non-zero
+   * byte among their first eight, which two reads of the buffer's words tell without a native call.
+   */
+  private zeroBlock(offset: number): boolean {
+    if (this.buffer.readUInt32LE(offset) !== 0 || this.buffer.readUInt32LE(offset + 4) !== 0) return false;
+    return ZERO_BLOCK.compare(this.buffer, offset, offset + BLOCK_SIZE) === 0;
   }
 
   /** Writes bytes from a buffer of any size. */

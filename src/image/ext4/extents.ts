@@ -13,13 +13,26 @@ export interface Extent {
   length: number;
 }
 
-/** Appends block `physical` at logical block `logical`, growing the last extent when contiguous. */
-export function appendBlock(extents: Extent[], logical: number, physical: number): void {
-  const last = extents[extents.length - 1];
-  if (last && last.logical + last.length === logical && last.physical + last.length === physical && last.length < MAX_EXTENT_LEN) {
-    last.length += 1;
-  } else {
-    extents.push({ logical, physical, length: 1 });
+/**
+ * Appends `count` blocks from `physical` at logical block `logical`, growing the last extent when
+ * contiguous, and starting new ones at MAX_EXTENT_LEN.
+ */
+export function appendBlocks(extents: Extent[], logical: number, physical: number, count: number): void {
+  while (count > 0) {
+    const last = extents[extents.length - 1];
+    if (last && last.logical + last.length === logical && last.physical + last.length === physical && last.length < MAX_EXTENT_LEN) {
+      const n = Math.min(count, MAX_EXTENT_LEN - last.length);
+      last.length += n;
+      logical += n;
+      physical += n;
+      count -= n;
+    } else {
+      const n = Math.min(count, MAX_EXTENT_LEN);
+      extents.push({ logical, physical, length: n });
+      logical += n;
+      physical += n;
+      count -= n;
+    }
   }
 }
 

@@ -16,6 +16,8 @@
 
 import { posix } from 'node:path';
 import { BINFMT_PATH } from './binfmt.js';
+import { NIX_REGISTRATION_PATH } from '../layers/nix.js';
+import { STORE_REGISTRATION_PATH } from '../store-disks.js';
 
 /** Kernel modules stage 1 loads (their dependencies are added when the initramfs is built). */
 export const STAGE1_MODULES = [
@@ -69,7 +71,18 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 init=''
-for word in $(cat /proc/cmdline); do case "$word" in ferry.init=*) init="\${word#ferry.init=}";; esac; done
+stores=0
+for word in $(cat /proc/cmdline); do
+  case "$word" in
+    ferry.init=*) init="\${word#ferry.init=}";;
+    ferry.stores=*) stores="\${word#ferry.stores=}";;
+  esac
+done
+# The store disks follow the state disk: vdc (the base), vdd (a delta) — store-disks.ts.
+disks='vda vdb'
+[ "$stores" -ge 1 ] && disks="$disks vdc"
+[ "$stores" -ge 2 ] && disks="$disks vdd"
+top=''
 interpreter=''
 [ -e /${OVERLAY_DIR}${BINFMT_PATH} ] && interpreter=1
 while read -r module; do
@@ -79,9 +92,11 @@ while read -r module; do
   insmod "$module" 2>/dev/null
 done < /lib/modules/load-order
 i=0
-while [ ! -b /dev/vda ] || [ ! -b /dev/vdb ]; do
-  i=$((i + 1)); [ $i -gt 200 ] && fail "no /dev/vda and /dev/vdb after 10 s"
-  sleep 0.05
+for disk in $disks; do
+  while [ ! -b /dev/$disk ]; do
+    i=$((i + 1)); [ $i -gt 200 ] && fail "no /dev/$disk after 10 s (disks expected: $disks)"
+    sleep 0.05
+  done
 done
 mkdir -p /lower /state /rw /newroot
 mount -t ext4 -o ro /dev/vda /lower || fail "cannot mount the system disk /dev/vda"
@@ -90,12 +105,30 @@ mount -t tmpfs -o mode=755 rw /rw || fail "cannot mount the tmpfs for the root o
 mkdir -p /rw/upper /rw/work
 mount -t overlay root -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work /newroot || fail "cannot mount the root overlay"
 mkdir -p /state/nix/upper /state/nix/work /newroot/nix
-if [ -d /lower/nix ]; then
-  mount -t overlay nix -o lowerdir=/lower/nix,upperdir=/state/nix/upper,workdir=/state/nix/work /newroot/nix || fail "cannot mount /nix"
+# /nix's lower layers, top first: the store delta, the store base, the system disk's own /nix.
+lower=''
+[ -d /lower/nix ] && lower=/lower/nix
+n=0
+for disk in $disks; do
+  case "$disk" in vda|vdb) continue ;; esac
+  mkdir -p /stores/$n
+  mount -t ext4 -o ro /dev/$disk /stores/$n || fail "cannot mount the store disk /dev/$disk"
+  lower="/stores/$n/nix\${lower:+:$lower}"
+  top=/stores/$n
+  n=$((n + 1))
+done
+if [ -n "$lower" ]; then
+  mount -t overlay nix -o lowerdir=$lower,upperdir=/state/nix/upper,workdir=/state/nix/work /newroot/nix || fail "cannot mount /nix"
 else
   mount --bind /state/nix/upper /newroot/nix || fail "cannot mount /nix"
 fi
 cp -a /${OVERLAY_DIR}/. /newroot/ || fail "cannot install the generated files"
+if [ -n "$top" ]; then
+  # The top store disk's registration covers the whole closure; stage 2 loads it from here.
+  mkdir -p /newroot${posix.dirname(NIX_REGISTRATION_PATH)} &&
+    cp $top${STORE_REGISTRATION_PATH} /newroot${NIX_REGISTRATION_PATH} &&
+    cp $top${STORE_REGISTRATION_PATH}.sha256 /newroot${NIX_REGISTRATION_PATH}.sha256 || fail "cannot install the store's Nix registration"
+fi
 mkdir -p /newroot${posix.dirname(GUEST_BUSYBOX)} && cp /bin/busybox /newroot${GUEST_BUSYBOX} || fail "cannot install ${GUEST_BUSYBOX}"
 if [ -n "$init" ]; then
   case "$init" in /*) ;; *) fail "ferry.init=$init: expected an absolute path" ;; esac

@@ -16,7 +16,7 @@
  * the host store until the image is written.
  */
 import { createHash } from 'node:crypto';
-import { lstat, readdir, readlink } from 'node:fs/promises';
+import { lstatSync, readdirSync, readlinkSync } from 'node:fs';
 import type { Stats } from 'node:fs';
 import { createExecaRunner, ProcessError, type Runner, type RunResult } from '../../process/runner.js';
 import type { Tree } from '../tree.js';
@@ -129,6 +129,11 @@ export class NixLayer implements Layer {
     }
   }
 
+  /** The paths this layer was given (its closure is what it puts in an image). */
+  get requestedPaths(): readonly string[] {
+    return this.paths;
+  }
+
   /**
    * A store path's name starts with a hash of everything it was made from (or of its contents),
    * and on one host a valid path always has the same contents, so the sorted closure names what
@@ -155,19 +160,21 @@ export class NixLayer implements Layer {
     const closure = await this.closure();
     const registration = await this.registration();
 
+    await this.addStorePaths(tree, closure);
+    addRegistration(tree, registration, NIX_REGISTRATION_PATH);
+  }
+
+  /**
+   * Adds `/nix/store` and the given store paths (some of this layer's closure: the store disks
+   * write the paths a cached disk lacks) with everything under them, and nothing else.
+   */
+  async addStorePaths(tree: Tree, storePaths: readonly string[]): Promise<void> {
     const store = { uid: 0, gid: 0, mtime: 1 };
     tree.add('/nix', { kind: 'dir', perm: 0o755, ...store });
     // 1775 + root, as Nix creates its store directory: the sticky bit stops users deleting paths.
     tree.add(NIX_STORE_DIR, { kind: 'dir', perm: 0o1775, ...store });
-
     const hardLinks = new Map<string, string>();
-    for (const storePath of closure) await this.addStorePath(tree, storePath, hardLinks);
-
-    const meta = { uid: 0, gid: 0, mtime: 1 };
-    const text = Buffer.from(registration.text);
-    tree.add(NIX_REGISTRATION_PATH, { kind: 'file', perm: 0o444, ...meta, size: text.length, content: { kind: 'bytes', data: text } }, meta);
-    const hash = Buffer.from(`${registration.sha256}\n`);
-    tree.add(NIX_REGISTRATION_HASH_PATH, { kind: 'file', perm: 0o444, ...meta, size: hash.length, content: { kind: 'bytes', data: hash } }, meta);
+    for (const storePath of storePaths) this.addStorePath(tree, storePath, hardLinks);
   }
 
   private async queryClosure(): Promise<string[]> {
@@ -232,24 +239,27 @@ export class NixLayer implements Layer {
    * so the same store gives the same tree (and image) whatever order the host's readdir uses.
    * Files that share an inode on the host (an optimised store) share one in the image too.
    */
-  private async addStorePath(tree: Tree, storePath: string, hardLinks: Map<string, string>): Promise<void> {
-    const stats = await this.lstatOrFail(storePath);
-    await this.addEntry(tree, storePath, stats, hardLinks);
+  private addStorePath(tree: Tree, storePath: string, hardLinks: Map<string, string>): void {
+    this.addEntry(tree, storePath, this.lstatOrFail(storePath), hardLinks);
   }
 
-  private async addEntry(tree: Tree, hostPath: string, stats: Stats, hardLinks: Map<string, string>): Promise<void> {
+  /**
+   * Synchronous fs calls on purpose, as the dir layer's: for the tens of thousands of lstat calls
+   * of a large closure they are several times faster than the promise API (0.4 s of a 1 GiB
+   * closure's 2.7 s build went to the promise walk).
+   */
+  private addEntry(tree: Tree, hostPath: string, stats: Stats, hardLinks: Map<string, string>): void {
     // The image path is the host path: store paths embed /nix/store, so they cannot move.
     const path = hostPath;
     const owner = { uid: 0, gid: 0, mtime: 1 };
     if (stats.isDirectory()) {
       tree.add(path, { kind: 'dir', perm: 0o555, ...owner });
-      const names = (await this.readdirOrFail(hostPath)).sort(compareBytes);
-      const childStats = await Promise.all(names.map((name) => this.lstatOrFail(`${hostPath}/${name}`)));
-      for (const [i, name] of names.entries()) {
-        await this.addEntry(tree, `${hostPath}/${name}`, childStats[i], hardLinks);
+      for (const name of this.readdirOrFail(hostPath).sort(compareBytes)) {
+        const child = `${hostPath}/${name}`;
+        this.addEntry(tree, child, this.lstatOrFail(child), hardLinks);
       }
     } else if (stats.isSymbolicLink()) {
-      tree.add(path, { kind: 'symlink', perm: 0o777, ...owner, target: await readlink(hostPath) });
+      tree.add(path, { kind: 'symlink', perm: 0o777, ...owner, target: readlinkSync(hostPath) });
     } else if (stats.isFile()) {
       const key = `${stats.dev}:${stats.ino}`;
       const first = stats.nlink > 1 ? hardLinks.get(key) : undefined;
@@ -275,21 +285,44 @@ export class NixLayer implements Layer {
     }
   }
 
-  private async lstatOrFail(path: string): Promise<Stats> {
+  private lstatOrFail(path: string): Stats {
     try {
-      return await lstat(path);
+      return lstatSync(path);
     } catch (error) {
       throw new LayerError(this.description, `cannot read ${path} from the host's Nix store: ${(error as Error).message}`, { cause: error });
     }
   }
 
-  private async readdirOrFail(path: string): Promise<string[]> {
+  private readdirOrFail(path: string): string[] {
     try {
-      return await readdir(path);
+      return readdirSync(path);
     } catch (error) {
       throw new LayerError(this.description, `cannot list ${path} in the host's Nix store: ${(error as Error).message}`, { cause: error });
     }
   }
+}
+
+/** Adds the registration at `path` and its sha256 at `path.sha256` (read-only, root's, mtime 1). */
+export function addRegistration(tree: Tree, registration: NixRegistration, path: string): void {
+  const meta = { uid: 0, gid: 0, mtime: 1 };
+  const text = Buffer.from(registration.text);
+  tree.add(path, { kind: 'file', perm: 0o444, ...meta, size: text.length, content: { kind: 'bytes', data: text } }, meta);
+  const hash = Buffer.from(`${registration.sha256}\n`);
+  tree.add(`${path}.sha256`, { kind: 'file', perm: 0o444, ...meta, size: hash.length, content: { kind: 'bytes', data: hash } }, meta);
+}
+
+/**
+ * Each path's NAR size, read from a registration: `--dump-db` prints per path its name, NAR
+ * hash, NAR size, deriver, the number of references and the references, one a line.
+ */
+export function registrationNarSizes(text: string): Map<string, number> {
+  const lines = text.split('\n');
+  const sizes = new Map<string, number>();
+  for (let i = 0; i + 4 < lines.length && lines[i] !== ''; ) {
+    sizes.set(lines[i], Number(lines[i + 2]));
+    i += 5 + Number(lines[i + 4]);
+  }
+  return sizes;
 }
 
 /** `/nix/store/<name>` with nothing below it. */

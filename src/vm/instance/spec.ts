@@ -1,5 +1,5 @@
 /**
- * ferry's guest as a VM spec: one built image (kernel, initrd, system disk read-only) with the
+ * ferry's guest as a VM spec: one built image (kernel, initrd, system and store disks read-only) with the
  * state disk read-write, and the kernel arguments of this boot (the clock, the network mode the
  * backend's facts name). The backend adds its own arguments (`console=`) when it boots it.
  */
@@ -44,6 +44,8 @@ export function guestVmSpec(input: GuestSpecInput): VmSpec {
     disks: [
       { path: manifest.systemDisk.path, readOnly: true },
       { path: paths.stateDisk, readOnly: false },
+      // After the state disk, so vda and vdb stay what they were; stage 1 finds them by ferry.stores=N.
+      ...(manifest.storeDisks ?? []).map((disk) => ({ path: disk.path, readOnly: true })),
     ],
     sshPortOnHost: facts.reach === 'forwarded-port' ? input.sshPort : undefined,
     // vfkit shares Rosetta with the guest (virtiofs tag `rosetta`); stage 2 registers it with binfmt_misc.
