@@ -3,13 +3,16 @@
  * its pty, environment, window changes and signals) is replayed on a guest channel from the
  * pool, and the bytes flow both ways with backpressure until the guest reports how the command
  * ended. If the guest cannot be reached or goes away, the client gets a readable message on
- * stderr and exit status 255 instead of a hang.
+ * stderr and exit status 255 instead of a hang. ssh-ng's `nix-daemon --stdio` is connected to the
+ * guest's nix-daemon socket instead of run (nix-daemon-socket.ts says why).
  */
 import type { ClientChannel, PseudoTtyInfo, PseudoTtyOptions, ServerChannel, Session, WindowChangeInfo } from 'ssh2';
 import { forgetResumedChunks, SerialChannelWriter } from './channel-writer.js';
-import type { GuestChannelRequest, GuestLease } from './guest-pool.js';
+import { NIX_DAEMON_SOCKET } from '../image/guest-os/stage2.js';
+import { isChannelOpenFailure, type GuestChannelRequest, type GuestLease, type GuestSessionRequest } from './guest-pool.js';
+import { isNixDaemonStdio, socketSessionStatus } from './nix-daemon-socket.js';
 import { DISK_FULL_TEXT, OutputSpotter } from './output-spotter.js';
-import { SessionMeter, type SessionExit, type SessionRecord } from './session-log.js';
+import { silentLogger, SessionMeter, type FrontLogger, type SessionExit, type SessionRecord } from './session-log.js';
 
 /** What forwarding needs from the pool. */
 export interface GuestChannelSource {
@@ -28,6 +31,9 @@ export interface ForwardOptions {
    * disk is full: the fix is in ferry.toml, which the guest's own message cannot name).
    */
   readonly diskFullNote?: () => string;
+  /** Where ssh-ng's `nix-daemon --stdio` sessions are connected: the guest's nix-daemon socket unless told otherwise (tests). */
+  readonly nixDaemonSocket?: string;
+  readonly logger?: FrontLogger;
 }
 
 /** The exit status a client sees when ferry, not the command, ended the session (like ssh's own 255). */
@@ -74,7 +80,7 @@ export function forwardSession(session: Session, options: ForwardOptions): Promi
       started = true;
       const meter = new SessionMeter(options.id, options.user, kind, command, pty !== undefined);
       options.onStart?.(meter);
-      const request: GuestChannelRequest = { kind, command, pty: pty === undefined ? undefined : ptyOptions(pty, window), env };
+      const request: GuestSessionRequest = { kind, command, pty: pty === undefined ? undefined : ptyOptions(pty, window), env };
       run(front, request, meter, options, (channel) => (guest = channel)).then(resolve, (error: unknown) =>
         resolve(meter.finish({ kind: 'error', message: `internal error: ${String(error)}` })),
       );
@@ -95,11 +101,12 @@ function ptyOptions(info: PseudoTtyInfo, window: WindowChangeInfo | undefined): 
 
 async function run(
   front: ServerChannel,
-  request: GuestChannelRequest,
+  request: GuestSessionRequest,
   meter: SessionMeter,
-  { pool, diskFullNote }: ForwardOptions,
+  options: ForwardOptions,
   onGuest: (channel: ClientChannel) => void,
 ): Promise<SessionRecord> {
+  const { diskFullNote } = options;
   const newline = request.pty === undefined ? '\n' : '\r\n';
   const writer = new SerialChannelWriter(front, { afterEachWrite: () => forgetResumedChunks(front) });
   let frontClosed = false;
@@ -124,7 +131,7 @@ async function run(
 
   let lease: GuestLease;
   try {
-    lease = await pool.open(request);
+    lease = await openGuest(request, meter, options);
   } catch (error) {
     return giveUp(`cannot reach the guest: ${messageOf(error)}`);
   }
@@ -136,9 +143,12 @@ async function run(
   }
   onGuest(guest);
   const piped = pipe(front, guest, writer, meter, diskFullNote && (() => noteLine(request, `ferry: ${diskFullNote()}`, newline)));
+  // A socket that ends its output is done (the forwarder exits then too): ending ours closes the
+  // channel, where a session's channel closes when its process exits.
+  if (meter.via === 'nix-daemon-socket') guest.once('end', () => guest.end());
   await new Promise<void>((resolve) => guest.once('close', () => resolve()));
 
-  const exit = piped.exit();
+  const exit = piped.exit() ?? (meter.via === 'nix-daemon-socket' && lease.lostReason() === undefined ? socketExit(piped.clientEnded(), writer, newline) : undefined);
   if (frontClosed) return meter.finish(exit ?? { kind: 'error', message: 'the client went away' });
   // Everything the guest sent must reach the client before the exit status and EOF.
   if (lease.lostReason() === undefined) await piped.stderrEnded;
@@ -156,6 +166,36 @@ async function run(
 }
 
 /**
+ * The guest side of a session: ssh-ng's nix-daemon session connected to the guest's nix-daemon
+ * socket, or, for every other request — and should the guest refuse that channel (its sshd
+ * forbids socket forwarding, its nix-daemon is not listening) — the request run by its sshd, so
+ * that the guest's own nix-daemon --stdio says what is wrong.
+ */
+async function openGuest(request: GuestSessionRequest, meter: SessionMeter, { pool, nixDaemonSocket = NIX_DAEMON_SOCKET, logger = silentLogger }: ForwardOptions): Promise<GuestLease> {
+  if (isNixDaemonStdio(request)) {
+    try {
+      const lease = await pool.open({ kind: 'socket', socketPath: nixDaemonSocket });
+      meter.via = 'nix-daemon-socket';
+      return lease;
+    } catch (error) {
+      if (!isChannelOpenFailure(error)) throw error;
+      logger.debug({ session: meter.id, socket: nixDaemonSocket, error: messageOf(error) }, "the guest refused a channel to its nix-daemon socket; running nix-daemon --stdio instead");
+    }
+  }
+  return pool.open(request);
+}
+
+/**
+ * How a session connected to the nix-daemon socket ended (a socket has no exit status): as
+ * `nix-daemon --stdio` would have, with its message when the guest's nix-daemon hung up first.
+ */
+function socketExit(clientEnded: boolean, writer: SerialChannelWriter, newline: string): SessionExit {
+  const code = socketSessionStatus(clientEnded);
+  if (code !== 0) writer.write('stderr', Buffer.from(`ferry: the guest's nix-daemon closed the connection${newline}`));
+  return { kind: 'status', code };
+}
+
+/**
  * The bytes of a running session, both ways, with backpressure: guest stdout and stderr through
  * the client's one writer, client stdin to the guest, EOF passed on. Returns when the guest's
  * stderr ended and, once the guest channel closed, how the command ended (if the guest said).
@@ -166,7 +206,7 @@ function pipe(
   writer: SerialChannelWriter,
   meter: SessionMeter,
   diskFullLine?: () => string,
-): { stderrEnded: Promise<void>; exit: () => SessionExit | undefined } {
+): { stderrEnded: Promise<void>; exit: () => SessionExit | undefined; clientEnded: () => boolean } {
   guest.on('error', () => {});
   guest.stderr.on('error', () => {});
 
@@ -206,14 +246,18 @@ function pipe(
     if (!guest.write(data)) front.pause();
   });
   guest.on('drain', () => front.resume());
-  front.once('end', () => guest.end());
+  let clientEnded = false;
+  front.once('end', () => {
+    clientEnded = true;
+    guest.end();
+  });
   front.once('close', () => guest.close());
 
   let exit: SessionExit | undefined;
   guest.on('exit', (code: number | null, signal?: string, coreDumped?: boolean) => {
     exit = code === null || code === undefined ? { kind: 'signal', signal: signal ?? 'SIGKILL', coreDumped: coreDumped === true } : { kind: 'status', code };
   });
-  return { stderrEnded, exit: () => exit };
+  return { stderrEnded, exit: () => exit, clientEnded: () => clientEnded };
 }
 
 /** The command's exit status or signal, as the guest reported it, to the client. */
@@ -235,7 +279,7 @@ function sendExit(front: ServerChannel, exit: SessionExit): void {
  * `nix-daemon --stdio` itself would send with --log-format internal-json): ferry's note takes
  * that form there, and stays a plain line for every other command.
  */
-function noteLine(request: GuestChannelRequest, text: string, newline: string): string {
+function noteLine(request: GuestSessionRequest, text: string, newline: string): string {
   if (request.command?.startsWith('nix-daemon ')) return `@nix ${JSON.stringify({ action: 'msg', level: 0, msg: text })}\n`;
   return `${text}${newline}`;
 }

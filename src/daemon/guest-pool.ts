@@ -6,6 +6,9 @@
  * opens another. Extra connections that fall idle are closed again; the first one stays, so the
  * next session does not pay for a handshake.
  *
+ * Besides sessions, a lease can be a channel to a unix socket in the guest: the
+ * front connects ssh-ng's `nix-daemon --stdio` straight to the guest's nix-daemon that way.
+ *
  * Connecting is lazy: the first session calls `target()`, which is where the supervisor boots the
  * guest, so that session simply waits until the guest is up.
  */
@@ -45,7 +48,15 @@ export interface GuestPoolOptions {
   readonly logger?: FrontLogger;
 }
 
-export interface GuestChannelRequest {
+export type GuestChannelRequest = GuestSessionRequest | GuestSocketRequest;
+
+export interface GuestSocketRequest {
+  readonly kind: 'socket';
+  /** A unix socket's path in the guest. */
+  readonly socketPath: string;
+}
+
+export interface GuestSessionRequest {
   readonly kind: 'exec' | 'shell';
   /** For exec. */
   readonly command?: string;
@@ -110,8 +121,18 @@ export class GuestPool extends EventEmitter {
     return this.#connections.reduce((sum, c) => sum + c.sessions, 0);
   }
 
-  /** Open a session channel on the guest and start `request` in it. */
-  async open(request: GuestChannelRequest): Promise<GuestLease> {
+  /**
+   * Open a channel on the guest: a session that starts `request`, or a channel to a unix socket
+   * in the guest (OpenSSH's direct-streamlocal, connected by the builder's own sshd process, so
+   * the peer the socket sees is the builder). A socket channel is no session: no process starts
+   * for it, and MaxSessions does not count it.
+   */
+  open(request: GuestChannelRequest): Promise<GuestLease> {
+    if (request.kind === 'socket') return this.#lease((client) => startSocketChannel(client, request.socketPath), { sessionLimited: false });
+    return this.#lease((client) => startChannel(client, request), { sessionLimited: true });
+  }
+
+  async #lease(start: (client: Client) => Promise<ClientChannel>, { sessionLimited }: { sessionLimited: boolean }): Promise<GuestLease> {
     this.#closing = false;
     // Each round either opens the channel or marks a connection full; a fresh connection that
     // is full at once means the guest refuses every session, so the rounds are bounded.
@@ -121,12 +142,13 @@ export class GuestPool extends EventEmitter {
       clearTimeout(connection.idleTimer);
       try {
         await connection.ready;
-        const channel = await startChannel(connection.client, request);
+        const channel = await start(connection.client);
         channel.once('close', () => this.#release(connection));
         return { channel, connectionId: connection.id, lostReason: () => connection.lost };
       } catch (error) {
         connection.sessions--;
-        if (isSessionLimitError(error) && !connection.closed) {
+        // OpenSSH says "open failed" for any refused channel: only for a session is it MaxSessions.
+        if (sessionLimited && isSessionLimitError(error) && !connection.closed) {
           connection.full = true;
           this.#options.logger.debug({ connection: connection.id }, 'guest refused a session (MaxSessions); using another connection');
           continue;
@@ -258,7 +280,22 @@ function parseHostKey(line: string): ParsedKey {
   return key;
 }
 
-function startChannel(client: Client, request: GuestChannelRequest): Promise<ClientChannel> {
+/** Whether `error` is the guest refusing one channel (the connection itself is fine). */
+export function isChannelOpenFailure(error: unknown): boolean {
+  return error instanceof Error && /Channel open failure/.test(error.message);
+}
+
+function startSocketChannel(client: Client, socketPath: string): Promise<ClientChannel> {
+  return new Promise((resolve, reject) => {
+    try {
+      client.openssh_forwardOutStreamLocal(socketPath, (error, channel) => (error ? reject(error) : resolve(channel)));
+    } catch (error) {
+      reject(error instanceof Error ? error : new Error(String(error)));
+    }
+  });
+}
+
+function startChannel(client: Client, request: GuestSessionRequest): Promise<ClientChannel> {
   return new Promise((resolve, reject) => {
     const done = (error: Error | undefined, channel: ClientChannel) => (error ? reject(error) : resolve(channel));
     const env = request.env === undefined ? undefined : { ...request.env };

@@ -29,7 +29,11 @@ export interface SessionRecord {
   /** Guest → client, stderr. */
   readonly bytesErr: number;
   readonly exit: SessionExit;
+  /** How it reached the guest: its command run by the guest's sshd, or connected to the guest's nix-daemon socket (ssh-ng). */
+  readonly via: SessionRoute;
 }
+
+export type SessionRoute = 'exec' | 'nix-daemon-socket';
 
 /** Receives one record per finished session. */
 export type SessionSink = (record: SessionRecord) => void;
@@ -50,6 +54,7 @@ export class SessionMeter {
   bytesErr = 0;
   readonly #started = performance.now();
   readonly startedAt = new Date();
+  via: SessionRoute = 'exec';
   #ready: number | undefined;
 
   constructor(
@@ -80,6 +85,7 @@ export class SessionMeter {
       bytesOut: this.bytesOut,
       bytesErr: this.bytesErr,
       exit,
+      via: this.via,
     };
   }
 }
@@ -88,7 +94,7 @@ export class SessionMeter {
 export function logSession(logger: FrontLogger, record: SessionRecord): void {
   const ended =
     record.exit.kind === 'status' ? `exit ${record.exit.code}` : record.exit.kind === 'signal' ? `signal ${record.exit.signal}` : `failed: ${record.exit.message}`;
-  const what = record.command ?? (record.pty ? 'interactive shell' : 'shell');
+  const what = (record.command ?? (record.pty ? 'interactive shell' : 'shell')) + (record.via === 'nix-daemon-socket' ? ", to the guest's nix-daemon socket" : '');
   const fields = { session: record };
   if (record.exit.kind === 'error') logger.warn(fields, `session ${record.id} (${what}) ${ended}`);
   else logger.info(fields, `session ${record.id} (${what}) ${ended} after ${record.durationMs} ms`);

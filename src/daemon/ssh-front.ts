@@ -64,6 +64,8 @@ export interface SshFrontOptions {
   readonly onSession?: SessionSink;
   /** What a session is told when the guest runs out of disk (see ForwardOptions.diskFullNote). */
   readonly diskFullNote?: () => string;
+  /** Where ssh-ng sessions are connected (see ForwardOptions.nixDaemonSocket). */
+  readonly nixDaemonSocket?: string;
   /** Close a connection not logged in after this long; 0 = never. Default 120 s (OpenSSH's LoginGraceTime). */
   readonly loginGraceTimeMs?: number;
   /** Close a connection at its this-many-th failed login attempt. Default 6 (OpenSSH's MaxAuthTries). */
@@ -278,6 +280,8 @@ export class SshFront extends EventEmitter {
           user,
           onStart: (meter: SessionMeter) => this.emit('session-start', meter),
           diskFullNote: this.#options.diskFullNote,
+          nixDaemonSocket: this.#options.nixDaemonSocket,
+          logger: this.#logger,
         }).then((record) => {
           if (record !== undefined) this.#recordSession(record);
           this.#changeSessions(-1);

@@ -106,6 +106,8 @@ describe('one daemon: on-demand boot, ssh-ng and ssh, 8 builds at once, a 100 MB
     timings.bootReadyMs = after.guest.readyMs!;
     // The session's record lands when the channel closes, a moment after nix-build exits.
     await daemon.waitForStatus((s) => s.recentSessions.some((r) => r.command === 'nix-daemon --stdio' && r.exit.kind === 'status' && r.exit.code === 0), 10_000, 'the session record');
+    // ssh-ng's session went to the guest's nix-daemon socket, not through a nix-daemon --stdio process.
+    expect((await daemon.status()).recentSessions.find((r) => r.command === 'nix-daemon --stdio')?.via).toBe('nix-daemon-socket');
 
     // The guest really built it: its own store has the path, and its uname is Linux on the guest kernel.
     const inGuest = await daemon.ssh([`test -s ${out} && cat ${out}`]);
@@ -120,6 +122,7 @@ describe('one daemon: on-demand boot, ssh-ng and ssh, 8 builds at once, a 100 MB
     expectBuilt(warm, daemon);
     timings.warmBuildSshNgMs = warm.ms;
     await daemon.waitForStatus((s) => s.recentSessions.some((r) => r.command === 'nix-store --serve --write' && r.exit.kind === 'status' && r.exit.code === 0), 10_000, 'the ssh:// session record');
+    expect((await daemon.status()).recentSessions.find((r) => r.command === 'nix-store --serve --write')?.via).toBe('exec');
   }, 180_000);
 
   it('8 nix builds at once all succeed', async () => {

@@ -5,10 +5,11 @@
 import { ensureKeyPair } from '../../src/keys/ssh-keys.js';
 import { execFileSync, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { GuestPool } from '../../src/daemon/guest-pool.js';
 import type { SessionRecord } from '../../src/daemon/session-log.js';
@@ -274,3 +275,136 @@ describe('SSH front forwarding to a real sshd', () => {
     expect(front.openSessions).toBe(0);
   }, 30_000);
 });
+
+/**
+ * ssh-ng's `nix-daemon --stdio` through the front, with the host's real Nix client on one side
+ * and, playing the guest's, a real `nix-daemon` on a socket of its own (NIX_DAEMON_SOCKET_PATH)
+ * behind the real sshd: the front connects the session to that socket instead of running the
+ * command, and runs the command when the socket cannot be reached.
+ */
+describe("ssh-ng sessions to the guest's nix-daemon socket", () => {
+  let sshd: TestSshd;
+  let pool: GuestPool;
+  let dir: string;
+  let socketPath: string;
+  let nixDaemon: ChildProcessWithoutNullStreams;
+  let nixDaemonLog = '';
+  let clientKey: string;
+  let knownHosts: string;
+  const records: SessionRecord[] = [];
+  const fronts: SshFront[] = [];
+
+  /** A front on its own port whose ssh-ng sessions go to `socket`; returns the ssh options to reach it. */
+  const frontFor = async (socket: string) => {
+    const front = new SshFront({
+      port: 0,
+      hostKey: ensureKeyPair(path.join(dir, 'front', 'ssh_host_ed25519_key'), 'test front').privateKey,
+      authorizedKeys: [readFileSync(`${clientKey}.pub`, 'utf8')],
+      guest: pool,
+      nixDaemonSocket: socket,
+      onSession: (record) => records.push(record),
+    });
+    fronts.push(front);
+    const { port } = await front.listen();
+    const hostKey = readFileSync(path.join(dir, 'front', 'ssh_host_ed25519_key.pub'), 'utf8').trim().split(' ').slice(0, 2).join(' ');
+    writeFileSync(knownHosts, `[127.0.0.1]:${port} ${hostKey}\n`, { flag: 'a' });
+    return [
+      '-p', String(port), '-i', clientKey, '-F', '/dev/null', '-o', 'IdentitiesOnly=yes', '-o', `UserKnownHostsFile=${knownHosts}`,
+      '-o', 'StrictHostKeyChecking=yes', '-o', 'BatchMode=yes', '-o', 'LogLevel=ERROR',
+    ];
+  };
+  /** The record of the session that ends after `count` records were in: the client may exit before the front has seen its session close. */
+  const recordAfter = async (count: number) => {
+    for (let i = 0; records.length <= count; i++) {
+      if (i > 100) throw new Error('no session record came');
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return records[count];
+  };
+  /** `nix store ping` over ssh-ng through the front: the host's Nix runs `ssh … nix-daemon --stdio`. */
+  const storePing = (sshOptions: string[]) =>
+    execa('nix', ['--extra-experimental-features', 'nix-command', 'store', 'ping', '--store', `ssh-ng://${sshd.user}@127.0.0.1`], {
+      env: { NIX_SSHOPTS: sshOptions.join(' ') },
+      reject: false,
+      timeout: 60_000,
+      stdin: 'ignore',
+    });
+
+  beforeAll(async () => {
+    sshd = await startSshd();
+    dir = mkdtempSync(path.join(os.tmpdir(), 'ferry-nix-socket-'));
+    clientKey = path.join(dir, 'client_ed25519');
+    sshKeygen(clientKey, 'host nix-daemon');
+    knownHosts = path.join(dir, 'known_hosts');
+    pool = new GuestPool({
+      target: async () => ({ host: '127.0.0.1', port: sshd.port, hostKey: sshd.hostKey }),
+      privateKey: sshd.clientPrivateKey,
+      username: sshd.user,
+    });
+    socketPath = path.join(dir, 'daemon-socket');
+    nixDaemon = spawn('nix-daemon', [], { env: { ...process.env, NIX_DAEMON_SOCKET_PATH: socketPath }, stdio: ['pipe', 'pipe', 'pipe'] });
+    nixDaemon.stdout.on('data', (d: Buffer) => (nixDaemonLog += d.toString()));
+    nixDaemon.stderr.on('data', (d: Buffer) => (nixDaemonLog += d.toString()));
+    for (let i = 0; !(await isListening(socketPath)); i++) {
+      if (i > 100) throw new Error(`nix-daemon did not listen on ${socketPath}: ${nixDaemonLog}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  });
+
+  afterAll(async () => {
+    for (const front of fronts) await front.close();
+    await pool?.close();
+    await sshd?.stop();
+    nixDaemon?.kill();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("connects nix-daemon --stdio to the socket: the host's Nix talks to the nix-daemon there, and the peer it sees is sshd, no process in between", async () => {
+    const options = await frontFor(socketPath);
+    const before = records.length;
+    const result = await storePing(options);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(result.stderr).toMatch(/^Version: \d/m); // Nix 2.8 prints it on stderr
+    expect(await recordAfter(before)).toMatchObject({ command: 'nix-daemon --stdio', via: 'nix-daemon-socket', exit: { kind: 'status', code: 0 } });
+    // The nix-daemon names the process that connected: the connection's own sshd, still running for the pool.
+    const peer = Number([...nixDaemonLog.matchAll(/accepted connection from pid (\d+), user root \(trusted\)/g)].at(-1)?.[1]);
+    expect(readlinkSync(`/proc/${peer}/exe`)).toMatch(/\/sshd$/);
+  });
+
+  it("the nix-daemon hanging up first (a protocol mismatch) ends the session with status 1 and a line on stderr, as nix-daemon --stdio does", async () => {
+    const options = await frontFor(socketPath);
+    const before = records.length;
+    // Anything but Nix's magic number, with stdin left open: the nix-daemon refuses the connection and closes it.
+    const child = spawn('ssh', [...options, '127.0.0.1', 'nix-daemon --stdio'], { stdio: ['pipe', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdin.write(Buffer.alloc(8, 1));
+    const code = await new Promise((resolve) => child.once('close', resolve));
+    expect(code).toBe(1);
+    expect(stderr).toBe("ferry: the guest's nix-daemon closed the connection\n");
+    expect(await recordAfter(before)).toMatchObject({ via: 'nix-daemon-socket', exit: { kind: 'status', code: 1 } });
+  });
+
+  it('runs nix-daemon --stdio as a command when the socket cannot be reached, and other commands as they are', async () => {
+    const options = await frontFor(path.join(dir, 'no-such-socket'));
+    let before = records.length;
+    const result = await storePing(options);
+    expect(result.exitCode, result.stderr).toBe(0);
+    expect(result.stderr).toMatch(/^Version: \d/m);
+    expect(await recordAfter(before)).toMatchObject({ command: 'nix-daemon --stdio', via: 'exec', exit: { kind: 'status', code: 0 } });
+    before = records.length;
+    const other = await ssh([...options, '127.0.0.1', 'nix-daemon --version']);
+    expect(other.stdout.toString()).toMatch(/^nix-daemon \(Nix\) /);
+    expect(await recordAfter(before)).toMatchObject({ command: 'nix-daemon --version', via: 'exec' });
+  });
+});
+
+function isListening(socketPath: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(socketPath, () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}

@@ -74,12 +74,17 @@ export async function startSshd(options: { maxSessions?: number } = {}): Promise
   child.stderr!.on('data', (d: Buffer) => (log += d.toString()));
   await waitForPort(port, child, () => log);
 
+  // The whole tree is listed first, then killed parents first: a connection's sshd killed after
+  // its command would report the command's SIGKILL as the session's exit, which a vanished guest
+  // never does (seen as a flaky "guest went away" test).
+  const tree = (pid: number): number[] => [pid, ...execPgrepChildren(pid).flatMap(tree)];
   const killTree = (pid: number) => {
-    for (const grandchild of execPgrepChildren(pid)) killTree(grandchild);
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* already gone */
+    for (const each of tree(pid)) {
+      try {
+        process.kill(each, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
     }
   };
   return {

@@ -130,6 +130,9 @@ PrintMotd no
 # Nix opens one session per build; the daemon pools connections and opens more at this limit.
 MaxSessions 64
 MaxStartups 100:30:200
+# The daemon connects ssh-ng's sessions to nix-daemon's socket over its pooled connection (a
+# direct-streamlocal channel, src/daemon/nix-daemon-socket.ts); none may listen on a socket here.
+AllowStreamLocalForwarding local
 ClientAliveInterval 30
 Subsystem sftp internal-sftp
 `;

@@ -15,6 +15,8 @@ export const CONTROL_PATH = '/usr/lib/ferry/control';
 export const ACPI_DIR = '/usr/lib/ferry/acpi';
 export const BUILDER_USER = 'builder';
 export const BUILDER_UID = 1000;
+/** Where the guest's nix-daemon listens (Nix's default); the daemon's front connects ssh-ng sessions to it. */
+export const NIX_DAEMON_SOCKET = '/nix/var/nix/daemon-socket/socket';
 /** Nix's build users (nixbld1…N in group nixbld), the ids NixOS uses. */
 export const NIX_BUILD_USERS = 32;
 export const NIX_BUILD_GID = 30000;
@@ -123,7 +125,7 @@ fi
 # sshd: wait for the socket in LISTEN state (0A) in /proc/net/tcp{,6}, for nix-daemon's, and for
 # the resize.
 i=0; while ! grep -qs ':0016 [0-9A-F]*:0000 0A ' /proc/net/tcp /proc/net/tcp6 && [ $i -lt 500 ]; do sleep 0.02; i=$((i + 1)); done
-i=0; while [ ! -S /nix/var/nix/daemon-socket/socket ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i + 1)); done
+i=0; while [ ! -S ${NIX_DAEMON_SOCKET} ] && [ $i -lt 250 ]; do sleep 0.02; i=$((i + 1)); done
 [ -n "$resize" ] && wait $resize
 read -r uptime _ < /proc/uptime
 echo "FERRY-READY ip=\${address:-unknown} uptime=\${uptime}" > /dev/console
