@@ -33,6 +33,26 @@ let
       ]
     );
   };
+
+  # ferry's lock is written with npm's `omit-lockfile-registry-resolved`: each package has its
+  # `integrity` but no `resolved` URL, and importNpmLock fetches only what has one. The URL is the
+  # npm registry's own tarball layout, NAME/-/BASENAME-VERSION.tgz (`npm view commander@14.0.3
+  # dist.tarball` gives https://registry.npmjs.org/commander/-/commander-14.0.3.tgz); the
+  # integrity hash the lock records still decides what is accepted.
+  registryUrl = lockPath: version:
+    let
+      name = lib.last (lib.splitString "node_modules/" lockPath);
+      base = lib.last (lib.splitString "/" name);
+    in
+    "https://registry.npmjs.org/${name}/-/${base}-${version}.tgz";
+  withResolved = lock: lock // {
+    packages = lib.mapAttrs
+      (lockPath: module:
+        if lockPath != "" && module ? integrity && !(module ? resolved) && !(module.link or false)
+        then module // { resolved = registryUrl lockPath module.version; }
+        else module)
+      lock.packages;
+  };
 in
 buildNpmPackage {
   pname = package.name;
@@ -40,7 +60,10 @@ buildNpmPackage {
   inherit src;
   nodejs = nodejs_22;
 
-  npmDeps = importNpmLock { npmRoot = src; };
+  npmDeps = importNpmLock {
+    npmRoot = src;
+    packageLock = withResolved (lib.importJSON ../package-lock.json);
+  };
   npmConfigHook = importNpmLock.npmConfigHook;
 
   # ssh2's optional native binding (cpu-features, its own crypto addon) is not needed: ssh2 falls
