@@ -64,6 +64,17 @@ in
       description = "The ferry package (ferry's flake sets its own).";
     };
 
+    vmPackages = mkOption {
+      type = types.listOf types.package;
+      default = [ pkgs.vfkit ];
+      defaultText = lib.literalExpression "[ pkgs.vfkit ]";
+      example = lib.literalExpression "[ pkgs.qemu ]";
+      description = ''
+        The hypervisors `vm.backend = "auto"` picks from (vfkit on every Mac; qemu where set),
+        installed in the system profile, which is on the daemon's PATH (/run/current-system/sw/bin).
+      '';
+    };
+
     systemWide = mkOption {
       type = types.bool;
       default = false;
@@ -156,7 +167,7 @@ in
       }
     ];
 
-    environment.systemPackages = [ cfg.package ];
+    environment.systemPackages = [ cfg.package ] ++ cfg.vmPackages;
     # `ferry status`, `ferry doctor`, `ferry image build` in a shell read the daemon's ferry.toml.
     environment.variables.FERRY_CONFIG = "${configFile}";
 

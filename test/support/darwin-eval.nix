@@ -39,6 +39,8 @@ let
     stdenv.hostPlatform = lib.systems.elaborate "aarch64-darwin";
     writeText = name: text: sh name { inherit text; passAsFile = [ "text" ]; } ''cp "$textPath" "$out"'';
     runCommand = name: env: script: sh name env script;
+    # The module's default hypervisor (vmPackages); only its name is used here.
+    vfkit = sh "vfkit-standin" { } ''mkdir "$out"'';
     # nix-darwin's nix module reads the package's version (isNixAtLeast) and its paths lazily.
     nix = sh "nix-2.28.0" { } ''mkdir "$out"'' // { version = "2.28.0"; };
   };
