@@ -3,14 +3,15 @@
  * revisions in test/support/darwin-eval-sources.json) under Debian trixie's Nix 2.26, and checks
  * it against what the real `ferry install` writes for the same settings: the LaunchAgent's
  * program arguments and environment, the ssh alias, the nix.buildMachines entry, distributed
- * builds and builders-use-substitutes; disabled, none of it. The package set is a stand-in
+ * builds and builders-use-substitutes; disabled, none of it; and flake.nix's outputs on all four
+ * systems with the real lib (test/support/flake-eval.nix). The package sets are stand-ins
  * (test/support/darwin-eval.nix says what it holds); the macOS workflow evaluates against nixpkgs.
  *
  *   node --import tsx scripts/eval-darwin-module.ts [--json]     (as root: it chroots; needs mmdebstrap the first time)
  *
  * Exit codes: 0 every check passed, 1 a check failed, 66 the sources are not here (the message says how to point at them).
  */
-import { checkModule, findSources, TrixieNix } from '../test/support/darwin-eval.js';
+import { checkFlake, checkModule, findSources, TrixieNix } from '../test/support/darwin-eval.js';
 
 const json = process.argv.includes('--json');
 const sources = await findSources();
@@ -20,7 +21,8 @@ if (!sources.ok) {
 }
 const nix = await TrixieNix.open(sources.trees);
 const started = Date.now();
-const { checks, releases } = await checkModule(nix);
+const { checks: moduleChecks, releases } = await checkModule(nix);
+const checks = [...moduleChecks, ...(await checkFlake(nix))];
 const seconds = (Date.now() - started) / 1000;
 const revisions = Object.fromEntries(Object.entries(sources.pins).map(([name, pin]) => [name, pin.rev]));
 if (json) process.stdout.write(`${JSON.stringify({ ok: checks.every((c) => c.ok), revisions, releases, nix: '2.26 (Debian trixie)', seconds, checks }, null, 2)}\n`);

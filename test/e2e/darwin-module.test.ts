@@ -8,7 +8,7 @@
  * nix-darwin offline): the reason says which revision is missing and how to point at it.
  */
 import { describe, expect, it } from 'vitest';
-import { checkModule, findSources, TrixieNix } from '../support/darwin-eval.js';
+import { checkFlake, checkModule, findSources, TrixieNix } from '../support/darwin-eval.js';
 
 const sources = await findSources();
 const isRoot = process.getuid?.() === 0;
@@ -20,5 +20,12 @@ describe.skipIf(!sources.ok || !isRoot)(`nix-darwin module${sources.ok ? '' : ` 
     const { checks } = await checkModule(nix);
     for (const check of checks) expect.soft(check.ok, `${check.name}: ${check.detail}`).toBe(true);
     expect(checks.length).toBeGreaterThanOrEqual(11);
+  }, 600_000);
+
+  it("flake.nix's outputs on all four systems, with nixpkgs' real lib", async () => {
+    if (!sources.ok) return;
+    const checks = await checkFlake(await TrixieNix.open(sources.trees));
+    for (const check of checks) expect.soft(check.ok, `${check.name}: ${check.detail}`).toBe(true);
+    expect(checks.length).toBe(3 + 4 * 4);
   }, 600_000);
 });

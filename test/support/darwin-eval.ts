@@ -23,6 +23,7 @@ import { trixieNixRoot } from './trixie-nix.js';
 const CHECKOUT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SOURCES_FILE = path.join(CHECKOUT, 'test/support/darwin-eval-sources.json');
 const EXPRESSION = path.join(CHECKOUT, 'test/support/darwin-eval.nix');
+const FLAKE_EXPRESSION = path.join(CHECKOUT, 'test/support/flake-eval.nix');
 
 interface SourcePin {
   repository: string;
@@ -252,4 +253,45 @@ export async function checkModule(nix: TrixieNix): Promise<{ checks: Check[]; re
     ),
   );
   return { checks, releases };
+}
+
+interface FlakeSystem {
+  default: string;
+  nodejs: string;
+  npmConfigHook: string;
+  lockPackages: number;
+  src: string[];
+  app: { type: string; program: string };
+  unit: { doCheck: boolean; checkPhase: string; __darwinAllowLocalNetworking: boolean; src: string[] };
+  shell: string[];
+}
+interface FlakeEval {
+  outputs: string[];
+  systems: Record<string, FlakeSystem>;
+  darwinModule: boolean;
+  overlay: string[];
+}
+
+/** flake.nix's outputs with nixpkgs' real lib and the stand-ins test/support/flake-eval.nix names: their shape on all four systems. */
+export async function checkFlake(nix: TrixieNix): Promise<Check[]> {
+  const flake = JSON.parse(
+    await nix.run(['nix-instantiate', '--eval', '--strict', '--json', '--read-write-mode', FLAKE_EXPRESSION, '--argstr', 'nixpkgsLib', '/src/nixpkgs-lib', '--argstr', 'ferrySrc', CHECKOUT]),
+  ) as FlakeEval;
+  const pkg = JSON.parse(readFileSync(path.join(CHECKOUT, 'package.json'), 'utf8')) as { name: string; version: string };
+  const lock = JSON.parse(readFileSync(path.join(CHECKOUT, 'package-lock.json'), 'utf8')) as { packages: Record<string, unknown> };
+  const checks: Check[] = [
+    same('flake: outputs', flake.outputs, ['apps', 'checks', 'darwinModules', 'devShells', 'overlays', 'packages']),
+    same('flake: systems', Object.keys(flake.systems), ['aarch64-darwin', 'aarch64-linux', 'x86_64-darwin', 'x86_64-linux']),
+    same('flake: darwinModules.default is a module, overlays.default adds ferry', [flake.darwinModule, flake.overlay], [true, ['ferry']]),
+  ];
+  for (const [system, out] of Object.entries(flake.systems)) {
+    const tests = /npx vitest run (.*)\n/.exec(out.unit.checkPhase)?.[1].split(' ') ?? [];
+    checks.push(
+      same(`flake ${system}: package ${pkg.name}-${pkg.version} on nodejs_22 from importNpmLock (every lock entry), built from src, bin, launchd only`, [out.default, out.nodejs, out.npmConfigHook, out.lockPackages, out.src], [`${pkg.name}-${pkg.version}`, 'nodejs_22', 'importNpmLock.npmConfigHook', Object.keys(lock.packages).length, ['bin', 'launchd', 'package-lock.json', 'package.json', 'src', 'tsconfig.json']]),
+      same(`flake ${system}: apps.default runs bin/ferry`, [out.app.type, out.app.program.endsWith('/bin/ferry')], ['app', true]),
+      same(`flake ${system}: checks.unit runs unit-test files that exist, with the tests in its source`, [out.unit.doCheck, tests.length > 0 && tests.every((t) => t.startsWith('test/unit/') && existsSync(path.join(CHECKOUT, t))), out.unit.src.includes('test')], [true, true, true]),
+      same(`flake ${system}: devShell has node 22 and the test tools`, out.shell.slice(0, 5), ['nodejs_22', 'e2fsprogs', 'openssh', 'qemu', 'nix']),
+    );
+  }
+  return checks;
 }
