@@ -176,6 +176,16 @@ in
 
     environment.etc."ssh/ssh_config.d/ferry.conf".source = "${serviceFiles}/ferry.conf";
 
+    # launchd opens StandardOutPath before it starts the daemon, and makes no directory for it
+    # (`ferry install` makes the log dir first): made here, before the launchd step loads the job,
+    # as the job's user, from the plist's own key.
+    system.activationScripts.extraActivation.text = let
+      plist = "${serviceFiles}/${label}.plist";
+      asUser = lib.optionalString (!cfg.systemWide) "sudo --user=${lib.escapeShellArg config.system.primaryUser} -- ";
+    in ''
+      ${asUser}mkdir -p "$(dirname "$(/usr/libexec/PlistBuddy -c 'Print :StandardOutPath' ${plist})")"
+    '';
+
     nix.distributedBuilds = true;
     nix.settings.builders-use-substitutes = true;
     nix.buildMachines = [

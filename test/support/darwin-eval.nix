@@ -79,4 +79,5 @@ in
   distributedBuilds = config.nix.distributedBuilds;
   buildersUseSubstitutes = config.nix.settings.builders-use-substitutes or null;
   ferryConfig = config.environment.variables.FERRY_CONFIG or null;
+  activation = config.system.activationScripts.extraActivation.text;
 }

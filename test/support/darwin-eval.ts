@@ -156,6 +156,7 @@ export interface ModuleEval {
   distributedBuilds: boolean;
   buildersUseSubstitutes: boolean | null;
   ferryConfig: string | null;
+  activation: string;
 }
 
 export async function evaluateModule(nix: TrixieNix, enable: boolean): Promise<ModuleEval> {
@@ -242,14 +243,18 @@ export async function checkModule(nix: TrixieNix): Promise<{ checks: Check[]; re
   );
   checks.push(same('enabled: nix-darwin’s /etc/nix/machines line = ferry install’s (all fields but the host key)', machineFields(on.machinesFile ?? ''), machineFields(expected.machines)));
   checks.push(same('enabled: nix.distributedBuilds', on.distributedBuilds, true));
+  // launchd makes no directory for StandardOutPath: the activation makes the agent's own, as its user.
+  checks.push(
+    same('enabled: activation makes the plist’s StandardOutPath directory as the user', on.activation.trim(), `sudo --user=alice -- mkdir -p "$(dirname "$(/usr/libexec/PlistBuddy -c 'Print :StandardOutPath' ${agent.path})")"`),
+  );
   checks.push(same('enabled: nix.settings.builders-use-substitutes (install writes it too)', [on.buildersUseSubstitutes, expected.nixConf.includes('builders-use-substitutes = true')], [true, true]));
 
   const off = await evaluateModule(nix, false);
   checks.push(
     same(
-      'disabled: no agent, daemon, alias, machines, distributed builds, substitutes setting or FERRY_CONFIG',
-      [off.userLaunchAgents, off.launchDaemons, off.sshAlias, off.machinesFile, off.buildMachines, off.distributedBuilds, off.buildersUseSubstitutes, off.ferryConfig],
-      [{}, {}, null, null, [], false, null, null],
+      'disabled: no agent, daemon, alias, machines, distributed builds, substitutes setting, FERRY_CONFIG or activation',
+      [off.userLaunchAgents, off.launchDaemons, off.sshAlias, off.machinesFile, off.buildMachines, off.distributedBuilds, off.buildersUseSubstitutes, off.ferryConfig, off.activation],
+      [{}, {}, null, null, [], false, null, null, ''],
     ),
   );
   return { checks, releases };
