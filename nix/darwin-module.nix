@@ -165,6 +165,12 @@ in
         assertion = cfg.systemWide || config.system.primaryUser != null;
         message = "services.ferry: a LaunchAgent runs as system.primaryUser; set it, or services.ferry.systemWide = true.";
       }
+      {
+        # With nix.enable off (Determinate Nix, for one) nix-darwin drops every nix.* setting
+        # without a word, and Nix would never send a build to ferry.
+        assertion = config.nix.enable;
+        message = "services.ferry: nix.enable is off, so nix-darwin would drop ferry's nix.buildMachines, nix.distributedBuilds and builders-use-substitutes; use `ferry install` instead (it writes /etc/nix/machines and Determinate's nix.custom.conf), or let nix-darwin manage Nix.";
+      }
     ];
 
     environment.systemPackages = [ cfg.package ] ++ cfg.vmPackages;

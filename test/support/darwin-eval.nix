@@ -12,6 +12,7 @@
   ferrySrc,
   node,
   enable,
+  nixEnable ? true,
   home,
   ferrySettings ? { },
 }:
@@ -53,6 +54,7 @@ let
         _module.args.pkgs = lib.mkForce pkgs;
         system.stateVersion = 6;
         system.primaryUser = "alice";
+        nix.enable = nixEnable;
         users.users.alice.home = home;
         services.ferry = { inherit enable; package = ferry; settings = ferrySettings; };
       }

@@ -159,8 +159,8 @@ export interface ModuleEval {
   activation: string;
 }
 
-export async function evaluateModule(nix: TrixieNix, enable: boolean): Promise<ModuleEval> {
-  const args = ['--arg', 'enable', String(enable), '--argstr', 'home', HOME, '--argstr', 'node', process.execPath];
+export async function evaluateModule(nix: TrixieNix, enable: boolean, nixEnable = true): Promise<ModuleEval> {
+  const args = ['--arg', 'enable', String(enable), '--arg', 'nixEnable', String(nixEnable), '--argstr', 'home', HOME, '--argstr', 'node', process.execPath];
   for (const [name, at] of [['nixDarwin', '/src/nix-darwin'], ['nixpkgsLib', '/src/nixpkgs-lib'], ['ferrySrc', CHECKOUT]]) args.push('--argstr', name, at);
   args.push('--arg', 'ferrySettings', `builtins.fromJSON ${JSON.stringify(JSON.stringify(CHECK_SETTINGS))}`);
   // --read-write-mode: the derivations are written to the store, so they can be built after.
@@ -248,6 +248,9 @@ export async function checkModule(nix: TrixieNix): Promise<{ checks: Check[]; re
     same('enabled: activation makes the plist’s StandardOutPath directory as the user', on.activation.trim(), `sudo --user=alice -- mkdir -p "$(dirname "$(/usr/libexec/PlistBuddy -c 'Print :StandardOutPath' ${agent.path})")"`),
   );
   checks.push(same('enabled: nix.settings.builders-use-substitutes (install writes it too)', [on.buildersUseSubstitutes, expected.nixConf.includes('builders-use-substitutes = true')], [true, true]));
+
+  const unmanaged = await evaluateModule(nix, true, false);
+  checks.push(same('enabled with nix.enable off: refused by an assertion naming ferry install', unmanaged.failedAssertions.some((m) => m.startsWith('services.ferry: nix.enable is off') && m.includes('`ferry install`')), true));
 
   const off = await evaluateModule(nix, false);
   checks.push(
