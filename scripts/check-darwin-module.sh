@@ -27,7 +27,8 @@ write_config() { # $1: true|false
   cat > "$work/flake.nix" <<NIX
 {
   inputs = {
-    ferry.url = "path:$ferry_src";
+    # git+file: only what git tracks (not node_modules/ or dist/), as a user's checkout would give.
+    ferry.url = "git+file:$ferry_src";
     nixpkgs.follows = "ferry/nixpkgs";
     nix-darwin.url = "github:nix-darwin/nix-darwin/master";
     nix-darwin.inputs.nixpkgs.follows = "ferry/nixpkgs";

@@ -18,6 +18,8 @@ step() { printf '\n== %s\n' "$*"; }
 if [ ! -f flake.lock ]; then
   step "nix flake lock (no flake.lock committed)"
   nix flake lock
+  # A git flake sees only files git knows: flake.lock marked as to be added, so every command below uses this lock.
+  if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then git add --intent-to-add flake.lock; fi
 fi
 nix flake metadata
 
