@@ -17,7 +17,7 @@ const GROUPS: ReadonlyArray<{ commands: readonly string[]; load: () => Promise<R
   { commands: ['image'], load: async () => (await import('./commands/image.js')).registerImageCommands },
   { commands: ['up', 'down', 'console', 'exec', 'ssh'], load: async () => (await import('./commands/guest-by-hand.js')).registerGuestCommands },
   { commands: ['daemon', 'status', 'start', 'stop', 'restart', 'rebuild', 'logs'], load: async () => (await import('./commands/daemon.js')).registerDaemonCommands },
-  { commands: ['install', 'uninstall', 'doctor'], load: async () => (await import('./commands/install.js')).registerInstallCommands },
+  { commands: ['install', 'uninstall', 'doctor', 'service-files'], load: async () => (await import('./commands/install.js')).registerInstallCommands },
 ];
 
 export async function buildProgram(argv: readonly string[] = []): Promise<Command> {

@@ -1,10 +1,12 @@
 /** `ferry install`, `ferry uninstall`, `ferry doctor`: the host wiring (launchd/systemd, Nix). */
 import { Command, Option } from 'commander';
+import path from 'node:path';
 import { createInterface } from 'node:readline/promises';
 import { platformOverride as readPlatformOverride } from '../config/host.js';
 import { ExitCode, FerryError } from '../errors.js';
 import { doctor, renderChecks } from '../install/doctor.js';
 import { install } from '../install/install.js';
+import { writeServiceFiles } from '../install/service-files.js';
 import { uninstall } from '../install/uninstall.js';
 import { createProgress } from '../ui/progress.js';
 
@@ -70,6 +72,22 @@ export function registerInstallCommands(program: Command): void {
         await confirm();
       }
       await uninstall({ ...common, dryRun: opts.dryRun });
+    });
+
+  program
+    .command('service-files')
+    .description("write the service file (launchd plist or systemd unit) and ssh alias `ferry install` would write, into a directory; nothing else changes (the nix-darwin module's package build runs it)")
+    .requiredOption('--out <dir>', 'the directory to write them to')
+    .option('--config <file>', 'the ferry.toml the daemon runs with (default: FERRY_CONFIG, then the platform default)')
+    .option('--home <dir>', "the home directory of the user the agent runs as (default: $HOME)")
+    .option('--system', 'the system-wide LaunchDaemon / system unit')
+    .addOption(new Option('--platform <os>', 'lay the files out for this OS').choices(['darwin', 'linux']))
+    .option('--json', 'print what was written, with the nix.buildMachines entry, as JSON')
+    .addHelpText('after', '\nWrites <label>.plist (or ferry.service), ferry.conf (the ssh alias) and service.json into --out.')
+    .action(async (opts: { out: string; config?: string; home?: string; system?: boolean; platform?: 'darwin' | 'linux'; json?: boolean }) => {
+      const env = { ...process.env, ...(opts.config ? { FERRY_CONFIG: path.resolve(opts.config) } : {}) };
+      const result = await writeServiceFiles({ outDir: path.resolve(opts.out), system: opts.system, platform: opts.platform ?? platformOverride(), env, homeDir: opts.home && path.resolve(opts.home) });
+      process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `wrote ${Object.values(result.files).join(', ')}\n`);
     });
 
   program

@@ -27,13 +27,14 @@ import {
   buildersOverride,
   machinesLine,
   managedByNixStore,
+  NIX_DARWIN_MODULE_HINT,
   nixDarwinSnippet,
   sshAliasText,
   withFerryLine,
 } from './nix-wiring.js';
 import { emptyRecord, readRecord, saveRecord, type InstallRecord } from './record.js';
 import { wireBuildersUseSubstitutes } from './substitutes.js';
-import { daemonArgv, daemonEnvironment, isLoadedCommand, loadCommands, renderPlist, renderUnit, restartCommand, type ServiceCommand } from './service.js';
+import { daemonArgv, daemonEnvironment, isLoadedCommand, loadCommands, renderServiceFile, restartCommand, type ServiceCommand } from './service.js';
 
 export interface HostOptions {
   /** System-wide install (`--system`). */
@@ -175,7 +176,7 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
     await writer.ensureDir(paths.logDir);
     const argv = options.daemonArgv ?? daemonArgv(options.nodePath);
     const environment = daemonEnvironment(paths, ctx.env, options.nodePath);
-    const serviceText = layout.serviceKind === 'launchd' ? renderPlist(argv, environment, paths) : renderUnit(argv, environment, paths, ctx.system);
+    const serviceText = renderServiceFile(layout.serviceKind, argv, environment, paths);
     // Noted before the file is written (and saved with it): uninstall of a stopped install unloads it too.
     record.service = { kind: layout.serviceKind, file: layout.serviceFile, label: layout.serviceKind === 'launchd' ? LAUNCHD_LABEL : SYSTEMD_UNIT };
     const serviceOutcome = await writer.write(layout.serviceFile, serviceText, 0o644, layout.serviceKind === 'launchd' ? `launchd ${ctx.system ? 'daemon' : 'agent'} ${LAUNCHD_LABEL}` : `systemd ${ctx.system ? 'system' : 'user'} unit`);
@@ -194,7 +195,9 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
     const managed = managedByNixStore(layout.nixConf, ctx.root) ?? managedByNixStore(layout.machinesFile, ctx.root);
     if (managed) {
       snippet = nixDarwinSnippet(fields);
-      out(`leave ${layout.nixConf} and ${layout.machinesFile} alone: managed by nix-darwin (${managed}). Add this to your nix-darwin configuration and run \`darwin-rebuild switch\`:\n${snippet}`);
+      out(`leave ${layout.nixConf} and ${layout.machinesFile} alone: managed by nix-darwin (${managed}).`);
+      out(`ferry's nix-darwin module does all of this (the agent, the machines entry, the alias) and removes it when switched off: ${NIX_DARWIN_MODULE_HINT}`);
+      out(`Or add this to your nix-darwin configuration and run \`darwin-rebuild switch\`:\n${snippet}`);
     } else {
       const current = readIfExists(layout.machinesFile)?.toString('utf8') ?? '';
       await writer.write(layout.machinesFile, withFerryLine(current, machinesLine(fields)), 0o644, `Nix builder ssh-ng://${BUILDER_ALIAS} for ${fields.systems.join(', ')}`);

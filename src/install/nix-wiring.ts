@@ -126,6 +126,10 @@ export function managedByNixStore(file: string, root: string): string | undefine
   return viaStatic;
 }
 
+/** Where install points a nix-darwin user: ferry's own module (flake.nix's darwinModules.default, nix/darwin-module.nix). */
+export const NIX_DARWIN_MODULE_HINT =
+  'import `ferry.darwinModules.default` from ferry\'s flake and set `services.ferry.enable = true;` (README: "Installing with Nix"), then `darwin-rebuild switch`';
+
 /** The nix-darwin module settings that give the same machines line. */
 export function nixDarwinSnippet(fields: BuilderFields): string {
   const strings = (values: readonly string[]) => `[ ${values.map((v) => JSON.stringify(v)).join(' ')} ]`;

@@ -292,6 +292,11 @@ describe('ferry install on macOS (LaunchAgent)', () => {
     expect(Buffer.from(hostKey, 'base64').toString('utf8')).toBe(readFileSync(hostKeyPub(), 'utf8').trim());
     expect(out.join('\n')).toContain(snippet);
     expect(out.join('\n')).toMatch(/managed by nix-darwin \(\/nix\/store\//);
+    // ferry's own module first, then the snippet for those who do not use it.
+    const text = out.join('\n');
+    expect(text).toContain('`ferry.darwinModules.default`');
+    expect(text).toContain('`services.ferry.enable = true;`');
+    expect(text.indexOf('darwinModules.default')).toBeLessThan(text.indexOf(snippet));
   });
 
   it('--system: a LaunchDaemon in /Library/LaunchDaemons, system paths under the root, the system domain', async () => {
