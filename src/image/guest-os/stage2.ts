@@ -60,8 +60,10 @@ mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 ln -sf /proc/self/mounts /etc/mtab
 hostname -F /etc/hostname
-# The clock: from the host, on the kernel command line (the guest has no RTC it can trust).
-[ -n "$time" ] && date -s "@$time" >/dev/null
+# The clock: from the host, on the kernel command line (the guest has no RTC it can trust), plus
+# the time since the kernel started: under tcg stage 2 begins 5-10 s after qemu did, and a guest
+# set to the bare command-line time was that far behind for its first sessions (bench/soak.ts).
+if [ -n "$time" ]; then read -r up _ < /proc/uptime; date -s "@$((time + \${up%.*}))" >/dev/null; fi
 # Network first: static for qemu user networking, DHCP behind a NAT (vfkit, hyperkit). A client
 # that connects before the address is up has its SYN dropped and waits out TCP's retransmission
 # (seconds); with the address up it gets a reset and retries at once until sshd listens.
