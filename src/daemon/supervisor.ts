@@ -14,6 +14,7 @@ import type { ImageManifest } from '../image/manifest.js';
 import type { GuestEndpoint } from '../vm/backend.js';
 import type { BootedGuest } from '../vm/instance/boot.js';
 import type { StopGuestResult } from '../vm/instance/stop.js';
+import { BootBackoff } from './boot-backoff.js';
 
 export type GuestState = 'stopped' | 'booting' | 'running' | 'stopping';
 
@@ -64,19 +65,20 @@ export class Supervisor extends EventEmitter {
   #guest: BootedGuest | undefined;
   #booting: Promise<GuestEndpoint> | undefined;
   #stopping: Promise<void> | undefined;
+  /** The front's open sessions (the idle timer), and those let onto the guest (what a swap waits for). */
   #openSessions = 0;
+  #admitted = 0;
   #idleTimer: NodeJS.Timeout | undefined;
   /** While set, new sessions wait: a swap is waiting for sessions to end or is in progress. */
   #swapGate: Promise<void> | undefined;
   #pendingImage: ImageManifest | undefined;
   #crashes = 0;
-  /** Crashes and failed boots in a row (a guest that stays up a minute resets it): drives the backoff. */
-  #failuresInARow = 0;
-  #lastFailureAt = 0;
-  #bootedAt = 0;
+  readonly #backoff: BootBackoff;
   #lastError: string | undefined;
   #lastSwap: (SwapResult & { at: string }) | undefined;
   #boots = 0;
+  /** Guests restarted because they stopped answering (restartUnresponsive). */
+  #unresponsive = 0;
 
   constructor(
     private readonly deps: SupervisorDeps,
@@ -84,6 +86,7 @@ export class Supervisor extends EventEmitter {
     previous?: ImageManifest,
   ) {
     super();
+    this.#backoff = new BootBackoff(deps.logger);
     this.#current = current;
     this.#previous = previous;
   }
@@ -101,10 +104,33 @@ export class Supervisor extends EventEmitter {
     return this.#state === 'running' && this.#guest ? this.#target(this.#guest.endpoint) : undefined;
   }
 
-  /** The guest's sshd, booting it first if needed. Sessions call this through the pool. */
-  async ensureRunning(): Promise<GuestTarget> {
+  /**
+   * Lets a session onto the guest: waits for a swap under way (or a boot), then counts the session
+   * as on the guest until it calls the release it is given. A swap waits for exactly these
+   * sessions; counting the front's open sessions instead deadlocked: a session that waited for a
+   * boot was open, and waited at the swap's gate for the swap that waited for it (bench/soak.ts:
+   * qemu killed, four builds waiting for the new boot, then a config change).
+   */
+  async admit(): Promise<{ target: GuestTarget; release: () => void }> {
+    const target = await this.ensureRunning();
+    this.#admitted += 1;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.#admitted -= 1;
+      if (this.#admitted === 0) this.emit('drained');
+    };
+    return { target, release };
+  }
+
+  /**
+   * The guest's sshd, booting it first if needed. With `admitted` (a session already let on by
+   * `admit`, opening its connection) a swap waiting for sessions to end does not hold it back.
+   */
+  async ensureRunning(options: { admitted?: boolean } = {}): Promise<GuestTarget> {
     for (;;) {
-      if (this.#swapGate) {
+      if (this.#swapGate && !options.admitted) {
         await this.#swapGate;
         continue;
       }
@@ -123,9 +149,9 @@ export class Supervisor extends EventEmitter {
         await this.#booting;
         continue;
       }
-      await this.#backoff();
+      await this.#backoff.wait();
       const image = this.#current;
-      if (this.#state !== 'stopped' || this.#swapGate || image === undefined) continue;
+      if (this.#state !== 'stopped' || (this.#swapGate && !options.admitted) || image === undefined) continue;
       await this.#boot(image);
     }
   }
@@ -174,6 +200,26 @@ export class Supervisor extends EventEmitter {
     await this.#adopt(current, previous);
   }
 
+  /**
+   * The guest stopped answering while its hypervisor runs (the health check's verdict): it is
+   * ended the hard way — a guest that does not answer cannot power itself off, and each polite
+   * rung would wait for it in vain — and booted again at once, so the sessions that come next
+   * need not wait for a boot. Counts as a failure for the backoff, as a crash does.
+   */
+  async restartUnresponsive(reason: string): Promise<void> {
+    if (this.#state !== 'running' || this.#swapGate) return;
+    this.#unresponsive += 1;
+    this.#backoff.failed();
+    await this.stop({ hard: true, reason });
+    this.#lastError = reason;
+    void this.ensureRunning().catch(() => {}); // a failed boot is logged and kept in lastError by #boot
+  }
+
+  /** How many guests this supervisor booted: tells one guest from the next. */
+  get boots(): number {
+    return this.#boots;
+  }
+
   /** Boots the guest now (if it is not running). */
   async start(): Promise<void> {
     await this.ensureRunning();
@@ -200,16 +246,16 @@ export class Supervisor extends EventEmitter {
     let release!: () => void;
     this.#swapGate = new Promise<void>((resolve) => (release = resolve));
     try {
-      if (this.#openSessions > 0) {
-        this.deps.logger.info({ sessions: this.#openSessions, image: manifest.id }, 'new image ready; waiting for open sessions to end before swapping');
+      if (this.#admitted > 0) {
+        this.deps.logger.info({ sessions: this.#admitted, image: manifest.id }, 'new image ready; waiting for open sessions to end before swapping');
         await new Promise<void>((resolve) => {
           const check = () => {
-            if (this.#openSessions === 0) {
-              this.off('idle', check);
+            if (this.#admitted === 0) {
+              this.off('drained', check);
               resolve();
             }
           };
-          this.on('idle', check);
+          this.on('drained', check);
         });
       }
       if (this.#state === 'booting') await this.#booting?.catch(() => {});
@@ -258,6 +304,7 @@ export class Supervisor extends EventEmitter {
       readyMs: guest?.record.readyMs,
       boots: this.#boots,
       crashes: this.#crashes,
+      unresponsiveRestarts: this.#unresponsive,
       lastError: this.#lastError,
       lastSwap: this.#lastSwap,
     };
@@ -270,7 +317,7 @@ export class Supervisor extends EventEmitter {
       const guest = await this.deps.boot(manifest);
       this.#guest = guest;
       this.#boots += 1;
-      this.#bootedAt = Date.now();
+      this.#backoff.booted();
       this.#lastError = undefined;
       this.#transition('running');
       this.deps.logger.info({ image: manifest.id, readyMs: guest.record.readyMs, address: `${guest.endpoint.host}:${guest.endpoint.port}` }, 'guest ready');
@@ -283,8 +330,7 @@ export class Supervisor extends EventEmitter {
       await booting;
     } catch (error) {
       this.#lastError = `boot failed: ${(error as Error).message}`;
-      this.#noteFailure();
-      this.#bootedAt = 0;
+      this.#backoff.bootFailed();
       this.deps.logger.error({ err: error, image: manifest.id }, 'the guest did not boot');
       this.#guest = undefined;
       this.#transition('stopped');
@@ -298,7 +344,7 @@ export class Supervisor extends EventEmitter {
     void guest.vm.exited.then((status) => {
       if (this.#guest !== guest || this.#state !== 'running') return;
       this.#crashes += 1;
-      this.#noteFailure();
+      this.#backoff.failed();
       this.#lastError = `the guest exited unexpectedly (exit code ${status.code ?? '-'}, signal ${status.signal ?? '-'})`;
       this.deps.logger.error({ status, crashes: this.#crashes }, 'the guest crashed; it restarts with the next session');
       this.#guest = undefined;
@@ -307,27 +353,6 @@ export class Supervisor extends EventEmitter {
       // Run files (pid, lock) of the dead process are removed by a hard stop, which finds nothing to kill.
       void this.deps.stop({ hard: true }).catch(() => {});
     });
-  }
-
-  #noteFailure(): void {
-    // A guest that ran for a minute before it failed starts the count again.
-    if (this.#bootedAt && Date.now() - this.#bootedAt > 60_000) this.#failuresInARow = 0;
-    this.#failuresInARow += 1;
-    this.#lastFailureAt = Date.now();
-  }
-
-  /**
-   * After crashes or failed boots in quick succession, wait 1 s, 2 s, 4 s … (at most 60 s)
-   * before booting again, so a broken image is not booted once per connection attempt.
-   */
-  async #backoff(): Promise<void> {
-    if (this.#failuresInARow === 0 || Date.now() - this.#lastFailureAt > 5 * 60_000) return;
-    const delay = Math.min(60_000, 1000 * 2 ** Math.min(this.#failuresInARow - 1, 6));
-    const wait = this.#lastFailureAt + delay - Date.now();
-    if (wait > 0) {
-      this.deps.logger.info({ waitMs: wait, failuresInARow: this.#failuresInARow }, 'waiting before booting the guest again');
-      await new Promise((resolve) => setTimeout(resolve, wait));
-    }
   }
 
   #armIdleTimer(): void {
