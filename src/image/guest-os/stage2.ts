@@ -102,7 +102,14 @@ mkdir -p /nix/store /nix/var/nix/daemon-socket /nix/var/nix/profiles/per-user /n
 mkdir -p /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per-user/${BUILDER_USER}
 chown ${BUILDER_UID}:${BUILDER_UID} /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per-user/${BUILDER_USER}
 chgrp ${NIX_BUILD_GID} /nix/store && chmod 1775 /nix/store
+# Nix's database is made (on a fresh state disk) and loaded, then synced, before anything uses it.
+# Nix writes its schema file beside a database whose first transaction is still unsynced in
+# SQLite's WAL: a hypervisor killed in the guest's first seconds left the schema file and a
+# database without tables, and every build after it failed ("no such table: ValidPaths", seen
+# by bench/soak.ts). One sync per boot; the state disk has little dirty at this point.
+[ -f /nix/var/nix/db/schema ] || nix-store --init
 ${nixRegistrationLoadScript().trimEnd()}
+sync
 # Foreign builds (x86_64-linux on an aarch64 guest): present only when the config asks for an interpreter.
 [ -x ${BINFMT_PATH} ] && ${BINFMT_PATH}
 ${sandboxProbe().trimEnd()}
