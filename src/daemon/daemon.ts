@@ -114,7 +114,7 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
     handshakeTimeoutMs: () => config.daemon.sshTimeoutMs,
     logger: log,
   });
-  undo.push(() => pool.close(), () => supervisor.stop({ reason: 'daemon shutdown' }));
+  undo.push(() => pool.close(), () => supervisor.shutdown());
   const health = startHealthCheck(supervisor, clock, guestKey.privateKey, log);
   undo.push(() => health.close());
 

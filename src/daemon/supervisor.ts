@@ -9,12 +9,11 @@
  * silent inconsistency.
  */
 import { EventEmitter } from 'node:events';
-import type { Logger } from 'pino';
 import type { ImageManifest } from '../image/manifest.js';
 import type { GuestEndpoint } from '../vm/backend.js';
 import type { BootedGuest } from '../vm/instance/boot.js';
-import type { StopGuestResult } from '../vm/instance/stop.js';
 import { BootBackoff } from './boot-backoff.js';
+import type { SupervisorDeps } from './supervisor-deps.js';
 
 export type GuestState = 'stopped' | 'booting' | 'running' | 'stopping';
 
@@ -25,24 +24,6 @@ const TRANSITIONS: Readonly<Record<GuestState, readonly GuestState[]>> = {
   running: ['stopping', 'stopped'],
   stopping: ['stopped'],
 };
-
-export interface SupervisorDeps {
-  boot(manifest: ImageManifest): Promise<BootedGuest>;
-  stop(options: { hard: boolean }): Promise<StopGuestResult>;
-  /** The guest sshd's public host key (OpenSSH line), to pin it. */
-  guestHostKey(): string;
-  /** Persist which image runs and which ran before (for rollback across daemon restarts). */
-  saveImages(current: ImageManifest, previous: ImageManifest | undefined): Promise<void>;
-  /** Drop pooled connections to the guest (before a swap). */
-  closeConnections(): Promise<void>;
-  /**
-   * There is no image to boot: resolves once the build under way (or one started for this call)
-   * has given the supervisor one; rejects with why it did not.
-   */
-  imageReady(): Promise<void>;
-  idleTimeoutMs(): number;
-  logger: Logger;
-}
 
 export interface SwapResult {
   outcome: 'unchanged' | 'applied' | 'applied-next-boot' | 'rolled-back' | 'superseded';
@@ -65,9 +46,11 @@ export class Supervisor extends EventEmitter {
   #guest: BootedGuest | undefined;
   #booting: Promise<GuestEndpoint> | undefined;
   #stopping: Promise<void> | undefined;
-  /** The front's open sessions (the idle timer), and those let onto the guest (what a swap waits for). */
+  /** The front's open sessions (the idle timer); those let onto the guest (a swap waits for them). */
   #openSessions = 0;
   #admitted = 0;
+  /** Set by shutdown: nothing boots any more. */
+  #closed = false;
   #idleTimer: NodeJS.Timeout | undefined;
   /** While set, new sessions wait: a swap is waiting for sessions to end or is in progress. */
   #swapGate: Promise<void> | undefined;
@@ -105,11 +88,9 @@ export class Supervisor extends EventEmitter {
   }
 
   /**
-   * Lets a session onto the guest: waits for a swap under way (or a boot), then counts the session
-   * as on the guest until it calls the release it is given. A swap waits for exactly these
-   * sessions; counting the front's open sessions instead deadlocked: a session that waited for a
-   * boot was open, and waited at the swap's gate for the swap that waited for it (bench/soak.ts:
-   * qemu killed, four builds waiting for the new boot, then a config change).
+   * Lets a session onto the guest (after a swap or boot under way) and counts it until `release`:
+   * a swap waits for these. It waited for the front's open sessions, and deadlocked on sessions
+   * waiting at its gate for a boot (bench/soak.ts: qemu killed, four builds waiting, a config change).
    */
   async admit(): Promise<{ target: GuestTarget; release: () => void }> {
     const target = await this.ensureRunning();
@@ -130,6 +111,7 @@ export class Supervisor extends EventEmitter {
    */
   async ensureRunning(options: { admitted?: boolean } = {}): Promise<GuestTarget> {
     for (;;) {
+      if (this.#closed) throw new Error('the daemon is shutting down');
       if (this.#swapGate && !options.admitted) {
         await this.#swapGate;
         continue;
@@ -168,6 +150,16 @@ export class Supervisor extends EventEmitter {
     }
   }
 
+  /**
+   * The daemon shuts down: the guest is stopped and nothing boots any more (a boot waiting out its
+   * backoff once booted after the daemon "stopped", and kept it alive with an orphan hypervisor).
+   */
+  async shutdown(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#idleTimer);
+    await this.stop({ reason: 'daemon shutdown' });
+  }
+
   /** Stops the guest (clean unless `hard`). */
   async stop(options: { hard?: boolean; reason?: string } = {}): Promise<void> {
     if (this.#state === 'booting') await this.#booting?.catch(() => {});
@@ -201,10 +193,8 @@ export class Supervisor extends EventEmitter {
   }
 
   /**
-   * The guest stopped answering while its hypervisor runs (the health check's verdict): it is
-   * ended the hard way — a guest that does not answer cannot power itself off, and each polite
-   * rung would wait for it in vain — and booted again at once, so the sessions that come next
-   * need not wait for a boot. Counts as a failure for the backoff, as a crash does.
+   * The guest stopped answering while its hypervisor runs (health-check.ts): stopped hard (each
+   * polite rung would wait in vain) and booted again at once. Counts for the backoff, as a crash.
    */
   async restartUnresponsive(reason: string): Promise<void> {
     if (this.#state !== 'running' || this.#swapGate) return;
@@ -311,6 +301,7 @@ export class Supervisor extends EventEmitter {
   }
 
   async #boot(manifest: ImageManifest): Promise<void> {
+    if (this.#closed) throw new Error('the daemon is shutting down');
     this.#transition('booting');
     this.deps.logger.info({ image: manifest.id }, 'booting the guest');
     const booting = (async () => {

@@ -8,7 +8,7 @@
  * token and the guest's clock when it ran. A build is:
  *   - succeeded: nix-build exited 0 and the output holds its token;
  *   - failed: nix-build exited non-zero — with the error line Nix printed — and is tried once more
- *     (a failure whose retry succeeds is a retryable one);
+ *     20 s later (a failure whose retry succeeds is a retryable one);
  *   - lost: nix-build exited 0 but the output is missing or wrong, or it ran past `buildTimeoutMs`.
  * The guest clock a build saw is compared with the host's time around it (`clockOffS`).
  */
@@ -94,6 +94,12 @@ export interface SoakReport {
 }
 
 const CLOCK_TOLERANCE_S = 5;
+/**
+ * A failed build is tried again after this, as a user would run it again: at once, a build that
+ * failed because the daemon was down (the service manager restarts it after RestartSec, and the
+ * new daemon stops the old guest first: ~15 s here) fails again the same way.
+ */
+const RETRY_AFTER_MS = 20_000;
 
 export async function runSoak(plan: SoakPlan): Promise<SoakReport> {
   const say = plan.progress ?? (() => {});
@@ -127,7 +133,8 @@ export async function runSoak(plan: SoakPlan): Promise<SoakReport> {
           const result = await buildOnce(service, record, plan.buildTimeoutMs);
           record.attempts.push(result);
           if (result.exitCode === 0 || result.timedOut || result.wrongOutput) break;
-          say(`build ${n} (${record.proto}) failed; trying once more:\n    ${result.stderrTail?.replaceAll('\n', '\n    ')}`);
+          say(`build ${n} (${record.proto}) failed; trying once more in ${RETRY_AFTER_MS / 1000} s:\n    ${result.stderrTail?.replaceAll('\n', '\n    ')}`);
+          await sleep(RETRY_AFTER_MS);
         }
         if (n === plan.concurrency * 2) rssBefore = service.rssKiB(); // warm: the first builds done
         if (n % 20 === 0) say(`${n} builds started, ${Math.round((Date.now() - started) / 1000)} s`);

@@ -11,7 +11,8 @@
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Logger } from 'pino';
-import { Supervisor, type SupervisorDeps } from '../../src/daemon/supervisor.js';
+import { Supervisor } from '../../src/daemon/supervisor.js';
+import type { SupervisorDeps } from '../../src/daemon/supervisor-deps.js';
 import type { ImageManifest } from '../../src/image/manifest.js';
 import type { ExitStatus, RunningVm } from '../../src/vm/backend.js';
 import type { BootedGuest } from '../../src/vm/instance/boot.js';
@@ -358,5 +359,21 @@ describe('Supervisor', () => {
     expect(vms.stops).toEqual([expect.objectContaining({ hard: true })]);
     expect(vms.boots).toHaveLength(2);
     expect(supervisor.status()).toMatchObject({ state: 'running', unresponsiveRestarts: 1, crashes: 0 });
+  });
+
+  it('after shutdown nothing boots, not even a boot that was waiting out its backoff', async () => {
+    const vms = new FakeVms();
+    const supervisor = new Supervisor(vms.deps(), A);
+    await supervisor.ensureRunning();
+    vms.crash(0);
+    await tick(10);
+    const waiting = supervisor.ensureRunning(); // waits 1 s of backoff
+    const failed = expect(waiting).rejects.toThrow(/shutting down/);
+    await tick(100);
+    await supervisor.shutdown();
+    await tick(2000);
+    await failed;
+    expect(vms.boots).toHaveLength(1);
+    expect(supervisor.state).toBe('stopped');
   });
 });
