@@ -184,7 +184,7 @@ function renderStatus(s: DaemonStatus): string {
 /** The health check's line: whether the guest answers, and the last restart of one that did not. */
 function describeHealth(h: DaemonStatus['guest']['health']): string | undefined {
   const parts: string[] = [];
-  if (h.state === 'ok') parts.push(`answers (checked ${h.lastCheckAt}, clock off by ${h.clockOffsetS ?? 0} s before it was set)`);
+  if (h.state === 'ok') parts.push(`answers (checked ${h.lastCheckAt}; its clock was ${h.clockOffsetS ?? 0} s off, set when over 2 s)`);
   if (h.state === 'not-answering') parts.push(`NOT ANSWERING: ${h.failures} checks failed since ${h.lastAnswerAt ?? 'boot'} (${h.lastError ?? 'no answer'})`);
   if (h.lastRestart) parts.push(`last restart ${h.lastRestart.at}: ${h.lastRestart.reason}`);
   return parts.length ? parts.join('; ') : undefined;

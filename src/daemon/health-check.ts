@@ -8,12 +8,14 @@
  * report as "the host spins, nothing answers" (nixpkgs#557576) — and is restarted.
  *
  * The threshold is the decision between "frozen for a while" and "wedged": a hypervisor frozen for
- * 30 s (measured by bench/soak.ts) comes back on its own, and its builds finish, so it is only
- * reported (and its clock set); one that stays silent for 45 s is restarted. With a probe every
- * 10 s and a 10 s timeout, a wedge is found within 45 + 10 + 2 s. Time the daemon itself did not
- * run (the host slept: the timer fired late) is not held against the guest.
+ * 30 s comes back on its own, so it is only reported (and its clock set: bench/soak.ts saw it 5 s
+ * behind after that); one that stays silent for 45 s is restarted. With a probe every 10 s and a
+ * 10 s timeout, a wedge is found within 45 + 10 + 2 s (53 s in the soak). Time the daemon itself
+ * did not run (the host slept: the timer fired late) is not held against the guest.
  *
- * Cost: one root login to the guest every 10 s while it runs (~0.2 s of emulated CPU under tcg).
+ * The clock: under tcg on a loaded host the guest's clock was seen losing 2-7 s every 20 s, so
+ * setting it at each answer, not only after a host sleep, is what keeps builds' timestamps right.
+ * Cost: one root login to the guest every 10 s while it runs (two when the clock is set).
  */
 import type { Logger } from 'pino';
 import type { GuestTarget, Supervisor } from './supervisor.js';
