@@ -165,8 +165,10 @@ function renderStatus(s: DaemonStatus): string {
   lines.push(`image    ${g.image ?? building ?? 'none'}${g.image && building ? ` (a new one ${building})` : ''}${g.previousImage ? ` (previous ${g.previousImage})` : ''}${g.pendingImage ? `, swapping to ${g.pendingImage} when sessions end` : ''}`);
   if (g.lastSwap) lines.push(`swap     ${g.lastSwap.outcome} → ${g.lastSwap.imageId} at ${g.lastSwap.at}${g.lastSwap.error ? `: ${g.lastSwap.error}` : ''}`);
   if (g.lastError) lines.push(`problem  ${g.lastError}`);
+  const health = describeHealth(g.health);
+  if (health) lines.push(`health   ${health}`);
   if (s.stateDisk) lines.push(`disk     ${describeUsage(s.stateDisk)} (${s.stateDisk.source === 'guest' ? 'in the guest' : 'as of its last stop'}, ${s.stateDisk.measuredAt})`);
-  lines.push(`sessions ${s.sessions.open} open, ${s.sessions.total} since start; ${g.boots} boots, ${g.crashes} crashes`);
+  lines.push(`sessions ${s.sessions.open} open, ${s.sessions.total} since start; ${g.boots} boots, ${g.crashes} crashes, ${g.unresponsiveRestarts} restarts of a guest that did not answer`);
   if (s.recentSessions.length) {
     lines.push('recent');
     for (const r of s.recentSessions.slice(0, 10)) {
@@ -175,6 +177,15 @@ function renderStatus(s: DaemonStatus): string {
     }
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** The health check's line: whether the guest answers, and the last restart of one that did not. */
+function describeHealth(h: DaemonStatus['guest']['health']): string | undefined {
+  const parts: string[] = [];
+  if (h.state === 'ok') parts.push(`answers (checked ${h.lastCheckAt}; its clock was ${h.clockOffsetS ?? 0} s off, set when over 2 s)`);
+  if (h.state === 'not-answering') parts.push(`NOT ANSWERING: ${h.failures} checks failed since ${h.lastAnswerAt ?? 'boot'} (${h.lastError ?? 'no answer'})`);
+  if (h.lastRestart) parts.push(`last restart ${h.lastRestart.at}: ${h.lastRestart.reason}`);
+  return parts.length ? parts.join('; ') : undefined;
 }
 
 function indent(text: string): string {

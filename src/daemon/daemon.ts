@@ -14,7 +14,8 @@ import { ExitCode, FerryError } from '../errors.js';
 import { ferryKeys } from '../keys/ferry-keys.js';
 import { daemonIsRunning } from './control-client.js';
 import { ControlServer } from './control-server.js';
-import { ClockWatch, clockCheckedSource } from './guest-control.js';
+import { ClockWatch, clockCheckedSource, syncGuestClock } from './guest-control.js';
+import { HealthCheck } from './health-check.js';
 import { GuestPool } from './guest-pool.js';
 import { guestVmDeps, stopLeftoverGuest } from './guest-vm.js';
 import { createDaemonLogger } from './logger.js';
@@ -108,12 +109,15 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
     logger: log,
   });
   const pool: GuestPool = new GuestPool({
-    target: () => supervisor.ensureRunning(),
+    // Connections are opened for sessions the supervisor already let on (clockCheckedSource).
+    target: () => supervisor.ensureRunning({ admitted: true }),
     privateKey: guestKey.privateKey,
     handshakeTimeoutMs: () => config.daemon.sshTimeoutMs,
     logger: log,
   });
-  undo.push(() => pool.close(), () => supervisor.stop({ reason: 'daemon shutdown' }));
+  undo.push(() => pool.close(), () => supervisor.shutdown());
+  const health = startHealthCheck(supervisor, clock, guestKey.privateKey, log);
+  undo.push(() => health.close());
 
   const sessions = new SessionHistory();
   const disk = watchStateDisk({ stateDisk: paths.stateDisk, runningTarget: () => supervisor.runningTarget, privateKey: guestKey.privateKey, log }, supervisor);
@@ -151,7 +155,7 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
   const address = frontAddress(listening.host, listening.port);
 
   const status = () =>
-    statusReport({ paths, startedAt, listen: address, config: () => config, reload: reloader.state, supervisor, openSessions: () => front.openSessions, sessions, stateDisk: () => disk.last });
+    statusReport({ paths, startedAt, listen: address, config: () => config, reload: reloader.state, supervisor, health: () => health.status(), openSessions: () => front.openSessions, sessions, stateDisk: () => disk.last });
   const control = controlServer(paths, supervisor, status, (reason) => reloader.reload(reason));
   await control.listen();
   undo.push(() => control.close());
@@ -161,6 +165,21 @@ async function serve(paths: FerryPaths, initial: FerryConfig, log: Logger, undo:
   undo.push(() => watcher.close());
   log.info({ address }, 'ready');
   return () => reloader.state.buildingSince !== undefined;
+}
+
+/** The guest's health check; each answer is a clock check too: it sets the clock, and counts for the clock watch. */
+function startHealthCheck(supervisor: Supervisor, clock: ClockWatch, privateKey: string | Buffer, log: Logger): HealthCheck {
+  return new HealthCheck({
+    supervisor,
+    probe: async (target, timeoutMs) => {
+      const startedAt = Date.now();
+      const offset = await syncGuestClock(target, privateKey, { timeoutMs });
+      clock.checked(startedAt);
+      if (Math.abs(offset) > 2) log.info({ offsetS: Math.round(offset) }, 'set the guest clock (it lagged: its hypervisor was paused, throttled, or the host slept)');
+      return offset;
+    },
+    log,
+  });
 }
 
 function pickLimits({ daemon }: FerryConfig): Pick<FerryConfig['daemon'], 'loginGraceTimeMs' | 'maxAuthTries' | 'maxStartups'> {

@@ -52,12 +52,16 @@ export async function runControlCommand(target: GuestTarget, privateKey: string 
 
 /**
  * Detects that the host slept: a timer that should fire every `intervalMs` fires much later.
- * Also due after `maxAgeMs` without a check, so a slow drift is corrected too.
+ * Also due after `maxAgeMs` without a check, so a slow drift is corrected too. A check counts
+ * only if it started after the last sleep seen: one that straddled a sleep proves nothing.
  */
 export class ClockWatch {
-  #dirty = true;
+  #sleptAt = Date.now();
   #lastTick = Date.now();
+  /** When the last check that counted started (0: never). */
   #lastCheck = 0;
+  /** The check under way, which sessions arriving together share. */
+  #checking: Promise<void> | undefined;
   readonly #timer: NodeJS.Timeout;
 
   constructor(
@@ -66,7 +70,7 @@ export class ClockWatch {
   ) {
     this.#timer = setInterval(() => {
       const now = Date.now();
-      if (now - this.#lastTick > this.intervalMs * 3) this.#dirty = true;
+      if (now - this.#lastTick > this.intervalMs * 3) this.#sleptAt = now;
       this.#lastTick = now;
     }, intervalMs);
     this.#timer.unref();
@@ -74,17 +78,43 @@ export class ClockWatch {
 
   /** Whether the guest clock should be checked before the next session. */
   get due(): boolean {
-    return this.#dirty || Date.now() - this.#lastCheck > this.maxAgeMs;
+    return this.#lastCheck < this.#sleptAt || Date.now() - this.#lastCheck > this.maxAgeMs;
   }
 
-  checked(): void {
-    this.#dirty = false;
-    this.#lastCheck = Date.now();
+  /** A check that started at `startedAt` (ms) succeeded. */
+  checked(startedAt: number): void {
+    if (startedAt >= this.#sleptAt) this.#lastCheck = Math.max(this.#lastCheck, startedAt);
   }
 
   /** A fresh boot sets the clock from the command line. */
   reset(): void {
-    this.checked();
+    this.#lastCheck = Date.now();
+  }
+
+  /**
+   * Runs `check` unless one is under way (then waits for that one). It is tried `attempts` times;
+   * only a check that succeeded counts as done, so a failed one is tried again by the next session
+   * (seen here: right after the host resumed, the check timed out once, and when it was counted
+   * done anyway the guest stayed 86 s behind for the sessions after it).
+   */
+  async check(check: () => Promise<void>, attempts = 2): Promise<void> {
+    this.#checking ??= (async () => {
+      try {
+        for (let attempt = 1; ; attempt++) {
+          const startedAt = Date.now();
+          try {
+            await check();
+            this.checked(startedAt);
+            return;
+          } catch (error) {
+            if (attempt >= attempts) throw error;
+          }
+        }
+      } finally {
+        this.#checking = undefined;
+      }
+    })();
+    return this.#checking;
   }
 
   close(): void {
@@ -93,21 +123,24 @@ export class ClockWatch {
 }
 
 /** Sets the guest clock when it is more than `toleranceS` off. Returns the offset found (s). */
-export async function syncGuestClock(target: GuestTarget, privateKey: string | Buffer, toleranceS = 2): Promise<number> {
-  const guestNow = Number(await runControlCommand(target, privateKey, 'time'));
+export async function syncGuestClock(target: GuestTarget, privateKey: string | Buffer, options: { toleranceS?: number; timeoutMs?: number } = {}): Promise<number> {
+  const guestNow = Number(await runControlCommand(target, privateKey, 'time', options.timeoutMs));
   const hostNow = Date.now() / 1000;
   const offset = guestNow - hostNow;
   if (!Number.isFinite(offset)) throw new Error('the guest reported no time');
-  if (Math.abs(offset) > toleranceS) await runControlCommand(target, privateKey, `settime ${Math.round(Date.now() / 1000)}`);
+  if (Math.abs(offset) > (options.toleranceS ?? 2)) await runControlCommand(target, privateKey, `settime ${Math.round(Date.now() / 1000)}`, options.timeoutMs);
   return offset;
 }
 
 /**
- * Where sessions get their guest channel: the pool, but first — when the guest runs and the clock
- * watch says the host may have slept — the guest's clock is checked and set again.
+ * Where sessions get their guest channel: each is let onto the guest by the supervisor (held while
+ * a swap is under way, counted until its channel closes, so a swap waits for it), then — when the
+ * clock watch says the host may have slept — the guest's clock is checked and set again, then the
+ * pool opens the channel. A clock check that fails twice is logged and the session goes on; the
+ * next session checks again.
  */
 export function clockCheckedSource(options: {
-  supervisor: Pick<Supervisor, 'state' | 'ensureRunning'>;
+  supervisor: Pick<Supervisor, 'state' | 'admit' | 'ensureRunning'>;
   pool: GuestChannelSource;
   clock: ClockWatch;
   privateKey: string | Buffer;
@@ -116,16 +149,23 @@ export function clockCheckedSource(options: {
   const { supervisor, pool, clock, privateKey, log } = options;
   return {
     open: async (request: GuestChannelRequest) => {
-      if (supervisor.state === 'running' && clock.due) {
-        try {
-          const offset = await syncGuestClock(await supervisor.ensureRunning(), privateKey);
-          if (Math.abs(offset) > 2) log.info({ offsetS: Math.round(offset) }, 'set the guest clock (the host slept)');
-        } catch (error) {
-          log.warn({ err: error }, 'could not check the guest clock');
+      const { release } = await supervisor.admit();
+      try {
+        if (clock.due) {
+          await clock
+            .check(async () => {
+              const offset = await syncGuestClock(await supervisor.ensureRunning({ admitted: true }), privateKey);
+              if (Math.abs(offset) > 2) log.info({ offsetS: Math.round(offset) }, 'set the guest clock (the host slept)');
+            })
+            .catch((error: unknown) => log.warn({ err: error }, 'could not check the guest clock; the next session tries again'));
         }
-        clock.checked();
+        const lease = await pool.open(request);
+        lease.channel.once('close', release);
+        return lease;
+      } catch (error) {
+        release();
+        throw error;
       }
-      return pool.open(request);
     },
   };
 }

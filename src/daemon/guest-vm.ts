@@ -12,7 +12,7 @@ import { ensureStateDisk } from '../image/state-disk.js';
 import { bootGuest, type BootedGuest } from '../vm/instance/boot.js';
 import { removeGuestRecord, runningGuest } from '../vm/instance/record.js';
 import { stopRecordedGuest } from '../vm/instance/stop.js';
-import type { SupervisorDeps } from './supervisor.js';
+import type { SupervisorDeps } from './supervisor-deps.js';
 
 /**
  * A guest left running by a daemon that died is not ours to adopt: stop it cleanly. A damaged

@@ -4,6 +4,7 @@
  */
 import type { FerryPaths } from '../config/paths.js';
 import type { FerryConfig } from '../config/types.js';
+import type { HealthStatus } from './health-check.js';
 import type { ReloadState } from './reload.js';
 import type { SessionRecord } from './session-log.js';
 import type { MeasuredUsage } from './state-disk-watch.js';
@@ -37,6 +38,8 @@ export interface StatusSources {
   config(): FerryConfig;
   readonly reload: ReloadState;
   readonly supervisor: Pick<Supervisor, 'status'>;
+  /** The guest's health check (health-check.ts). */
+  health(): HealthStatus;
   openSessions(): number;
   readonly sessions: SessionHistory;
   /** The state disk's last measured use (state-disk-watch.ts). */
@@ -60,7 +63,7 @@ export function statusReport(sources: StatusSources): DaemonStatus {
       buildingSince: reload.buildingSince,
       lastReloadAt: reload.lastReloadAt,
     },
-    guest: { ...sources.supervisor.status(), system: guest.system, extraSystems: guest.extraSystems, interpreter: guest.interpreter },
+    guest: { ...sources.supervisor.status(), health: sources.health(), system: guest.system, extraSystems: guest.extraSystems, interpreter: guest.interpreter },
     stateDisk: sources.stateDisk(),
     sessions: { open: sources.openSessions(), total: sessions.total },
     recentSessions: sessions.newestFirst(),

@@ -3,6 +3,7 @@
  * and by anything scripting `ferry status --json`. One type for both sides.
  */
 import type { Interpreter, ExtraSystem, GuestSystem } from '../config/types.js';
+import type { HealthStatus } from './health-check.js';
 import type { SessionRecord } from './session-log.js';
 import type { MeasuredUsage } from './state-disk-watch.js';
 import type { Supervisor } from './supervisor.js';
@@ -26,6 +27,8 @@ export interface DaemonStatus {
     lastReloadAt?: string;
   };
   guest: ReturnType<Supervisor['status']> & {
+    /** Whether the running guest answers (health-check.ts), and the restarts when it did not. */
+    health: HealthStatus;
     system: GuestSystem;
     extraSystems: readonly ExtraSystem[];
     interpreter: Interpreter;

@@ -9,11 +9,11 @@
  * silent inconsistency.
  */
 import { EventEmitter } from 'node:events';
-import type { Logger } from 'pino';
 import type { ImageManifest } from '../image/manifest.js';
 import type { GuestEndpoint } from '../vm/backend.js';
 import type { BootedGuest } from '../vm/instance/boot.js';
-import type { StopGuestResult } from '../vm/instance/stop.js';
+import { BootBackoff } from './boot-backoff.js';
+import type { SupervisorDeps } from './supervisor-deps.js';
 
 export type GuestState = 'stopped' | 'booting' | 'running' | 'stopping';
 
@@ -24,24 +24,6 @@ const TRANSITIONS: Readonly<Record<GuestState, readonly GuestState[]>> = {
   running: ['stopping', 'stopped'],
   stopping: ['stopped'],
 };
-
-export interface SupervisorDeps {
-  boot(manifest: ImageManifest): Promise<BootedGuest>;
-  stop(options: { hard: boolean }): Promise<StopGuestResult>;
-  /** The guest sshd's public host key (OpenSSH line), to pin it. */
-  guestHostKey(): string;
-  /** Persist which image runs and which ran before (for rollback across daemon restarts). */
-  saveImages(current: ImageManifest, previous: ImageManifest | undefined): Promise<void>;
-  /** Drop pooled connections to the guest (before a swap). */
-  closeConnections(): Promise<void>;
-  /**
-   * There is no image to boot: resolves once the build under way (or one started for this call)
-   * has given the supervisor one; rejects with why it did not.
-   */
-  imageReady(): Promise<void>;
-  idleTimeoutMs(): number;
-  logger: Logger;
-}
 
 export interface SwapResult {
   outcome: 'unchanged' | 'applied' | 'applied-next-boot' | 'rolled-back' | 'superseded';
@@ -64,19 +46,22 @@ export class Supervisor extends EventEmitter {
   #guest: BootedGuest | undefined;
   #booting: Promise<GuestEndpoint> | undefined;
   #stopping: Promise<void> | undefined;
+  /** The front's open sessions (the idle timer); those let onto the guest (a swap waits for them). */
   #openSessions = 0;
+  #admitted = 0;
+  /** Set by shutdown: nothing boots any more. */
+  #closed = false;
   #idleTimer: NodeJS.Timeout | undefined;
   /** While set, new sessions wait: a swap is waiting for sessions to end or is in progress. */
   #swapGate: Promise<void> | undefined;
   #pendingImage: ImageManifest | undefined;
   #crashes = 0;
-  /** Crashes and failed boots in a row (a guest that stays up a minute resets it): drives the backoff. */
-  #failuresInARow = 0;
-  #lastFailureAt = 0;
-  #bootedAt = 0;
+  readonly #backoff: BootBackoff;
   #lastError: string | undefined;
   #lastSwap: (SwapResult & { at: string }) | undefined;
   #boots = 0;
+  /** Guests restarted because they stopped answering (restartUnresponsive). */
+  #unresponsive = 0;
 
   constructor(
     private readonly deps: SupervisorDeps,
@@ -84,6 +69,7 @@ export class Supervisor extends EventEmitter {
     previous?: ImageManifest,
   ) {
     super();
+    this.#backoff = new BootBackoff(deps.logger);
     this.#current = current;
     this.#previous = previous;
   }
@@ -101,10 +87,32 @@ export class Supervisor extends EventEmitter {
     return this.#state === 'running' && this.#guest ? this.#target(this.#guest.endpoint) : undefined;
   }
 
-  /** The guest's sshd, booting it first if needed. Sessions call this through the pool. */
-  async ensureRunning(): Promise<GuestTarget> {
+  /**
+   * Lets a session onto the guest (after a swap or boot under way) and counts it until `release`:
+   * a swap waits for these. It waited for the front's open sessions, and deadlocked on sessions
+   * waiting at its gate for a boot (bench/soak.ts: qemu killed, four builds waiting, a config change).
+   */
+  async admit(): Promise<{ target: GuestTarget; release: () => void }> {
+    const target = await this.ensureRunning();
+    this.#admitted += 1;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.#admitted -= 1;
+      if (this.#admitted === 0) this.emit('drained');
+    };
+    return { target, release };
+  }
+
+  /**
+   * The guest's sshd, booting it first if needed. With `admitted` (a session already let on by
+   * `admit`, opening its connection) a swap waiting for sessions to end does not hold it back.
+   */
+  async ensureRunning(options: { admitted?: boolean } = {}): Promise<GuestTarget> {
     for (;;) {
-      if (this.#swapGate) {
+      if (this.#closed) throw new Error('the daemon is shutting down');
+      if (this.#swapGate && !options.admitted) {
         await this.#swapGate;
         continue;
       }
@@ -123,9 +131,9 @@ export class Supervisor extends EventEmitter {
         await this.#booting;
         continue;
       }
-      await this.#backoff();
+      await this.#backoff.wait();
       const image = this.#current;
-      if (this.#state !== 'stopped' || this.#swapGate || image === undefined) continue;
+      if (this.#state !== 'stopped' || (this.#swapGate && !options.admitted) || image === undefined) continue;
       await this.#boot(image);
     }
   }
@@ -140,6 +148,16 @@ export class Supervisor extends EventEmitter {
       this.#armIdleTimer();
       this.emit('idle');
     }
+  }
+
+  /**
+   * The daemon shuts down: the guest is stopped and nothing boots any more (a boot waiting out its
+   * backoff once booted after the daemon "stopped", and kept it alive with an orphan hypervisor).
+   */
+  async shutdown(): Promise<void> {
+    this.#closed = true;
+    clearTimeout(this.#idleTimer);
+    await this.stop({ reason: 'daemon shutdown' });
   }
 
   /** Stops the guest (clean unless `hard`). */
@@ -174,6 +192,24 @@ export class Supervisor extends EventEmitter {
     await this.#adopt(current, previous);
   }
 
+  /**
+   * The guest stopped answering while its hypervisor runs (health-check.ts): stopped hard (each
+   * polite rung would wait in vain) and booted again at once. Counts for the backoff, as a crash.
+   */
+  async restartUnresponsive(reason: string): Promise<void> {
+    if (this.#state !== 'running' || this.#swapGate) return;
+    this.#unresponsive += 1;
+    this.#backoff.failed();
+    await this.stop({ hard: true, reason });
+    this.#lastError = reason;
+    void this.ensureRunning().catch(() => {}); // a failed boot is logged and kept in lastError by #boot
+  }
+
+  /** How many guests this supervisor booted: tells one guest from the next. */
+  get boots(): number {
+    return this.#boots;
+  }
+
   /** Boots the guest now (if it is not running). */
   async start(): Promise<void> {
     await this.ensureRunning();
@@ -200,16 +236,16 @@ export class Supervisor extends EventEmitter {
     let release!: () => void;
     this.#swapGate = new Promise<void>((resolve) => (release = resolve));
     try {
-      if (this.#openSessions > 0) {
-        this.deps.logger.info({ sessions: this.#openSessions, image: manifest.id }, 'new image ready; waiting for open sessions to end before swapping');
+      if (this.#admitted > 0) {
+        this.deps.logger.info({ sessions: this.#admitted, image: manifest.id }, 'new image ready; waiting for open sessions to end before swapping');
         await new Promise<void>((resolve) => {
           const check = () => {
-            if (this.#openSessions === 0) {
-              this.off('idle', check);
+            if (this.#admitted === 0) {
+              this.off('drained', check);
               resolve();
             }
           };
-          this.on('idle', check);
+          this.on('drained', check);
         });
       }
       if (this.#state === 'booting') await this.#booting?.catch(() => {});
@@ -258,19 +294,21 @@ export class Supervisor extends EventEmitter {
       readyMs: guest?.record.readyMs,
       boots: this.#boots,
       crashes: this.#crashes,
+      unresponsiveRestarts: this.#unresponsive,
       lastError: this.#lastError,
       lastSwap: this.#lastSwap,
     };
   }
 
   async #boot(manifest: ImageManifest): Promise<void> {
+    if (this.#closed) throw new Error('the daemon is shutting down');
     this.#transition('booting');
     this.deps.logger.info({ image: manifest.id }, 'booting the guest');
     const booting = (async () => {
       const guest = await this.deps.boot(manifest);
       this.#guest = guest;
       this.#boots += 1;
-      this.#bootedAt = Date.now();
+      this.#backoff.booted();
       this.#lastError = undefined;
       this.#transition('running');
       this.deps.logger.info({ image: manifest.id, readyMs: guest.record.readyMs, address: `${guest.endpoint.host}:${guest.endpoint.port}` }, 'guest ready');
@@ -283,8 +321,7 @@ export class Supervisor extends EventEmitter {
       await booting;
     } catch (error) {
       this.#lastError = `boot failed: ${(error as Error).message}`;
-      this.#noteFailure();
-      this.#bootedAt = 0;
+      this.#backoff.bootFailed();
       this.deps.logger.error({ err: error, image: manifest.id }, 'the guest did not boot');
       this.#guest = undefined;
       this.#transition('stopped');
@@ -298,7 +335,7 @@ export class Supervisor extends EventEmitter {
     void guest.vm.exited.then((status) => {
       if (this.#guest !== guest || this.#state !== 'running') return;
       this.#crashes += 1;
-      this.#noteFailure();
+      this.#backoff.failed();
       this.#lastError = `the guest exited unexpectedly (exit code ${status.code ?? '-'}, signal ${status.signal ?? '-'})`;
       this.deps.logger.error({ status, crashes: this.#crashes }, 'the guest crashed; it restarts with the next session');
       this.#guest = undefined;
@@ -307,27 +344,6 @@ export class Supervisor extends EventEmitter {
       // Run files (pid, lock) of the dead process are removed by a hard stop, which finds nothing to kill.
       void this.deps.stop({ hard: true }).catch(() => {});
     });
-  }
-
-  #noteFailure(): void {
-    // A guest that ran for a minute before it failed starts the count again.
-    if (this.#bootedAt && Date.now() - this.#bootedAt > 60_000) this.#failuresInARow = 0;
-    this.#failuresInARow += 1;
-    this.#lastFailureAt = Date.now();
-  }
-
-  /**
-   * After crashes or failed boots in quick succession, wait 1 s, 2 s, 4 s … (at most 60 s)
-   * before booting again, so a broken image is not booted once per connection attempt.
-   */
-  async #backoff(): Promise<void> {
-    if (this.#failuresInARow === 0 || Date.now() - this.#lastFailureAt > 5 * 60_000) return;
-    const delay = Math.min(60_000, 1000 * 2 ** Math.min(this.#failuresInARow - 1, 6));
-    const wait = this.#lastFailureAt + delay - Date.now();
-    if (wait > 0) {
-      this.deps.logger.info({ waitMs: wait, failuresInARow: this.#failuresInARow }, 'waiting before booting the guest again');
-      await new Promise((resolve) => setTimeout(resolve, wait));
-    }
   }
 
   #armIdleTimer(): void {

@@ -179,21 +179,23 @@ export function splitSystemdWords(value: string): string[] {
   return words;
 }
 
-/** ExecStart argv and Environment variables of a unit file, as systemd would read them. */
-export function parseUnit(text: string): { execStart: string[]; environment: Record<string, string> } {
+/** ExecStart argv, Environment variables and RestartSec (seconds) of a unit file, as systemd would read them. */
+export function parseUnit(text: string): { execStart: string[]; environment: Record<string, string>; restartSec: number } {
   let execStart: string[] = [];
   const environment: Record<string, string> = {};
+  let restartSec = 0.1; // systemd's default
   for (const line of text.split('\n')) {
-    const match = /^(ExecStart|Environment)=(.*)$/.exec(line.trim());
+    const match = /^(ExecStart|Environment|RestartSec)=(.*)$/.exec(line.trim());
     if (!match) continue;
     if (match[1] === 'ExecStart') execStart = splitSystemdWords(match[2]);
+    else if (match[1] === 'RestartSec') restartSec = Number.parseFloat(match[2]);
     else
       for (const assignment of splitSystemdWords(match[2])) {
         const eq = assignment.indexOf('=');
         if (eq > 0) environment[assignment.slice(0, eq)] = assignment.slice(eq + 1);
       }
   }
-  return { execStart, environment };
+  return { execStart, environment, restartSec };
 }
 
 export interface ServiceCommand {

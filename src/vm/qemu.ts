@@ -132,8 +132,11 @@ export function createQemuBackend(options: QemuBackendOptions = {}): QemuBackend
         binary,
         args: buildQemuArgv(spec, { accelerator, qmpSocket: files.qmpSocket, pidfile: files.pidfile }),
         writePidfile: false,
+        // The greeting proves qemu is up; the connection is then closed, not held: qemu serves one
+        // QMP client at a time, and a held one locked out every other (`ferry down` from another
+        // process, a user's qmp-shell, bench/soak.ts's `stop`). Stops connect again when needed.
         afterSpawn: async (child) => {
-          vmControl.connected(await connectQmpWhenReady(files.qmpSocket, { timeoutMs: 15_000, gaveUp: child.exited }));
+          (await connectQmpWhenReady(files.qmpSocket, { timeoutMs: 15_000, gaveUp: child.exited })).close();
         },
       },
       hooks,
@@ -163,15 +166,14 @@ async function validateQemuSpec(spec: VmSpec, runner: Runner, host: HostPlatform
   return problems;
 }
 
-/** qemu's own stops go through QMP, connected at start or, for a VM another process started, when first needed. */
-function qemuControl(spec: VmSpec): HypervisorControl & { connected: (client: QmpClient) => void } {
+/** qemu's own stops go through QMP, connected when first needed. */
+function qemuControl(spec: VmSpec): HypervisorControl {
   const socket = runFilesOf(spec).qmpSocket;
   let qmp: QmpClient | undefined;
   const connection = async (): Promise<QmpClient> => (qmp ??= await QmpClient.connect(socket, 3000));
   return {
     facts: BACKEND_FACTS.qemu,
     spec,
-    connected: (client) => void (qmp = client),
     requestStop: async () => void (await (await connection()).execute('system_powerdown')),
     // `quit` closes the connection as qemu exits; the reply may never come.
     hardStop: async () => void (await Promise.race([(await connection()).execute('quit'), new Promise((r) => setTimeout(r, 1000))])),

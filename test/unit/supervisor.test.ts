@@ -11,7 +11,8 @@
 import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Logger } from 'pino';
-import { Supervisor, type SupervisorDeps } from '../../src/daemon/supervisor.js';
+import { Supervisor } from '../../src/daemon/supervisor.js';
+import type { SupervisorDeps } from '../../src/daemon/supervisor-deps.js';
 import type { ImageManifest } from '../../src/image/manifest.js';
 import type { ExitStatus, RunningVm } from '../../src/vm/backend.js';
 import type { BootedGuest } from '../../src/vm/instance/boot.js';
@@ -160,8 +161,7 @@ describe('Supervisor', () => {
   it('a swap waits for open sessions to end, holds new sessions meanwhile, then runs the new image', async () => {
     const vms = new FakeVms();
     const supervisor = new Supervisor(vms.deps(), A);
-    await supervisor.ensureRunning();
-    supervisor.sessionsChanged(1); // a build is running
+    const build = await supervisor.admit(); // a build is running on the guest
 
     const swap = supervisor.swapTo(B);
     await tick(20);
@@ -180,7 +180,7 @@ describe('Supervisor', () => {
     // A second change while waiting: the newest image wins.
     expect(await supervisor.swapTo(C)).toEqual({ outcome: 'superseded', imageId: 'cccc' });
 
-    supervisor.sessionsChanged(0);
+    build.release();
     expect(await swap).toEqual({ outcome: 'applied', imageId: 'cccc' });
     expect(vms.closed).toBe(1);
     expect(vms.stops).toEqual([expect.objectContaining({ hard: false })]);
@@ -327,5 +327,53 @@ describe('Supervisor', () => {
     const started = Date.now();
     await withTime(supervisor.ensureRunning());
     expect(Date.now() - started).toBeLessThan(500); // no backoff
+  });
+
+  it('a swap does not wait for sessions that themselves wait for a boot (they were deadlocked: seen in the soak)', async () => {
+    const vms = new FakeVms();
+    const supervisor = new Supervisor(vms.deps(), A);
+    await supervisor.ensureRunning();
+    vms.crash(0);
+    await tick(10);
+    vms.autoBoot = false;
+    // Four builds arrive while the guest is down: open in the front, waiting for the boot.
+    supervisor.sessionsChanged(4);
+    const waiting = [1, 2, 3, 4].map(() => supervisor.admit());
+    await tick(1500);
+    expect(vms.boots).toHaveLength(2);
+    const swap = supervisor.swapTo(B);
+    vms.autoBoot = true;
+    vms.finishBoot(1);
+    expect(await withTime(swap)).toEqual({ outcome: 'applied', imageId: 'bbbb' });
+    const admitted = await withTime(Promise.all(waiting));
+    expect(new Set(admitted.map((a) => a.target.port))).toEqual(new Set([40003])); // all on the new image's guest
+    expect(vms.boots.map((b) => b.image)).toEqual(['aaaa', 'aaaa', 'bbbb']);
+  });
+
+  it('a guest that stopped answering is stopped hard and booted again at once, and counted', async () => {
+    const vms = new FakeVms();
+    const supervisor = new Supervisor(vms.deps(), A);
+    await supervisor.ensureRunning();
+    await withTime(supervisor.restartUnresponsive('the guest did not answer for 50 s'));
+    await withTime(supervisor.ensureRunning());
+    expect(vms.stops).toEqual([expect.objectContaining({ hard: true })]);
+    expect(vms.boots).toHaveLength(2);
+    expect(supervisor.status()).toMatchObject({ state: 'running', unresponsiveRestarts: 1, crashes: 0 });
+  });
+
+  it('after shutdown nothing boots, not even a boot that was waiting out its backoff', async () => {
+    const vms = new FakeVms();
+    const supervisor = new Supervisor(vms.deps(), A);
+    await supervisor.ensureRunning();
+    vms.crash(0);
+    await tick(10);
+    const waiting = supervisor.ensureRunning(); // waits 1 s of backoff
+    const failed = expect(waiting).rejects.toThrow(/shutting down/);
+    await tick(100);
+    await supervisor.shutdown();
+    await tick(2000);
+    await failed;
+    expect(vms.boots).toHaveLength(1);
+    expect(supervisor.state).toBe('stopped');
   });
 });

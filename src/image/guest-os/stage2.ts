@@ -64,8 +64,10 @@ mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 ln -sf /proc/self/mounts /etc/mtab
 hostname -F /etc/hostname
-# The clock: from the host, on the kernel command line (the guest has no RTC it can trust).
-[ -n "$time" ] && date -s "@$time" >/dev/null
+# The clock: from the host, on the kernel command line (the guest has no RTC it can trust), plus
+# the time since the kernel started: under tcg stage 2 begins 5-10 s after qemu did, and a guest
+# set to the bare command-line time was that far behind for its first sessions (bench/soak.ts).
+if [ -n "$time" ]; then read -r up _ < /proc/uptime; date -s "@$((time + \${up%.*}))" >/dev/null; fi
 # Network first: static for qemu user networking, DHCP behind a NAT (vfkit, hyperkit). A client
 # that connects before the address is up has its SYN dropped and waits out TCP's retransmission
 # (seconds); with the address up it gets a reset and retries at once until sshd listens.
@@ -104,7 +106,14 @@ mkdir -p /nix/store /nix/var/nix/daemon-socket /nix/var/nix/profiles/per-user /n
 mkdir -p /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per-user/${BUILDER_USER}
 chown ${BUILDER_UID}:${BUILDER_UID} /nix/var/nix/profiles/per-user/${BUILDER_USER} /nix/var/nix/gcroots/per-user/${BUILDER_USER}
 chgrp ${NIX_BUILD_GID} /nix/store && chmod 1775 /nix/store
+# Nix's database is made (on a fresh state disk) and loaded, then synced, before anything uses it.
+# Nix writes its schema file beside a database whose first transaction is still unsynced in
+# SQLite's WAL: a hypervisor killed in the guest's first seconds left the schema file and a
+# database without tables, and every build after it failed ("no such table: ValidPaths", seen
+# by bench/soak.ts). One sync per boot; the state disk has little dirty at this point.
+[ -f /nix/var/nix/db/schema ] || nix-store --init
 ${nixRegistrationLoadScript().trimEnd()}
+sync
 # Foreign builds (x86_64-linux on an aarch64 guest): present only when the config asks for an interpreter.
 [ -x ${BINFMT_PATH} ] && ${BINFMT_PATH}
 ${sandboxProbe().trimEnd()}
