@@ -26,7 +26,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Check } from '../src/install/doctor.js';
 import { installLayout, type InstallLayout } from '../src/install/layout.js';
-import { parseUnit, isLoadedCommand } from '../src/install/service.js';
+import { isLoadedCommand, parseUnit, userUnitLaunch } from '../src/install/service.js';
 import type { DaemonStatus } from '../src/daemon/status.js';
 import { nativeSystem, type BackendName } from '../src/vm/facts.js';
 import { freePort } from '../src/vm/free-port.js';
@@ -192,8 +192,8 @@ async function hypervisorsOf(layout: InstallLayout): Promise<string[]> {
 /** The user unit's ExecStart with its Environment, HOME and USER, in / — what `systemctl --user start` does (no systemd runs here). */
 function startUnitAsSystemd(host: Host): ResultPromise {
   const unit = parseUnit(readFileSync(host.layout.serviceFile, 'utf8'));
-  const [file, ...args] = unit.execStart;
-  return execa(file, args, { cwd: '/', env: { ...unit.environment, HOME: host.env.HOME, USER: host.env.USER }, extendEnv: false, reject: false, stdio: 'ignore', forceKillAfterDelay: false });
+  const { file, args, cwd, env } = userUnitLaunch(unit, { home: host.env.HOME!, user: host.env.USER! });
+  return execa(file, args, { cwd, env, extendEnv: false, reject: false, stdio: 'ignore', forceKillAfterDelay: false });
 }
 
 async function waitForDaemon(host: Host, daemon: ResultPromise | undefined): Promise<DaemonStatus> {

@@ -198,6 +198,17 @@ export function parseUnit(text: string): { execStart: string[]; environment: Rec
   return { execStart, environment, restartSec };
 }
 
+/**
+ * How `systemctl --user start` runs a parsed unit: ExecStart in `/`, with the unit's Environment=
+ * plus HOME and USER and nothing else. For the checks that play systemd's part where no systemd
+ * runs (the install e2e test, the soak, scripts/check-platform.ts): one statement of it.
+ */
+export function userUnitLaunch(unit: ReturnType<typeof parseUnit>, session: { home: string; user: string }): { file: string; args: string[]; cwd: string; env: Record<string, string> } {
+  const [file, ...args] = unit.execStart;
+  if (file === undefined) throw new Error('the unit has no ExecStart');
+  return { file, args, cwd: '/', env: { ...unit.environment, HOME: session.home, USER: session.user } };
+}
+
 export interface ServiceCommand {
   file: string;
   args: string[];

@@ -15,7 +15,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { callDaemon } from '../../src/daemon/control-client.js';
 import { MACHINES_MARKER } from '../../src/install/nix-wiring.js';
-import { parseUnit } from '../../src/install/service.js';
+import { parseUnit, userUnitLaunch } from '../../src/install/service.js';
 import { freePort } from '../../src/vm/free-port.js';
 
 const REPO = path.resolve(import.meta.dirname, '../..');
@@ -77,9 +77,9 @@ describe('the systemd unit written by ferry install, started as systemd would', 
     const unit = parseUnit(readFileSync(path.join(home, '.config/systemd/user/ferry.service'), 'utf8'));
     expect(unit.environment.FERRY_STATE_DIR).toBe(stateDir());
     expect(unit.environment.FERRY_CACHE_DIR).toBe(CACHE);
-    const [file, ...args] = unit.execStart;
     // systemd gives a user service HOME, USER and the unit's Environment=; nothing else.
-    daemon = execa(file, args, { cwd: '/', env: { ...unit.environment, HOME: home, USER: 'root' }, extendEnv: false, reject: false, all: true, buffer: false, forceKillAfterDelay: false }); // like systemd's TimeoutStopSec=90, not execa's 5 s
+    const { file, args, cwd, env } = userUnitLaunch(unit, { home, user: 'root' });
+    daemon = execa(file, args, { cwd, env, extendEnv: false, reject: false, all: true, buffer: false, forceKillAfterDelay: false }); // like systemd's TimeoutStopSec=90, not execa's 5 s
     daemon.all?.on('data', (chunk: Buffer) => (daemonOutput = (daemonOutput + chunk.toString()).slice(-20_000)));
 
     const socket = path.join(stateDir(), 'ferry.sock');

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { resolvePaths, type FerryPaths } from '../../src/config/paths.js';
 import { callDaemon } from '../../src/daemon/control-client.js';
 import type { DaemonStatus } from '../../src/daemon/status.js';
-import { parseUnit } from '../../src/install/service.js';
+import { parseUnit, userUnitLaunch } from '../../src/install/service.js';
 import { MACHINES_MARKER } from '../../src/install/nix-wiring.js';
 import { freePort } from '../../src/vm/free-port.js';
 import { hypervisorsUsing, IMAGE_CACHE, ROOT, sleep } from './daemon.js';
@@ -71,8 +71,8 @@ export class ServiceDaemon {
 
   /** Starts ExecStart with the unit's environment (plus HOME and USER, as systemd gives a user service) and waits until it answers with an image. */
   async start(timeoutMs = 600_000): Promise<DaemonStatus> {
-    const [file, ...args] = this.unit.execStart;
-    const child = execa(file!, args, { cwd: '/', env: { ...this.unit.environment, HOME: this.home, USER: 'root' }, extendEnv: false, reject: false, all: true, buffer: false, forceKillAfterDelay: false });
+    const { file, args, cwd, env } = userUnitLaunch(this.unit, { home: this.home, user: 'root' });
+    const child = execa(file, args, { cwd, env, extendEnv: false, reject: false, all: true, buffer: false, forceKillAfterDelay: false });
     this.#child = child;
     this.pids.push(child.pid!);
     child.all?.on('data', (chunk: Buffer) => (this.#output = (this.#output + chunk.toString()).slice(-200_000)));
