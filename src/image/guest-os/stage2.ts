@@ -6,7 +6,6 @@
  */
 import { nixRegistrationLoadScript } from '../layers/nix.js';
 import { BINFMT_PATH } from './binfmt.js';
-import type { GeneratedFile } from './files.js';
 import { GUEST_BUSYBOX, STATE_MOUNT } from './stage1.js';
 
 export const STAGE2_PATH = '/usr/lib/ferry/stage2';
@@ -190,7 +189,7 @@ function powerButtonScript(): string {
  * ACPI_DIR. Both are given explicitly: busybox acpid's built-in tables apply only when these files
  * are missing, and an empty file would silently map nothing (util-linux/acpid.c).
  */
-export function acpidFiles(): GeneratedFile[] {
+export function acpidFiles(): Array<{ path: string; mode: number; content: string }> {
   return [
     { path: `${ACPI_DIR}/map`, mode: 0o644, content: 'EV_KEY 01 KEY_POWER 116 1 button/power PWRF\n' },
     { path: `${ACPI_DIR}/actions`, mode: 0o644, content: 'PWRF power-button\n' },
